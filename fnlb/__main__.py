@@ -1,0 +1,5 @@
+import sys
+
+from fnlb.cli import main
+
+sys.exit(main())

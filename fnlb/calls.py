@@ -1,0 +1,148 @@
+"""A call as the LB holds it: the fn call model, the buffered body, the response sink."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+
+from fnlb.runnerpool import ResponseSink
+from fnlb.timefmt import rfc3339_ms
+
+__all__ = ["CallModel", "LBCall", "BufferSink", "new_call_id"]
+
+SYNC = "sync"
+DETACHED = "detached"
+
+
+def new_call_id() -> str:
+    # fn uses ULIDs; any unique, log-friendly id does the job here.
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class CallModel:
+    """The subset of fn's ``models.Call`` the runner protocol carries."""
+
+    id: str
+    fn_id: str
+    app_id: str = ""
+    image: str = ""
+    type: str = SYNC
+    timeout: int = 30
+    idle_timeout: int = 30
+    memory: int = 128
+    cpus: int = 0
+    config: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> str:
+        """fn's JSON field names; built once per call (see ``LBCall.model_json``)."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "app_id": self.app_id,
+                "fn_id": self.fn_id,
+                "image": self.image,
+                "type": self.type,
+                "timeout": self.timeout,
+                "idle_timeout": self.idle_timeout,
+                "memory": self.memory,
+                "cpus": self.cpus,
+                "config": dict(self.config),
+                "headers": {k: list(v) for k, v in self.headers.items()},
+                "created_at": rfc3339_ms(self.created_at),
+            },
+            separators=(",", ":"),
+        )
+
+    def slot_key(self) -> str:
+        """Calls with the same key can share a warm container (fn's slot queue key)."""
+        h = hashlib.blake2b(digest_size=16)
+        for part in (self.app_id, self.fn_id, self.image, str(self.memory), str(self.cpus),
+                     str(self.timeout), str(self.idle_timeout)):
+            h.update(part.encode())
+            h.update(b"\0")
+        for k in sorted(self.config):
+            h.update(k.encode() + b"=" + self.config[k].encode() + b"\0")
+        return h.hexdigest()
+
+
+class BufferSink:
+    """Collects the function's response in memory (the unary front door)."""
+
+    __slots__ = ("status_code", "headers", "chunks", "started")
+
+    def __init__(self) -> None:
+        self.status_code = 0
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+        self.started = False
+
+    def start(self, status_code: int, headers: Sequence[tuple[str, str]]) -> None:
+        self.status_code = status_code
+        self.headers = list(headers)
+        self.started = True
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class LBCall:
+    """fn's RunnerCall for the LB: everything one placement needs, built once."""
+
+    def __init__(self, model: CallModel, body: bytes, sink: ResponseSink | None = None,
+                 extensions: Mapping[str, str] | None = None) -> None:
+        self._model = model
+        self._body = body
+        self._sink: ResponseSink = sink if sink is not None else BufferSink()
+        self._extensions = dict(extensions or {})
+        self._stderr: list[bytes] = []
+        self._user_exec: float | None = None
+        self.attempts = 0
+        # Monotonic start of the call at the LB (after the body was read).
+        self.started_mono = time.monotonic()
+
+    @property
+    def model(self) -> CallModel:
+        return self._model
+
+    @cached_property
+    def model_json(self) -> str:
+        return self._model.to_json()
+
+    @cached_property
+    def slot_hash_id(self) -> str:
+        return self._model.slot_key()
+
+    @property
+    def extensions(self) -> Mapping[str, str]:
+        return self._extensions
+
+    def request_body(self) -> bytes:
+        return self._body
+
+    @property
+    def response(self) -> ResponseSink:
+        return self._sink
+
+    @property
+    def stderr(self) -> list[bytes]:
+        return self._stderr
+
+    def add_user_execution_time(self, seconds: float) -> None:
+        self._user_exec = (self._user_exec or 0.0) + seconds
+
+    @property
+    def user_execution_time(self) -> float | None:
+        return self._user_exec

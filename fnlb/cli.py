@@ -1,0 +1,324 @@
+"""``fnlb`` command line: serve, invoke, runners, certs.
+
+Every flag of ``serve`` can also be set by an environment variable
+``FNLB_<FLAG>`` (``--placer-timeout`` -> ``FNLB_PLACER_TIMEOUT``); fn's names are
+accepted where fn has one (``FN_RUNNER_ADDRESSES``, ``FN_PLACER``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fnlb.errors import ConfigError
+from fnlb.logs import setup_logging
+from fnlb.timefmt import format_duration, parse_duration
+
+__all__ = ["main", "build_parser"]
+
+_FN_ALIASES = {"runners": ("FN_RUNNER_ADDRESSES",), "placer": ("FN_PLACER",)}
+
+
+def _env_default(dest: str, default: Any) -> Any:
+    for name in (f"FNLB_{dest.upper()}", *_FN_ALIASES.get(dest, ())):
+        if name in os.environ:
+            return os.environ[name]
+    return default
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add(p: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any) -> None:
+    dest = flag.lstrip("-").replace("-", "_")
+    env = f"FNLB_{dest.upper()}"
+    aliases = _FN_ALIASES.get(dest, ())
+    help_text = kw.pop("help", "")
+    kw["help"] = f"{help_text} [env {env}{''.join(', ' + a for a in aliases)}]"
+    if kw.get("action") == "store_true":
+        raw = _env_default(dest, None)
+        default = raw.lower() in ("1", "true", "yes", "on") if isinstance(raw, str) else default
+    else:
+        default = _env_default(dest, default)
+    p.add_argument(flag, default=default, **kw)
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", formatter_class=_Formatter,
+        help="run the load balancer",
+        description=(
+            "Run the LB: clients call fnlb.v1.LoadBalancer/Invoke on --listen; calls are placed\n"
+            "on the runners (fnlb.v1.Runner/TryExec) by the --placer; Prometheus metrics are on\n"
+            "http://--metrics-listen/metrics. Durations take Go syntax (10ms, 1.5s, 6m) or\n"
+            "plain seconds. SIGTERM/SIGINT drains (in-flight calls finish within\n"
+            "--drain-grace); a second signal exits at once."))
+    _add(p, "--listen", "127.0.0.1:9090", metavar="HOST:PORT",
+         help="front-door gRPC address (use 0.0.0.0:PORT to accept remote clients)")
+    _add(p, "--metrics-listen", "127.0.0.1:9091", metavar="HOST:PORT",
+         help="Prometheus /metrics HTTP address; empty to disable")
+    _add(p, "--runners", "", metavar="A,B,...",
+         help="static runner pool: comma-separated HOST:PORT runner addresses")
+    _add(p, "--runners-file", None, metavar="PATH",
+         help="file pool: runner addresses, one per line, re-read when it changes")
+    _add(p, "--discovery", "", metavar="URI",
+         help="DNS pool, e.g. dns:///runners.ns.svc:9190 or dns+srv:///_grpc._tcp.runners.ns.svc")
+    _add(p, "--placer", "naive", metavar="NAME", help="placement strategy (see README)")
+    _add(p, "--placer-timeout", "360s", type=_duration, metavar="DUR",
+         help="give up placing a sync call after this long (server too busy)")
+    _add(p, "--detached-placer-timeout", "30s", type=_duration, metavar="DUR",
+         help="the same for detached calls")
+    _add(p, "--retry-all-delay", "10ms", type=_duration, metavar="DUR",
+         help="pause after every runner refused before trying them all again")
+    _add(p, "--connect-timeout", "1s", type=_duration, metavar="DUR",
+         help="how long to wait for a runner connection before trying the next runner")
+    _add(p, "--max-body-bytes", str(8 * 1024 * 1024), type=_positive_int, metavar="N",
+         help="largest request body accepted (buffered at the LB for retries)")
+    _add(p, "--drain-grace", "30s", type=_duration, metavar="DUR",
+         help="on SIGTERM, how long in-flight calls may take to finish")
+    _add(p, "--default-timeout", "30", type=_positive_int, metavar="SECONDS",
+         help="function timeout for calls that set none")
+    _add(p, "--tls-cert", None, metavar="FILE", help="LB client certificate for mTLS to runners")
+    _add(p, "--tls-key", None, metavar="FILE", help="key of --tls-cert")
+    _add(p, "--tls-ca", None, metavar="FILE", help="CA that signed the runners' certificates")
+    _add(p, "--runner-server-name", "", metavar="NAME",
+         help="expected name (SAN) in every runner certificate, instead of its address")
+    _add(p, "--front-tls-cert", None, metavar="FILE", help="front-door server certificate")
+    _add(p, "--front-tls-key", None, metavar="FILE", help="key of --front-tls-cert")
+    _add(p, "--front-tls-ca", None, metavar="FILE",
+         help="when set, clients must present a certificate signed by this CA")
+    _add(p, "--log-level", "info", choices=("debug", "info", "warning", "error"),
+         help="log verbosity (debug logs one line per call)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _tls_paths(args: argparse.Namespace, prefix: str, flag: str) -> Any:
+    from fnlb.config import TLSPaths
+
+    cert, key, ca = (getattr(args, f"{prefix}tls_{x}") for x in ("cert", "key", "ca"))
+    if not (cert or key or ca):
+        return None
+    if not (cert and key):
+        raise ConfigError(f"--{flag}tls-cert and --{flag}tls-key must be given together")
+    if prefix == "" and not ca:
+        raise ConfigError("--tls-ca is required with --tls-cert/--tls-key (mTLS to runners)")
+    return TLSPaths(Path(cert), Path(key), Path(ca) if ca else None)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from fnlb.config import LBConfig
+    from fnlb.pools import parse_address_list
+    from fnlb.runnerpool import PlacerConfig
+
+    runners = tuple(parse_address_list(args.runners)) if args.runners else ()
+    return LBConfig(
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        runners=runners,
+        runners_file=Path(args.runners_file) if args.runners_file else None,
+        discovery=args.discovery,
+        placer=args.placer,
+        placer_config=PlacerConfig(args.retry_all_delay, args.placer_timeout,
+                                   args.detached_placer_timeout),
+        max_body_bytes=args.max_body_bytes,
+        drain_grace=args.drain_grace,
+        connect_timeout=args.connect_timeout,
+        default_timeout_s=args.default_timeout,
+        runner_tls=_tls_paths(args, "", ""),
+        runner_server_name=args.runner_server_name,
+        front_tls=_tls_paths(args, "front_", "front-"),
+        log_level=args.log_level,
+    )
+
+
+async def _serve(cfg: Any) -> int:
+    import logging
+
+    from fnlb.placers import make_placer
+    from fnlb.server import LBServer
+
+    log = logging.getLogger("fnlb.cli")
+    make_placer(cfg.placer)  # unknown placer: fail before binding anything
+    server = LBServer(cfg)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    seen = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        # Two stages: the first signal drains, a second one exits at once.
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            log.info("signal received, draining: send it again to exit at once",
+                     extra={"kv": {"signal": sig.name,
+                                   "grace": format_duration(cfg.drain_grace)}})
+            stop.set()
+        else:
+            log.warning("second signal, exiting now", extra={"kv": {"signal": sig.name}})
+            os._exit(1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await stop.wait()
+    await server.stop(cfg.drain_grace)
+    await server.wait_closed()
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    cfg = config_from_args(args)
+    if not cfg.runners and not cfg.runners_file and not cfg.discovery:
+        raise ConfigError("no runners: give --runners A,B (or FN_RUNNER_ADDRESSES), "
+                          "--runners-file PATH or --discovery dns:///NAME:PORT")
+    return asyncio.run(_serve(cfg))
+
+
+def _add_invoke(sub: Any) -> None:
+    p = sub.add_parser("invoke", formatter_class=_Formatter, help="call a function through an LB",
+                       description="Call FN_ID through the LB; the function's body goes to "
+                                   "stdout, status and runner to stderr.")
+    p.add_argument("fn_id", metavar="FN_ID")
+    p.add_argument("--lb", default=os.environ.get("FNLB_LB", "127.0.0.1:9090"),
+                   metavar="HOST:PORT", help="LB front-door address [env FNLB_LB]")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--data", default=None, help="request body (text)")
+    body.add_argument("--data-file", default=None, metavar="PATH",
+                      help="request body from a file ('-' = stdin)")
+    p.add_argument("--app-id", default="")
+    p.add_argument("--detached", action="store_true", help="return once a runner accepted it")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="function config, repeatable (runner-stub reads sleep_ms, status, ...)")
+    p.add_argument("--memory-mb", type=int, default=0)
+    p.add_argument("--timeout", type=_duration, default=None, metavar="DUR",
+                   help="client deadline for the whole call")
+    p.add_argument("--tls-ca", default=None, help="CA of the LB's certificate (front-door TLS)")
+    p.add_argument("--tls-cert", default=None, help="client certificate (front-door mTLS)")
+    p.add_argument("--tls-key", default=None, help="key of --tls-cert")
+    p.set_defaults(func=_cmd_invoke)
+
+
+def _cmd_invoke(args: argparse.Namespace) -> int:
+    from fnlb.client import invoke
+
+    if args.data_file == "-":
+        data = sys.stdin.buffer.read()
+    elif args.data_file:
+        data = Path(args.data_file).read_bytes()
+    else:
+        data = (args.data or "").encode()
+    config: dict[str, str] = {}
+    for item in args.config:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--config: expected KEY=VALUE, got {item!r}")
+        config[key] = value
+    return asyncio.run(invoke(args, data, config))
+
+
+def _add_runners(sub: Any) -> None:
+    p = sub.add_parser("runners", formatter_class=_Formatter, help="print an LB's runner pool",
+                       description="Print the runner pool of the LB (its Admin service).")
+    p.add_argument("--lb", default=os.environ.get("FNLB_LB", "127.0.0.1:9090"),
+                   metavar="HOST:PORT", help="LB admin address [env FNLB_LB]")
+    p.add_argument("--tls-ca", default=None)
+    p.add_argument("--tls-cert", default=None)
+    p.add_argument("--tls-key", default=None)
+    p.set_defaults(func=_cmd_runners)
+
+
+def _cmd_runners(args: argparse.Namespace) -> int:
+    from fnlb.client import list_runners
+
+    return asyncio.run(list_runners(args))
+
+
+def _add_certs(sub: Any) -> None:
+    p = sub.add_parser("certs", help="make a dev CA and certificates for mTLS",
+                       description="Development PKI: a CA and certificates usable as both "
+                                   "server and client certificates (EC P-256).")
+    csub = p.add_subparsers(dest="certs_cmd", required=True, metavar="{init,issue}")
+    i = csub.add_parser("init", formatter_class=_Formatter, help="create a CA: DIR/ca.crt, ca.key")
+    i.add_argument("--out", required=True, metavar="DIR")
+    i.add_argument("--name", default="fnlb-dev-ca", help="CA common name")
+    i.add_argument("--days", type=_positive_int, default=3650)
+    i.add_argument("--force", action="store_true", help="overwrite existing files")
+    i.set_defaults(func=_cmd_certs_init)
+    s = csub.add_parser("issue", formatter_class=_Formatter,
+                        help="issue DIR2/NAME.crt, NAME.key signed by the CA in DIR")
+    s.add_argument("--ca", required=True, metavar="DIR", help="directory with ca.crt and ca.key")
+    s.add_argument("--name", required=True, help="certificate name (CN and file name)")
+    s.add_argument("--san", action="append", required=True, metavar="HOST_OR_IP",
+                   help="subject alternative name, repeatable (DNS name or IP)")
+    s.add_argument("--out", required=True, metavar="DIR2")
+    s.add_argument("--days", type=_positive_int, default=825)
+    s.add_argument("--force", action="store_true", help="overwrite existing files")
+    s.set_defaults(func=_cmd_certs_issue)
+
+
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from fnlb.tls import init_ca
+
+    crt, key = init_ca(Path(args.out), name=args.name, days=args.days, force=args.force)
+    print(f"wrote {crt} and {key}")
+    return 0
+
+
+def _cmd_certs_issue(args: argparse.Namespace) -> int:
+    from fnlb.tls import issue_cert
+
+    crt, key = issue_cert(Path(args.ca), args.name, args.san, Path(args.out),
+                          days=args.days, force=args.force)
+    print(f"wrote {crt} and {key}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fnlb", description="fnlb: a gRPC load balancer for function runners.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_invoke(sub)
+    _add_runners(sub)
+    _add_certs(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        parser.exit(2, f"fnlb: error: {e}\n")
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as e:  # e.g. TLSConfigError from fnlb.tls
+        parser.exit(2, f"fnlb: error: {e}\n")
+    except OSError as e:
+        parser.exit(1, f"fnlb: error: {e}\n")

@@ -1,0 +1,66 @@
+"""Small clients behind ``fnlb invoke`` and ``fnlb runners``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import grpc
+
+from fnlb.v1 import lb_pb2, lb_pb2_grpc
+
+__all__ = ["open_channel", "invoke", "list_runners"]
+
+_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+
+
+def open_channel(address: str, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None) -> grpc.aio.Channel:
+    """Plaintext unless a CA is given; a client certificate when cert and key are."""
+    if not ca:
+        return grpc.aio.insecure_channel(address, options=_OPTIONS)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes(),
+        private_key=Path(key).read_bytes() if key else None,
+        certificate_chain=Path(cert).read_bytes() if cert else None)
+    return grpc.aio.secure_channel(address, creds, options=_OPTIONS)
+
+
+async def invoke(args: argparse.Namespace, data: bytes, config: dict[str, str]) -> int:
+    req = lb_pb2.InvokeRequest(
+        fn_id=args.fn_id, app_id=args.app_id, body=data, config=config,
+        memory_mb=args.memory_mb, type=lb_pb2.DETACHED if args.detached else lb_pb2.SYNC)
+    async with open_channel(args.lb, args.tls_ca, args.tls_cert, args.tls_key) as ch:
+        stub = lb_pb2_grpc.LoadBalancerStub(ch)
+        try:
+            resp = await stub.Invoke(req, timeout=args.timeout)
+        except grpc.aio.AioRpcError as e:
+            print(f"fnlb invoke: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    sys.stdout.buffer.write(resp.body)
+    sys.stdout.flush()
+    print(f"status={resp.status_code} runner={resp.runner} call_id={resp.call_id} "
+          f"attempts={resp.attempts}", file=sys.stderr)
+    return 0 if 200 <= resp.status_code < 300 else 3
+
+
+async def list_runners(args: argparse.Namespace) -> int:
+    async with open_channel(args.lb, args.tls_ca, args.tls_cert, args.tls_key) as ch:
+        stub = lb_pb2_grpc.AdminStub(ch)
+        try:
+            resp = await stub.ListRunners(lb_pb2.ListRunnersRequest(), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            print(f"fnlb runners: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    rows = [("ADDRESS", "STATE", "INFLIGHT", "ACTIVE", "SLOTS", "PLACED", "SOURCE", "LAST ERROR")]
+    for r in resp.runners:
+        rows.append((r.address, r.state, str(r.inflight), str(r.runner_active),
+                     f"{r.slots_free}/{r.slots_total}", str(r.placed), r.source,
+                     r.last_error[:60]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"placer: {resp.placer}")
+    return 0

@@ -1,0 +1,59 @@
+"""The LB's configuration: frozen, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fnlb.errors import ConfigError
+from fnlb.runnerpool import PlacerConfig
+
+__all__ = ["LBConfig", "TLSPaths", "split_hostport"]
+
+
+def split_hostport(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{flag}: expected HOST:PORT (port 0-65535), got {text!r}")
+    return host or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSPaths:
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LBConfig:
+    listen: str = "127.0.0.1:9090"
+    metrics_listen: str = "127.0.0.1:9091"
+    runners: tuple[str, ...] = ()
+    runners_file: Path | None = None
+    discovery: str = ""
+    placer: str = "naive"
+    placer_config: PlacerConfig = field(default_factory=PlacerConfig)
+    max_body_bytes: int = 8 * 1024 * 1024
+    drain_grace: float = 30.0
+    connect_timeout: float = 1.0
+    default_timeout_s: int = 30
+    runner_tls: TLSPaths | None = None
+    runner_server_name: str = ""
+    front_tls: TLSPaths | None = None
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        split_hostport(self.listen, "--listen")
+        if self.metrics_listen:
+            split_hostport(self.metrics_listen, "--metrics-listen")
+        if self.max_body_bytes <= 0:
+            raise ConfigError(f"--max-body-bytes must be > 0, got {self.max_body_bytes}")
+        if self.drain_grace < 0:
+            raise ConfigError("--drain-grace must be >= 0")
+        if self.connect_timeout <= 0:
+            raise ConfigError("--connect-timeout must be > 0")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"--log-level must be debug, info, warning or error, "
+                              f"got {self.log_level!r}")

@@ -1,0 +1,298 @@
+"""GrpcRunner: the ``Runner`` backed by a ``fnlb.v1.Runner`` stub, and its factories.
+
+The commit rule (protos/fnlb/v1/runner.proto) is implemented in ``try_exec``:
+only a NACK, or a failure that proves the runner never got the call, returns
+``placed=False``. Everything else is committed and never re-sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+from fnlb.calls import DETACHED
+from fnlb.errors import ClientCanceled, RunnerError, RunnerUnreachable, ServerTooBusy
+from fnlb.logs import kv
+from fnlb.metrics import Metrics
+from fnlb.runnerpool import Attempt, RunnerCall, RunnerStatus
+from fnlb.timefmt import parse_rfc3339
+from fnlb.v1 import runner_pb2, runner_pb2_grpc
+
+__all__ = [
+    "GrpcRunner",
+    "CHUNK_SIZE",
+    "CHANNEL_OPTIONS",
+    "plaintext_runner_factory",
+    "make_runner_factory",
+    "status_from_pb",
+]
+
+log = logging.getLogger(__name__)
+
+# fn's MaxDataChunk.
+CHUNK_SIZE = 10 * 1024
+
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # A restarted runner should be reachable again within a second or two, not
+    # after gRPC's default back-off of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # One channel per runner carries many concurrent calls.
+    ("grpc.use_local_subchannel_pool", 1),
+)
+
+# Messages that prove a TryExec never reached the runner process.
+_NOT_CONNECTED = ("failed to connect", "connection refused", "connections to all backends failing",
+                  "dns resolution failed", "handshake", "ssl", "certificate")
+
+
+def _is_too_busy(err: grpc.aio.AioRpcError) -> bool:
+    code = err.code()
+    details = (err.details() or "").lower()
+    if code == grpc.StatusCode.UNAVAILABLE and "too busy" in details:
+        return True
+    # fn's pure runner ends the stream with the non-standard status 503.
+    raw = getattr(code, "value", (None,))[0]
+    return raw == 503 or (code == grpc.StatusCode.UNKNOWN and "too busy" in details)
+
+
+def _never_reached(err: grpc.aio.AioRpcError) -> bool:
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = (err.details() or "").lower()
+    return any(s in details for s in _NOT_CONNECTED)
+
+
+def _ns(value: int) -> float:
+    return value / 1e9
+
+
+def status_from_pb(s: runner_pb2.RunnerStatus) -> RunnerStatus:
+    return RunnerStatus(
+        active=s.active, requests_received=s.requestsReceived,
+        requests_handled=s.requestsHandled, failed=s.failed, error_code=s.errorCode,
+        error_str=s.errorStr, is_network_disabled=s.isNetworkDisabled, draining=s.draining,
+        drained=s.drained, slots_total=s.slots_total, slots_free=s.slots_free,
+        memory_mb_total=s.memory_mb_total, memory_mb_free=s.memory_mb_free,
+        warm_slots=tuple(s.warm_slots), runner_id=s.runner_id, custom=dict(s.customStatus))
+
+
+class GrpcRunner:
+    """One runner, one long-lived channel; ``try_exec`` is one TryExec stream."""
+
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None, *,
+                 metrics: Metrics | None = None, connect_timeout: float = 1.0,
+                 server_name: str | None = None) -> None:
+        self._address = address
+        options = list(CHANNEL_OPTIONS)
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=options)
+        self._stub = runner_pb2_grpc.RunnerStub(self._channel)
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._connect_timeout = connect_timeout
+        self._closed = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.tls = credentials is not None
+
+    def __repr__(self) -> str:
+        return f"GrpcRunner({self._address!r})"
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    async def _connected(self) -> bool:
+        state = self._channel.get_state(try_to_connect=True)
+        if state == grpc.ChannelConnectivity.READY:
+            return True
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                     grpc.ChannelConnectivity.SHUTDOWN):
+            # Known down: fail over at once instead of paying the connect timeout
+            # on every call. gRPC keeps reconnecting in the background.
+            return False
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), self._connect_timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _messages(self, call: RunnerCall) -> Iterator[runner_pb2.ClientMsg]:
+        yield runner_pb2.ClientMsg(**{"try": runner_pb2.TryCall(
+            models_call_json=call.model_json, slot_hash_id=call.slot_hash_id,
+            extensions=call.extensions)})
+        body = call.request_body()
+        view = memoryview(body)
+        n = len(body)
+        if n == 0:
+            yield runner_pb2.ClientMsg(data=runner_pb2.DataFrame(eof=True))
+            return
+        for off in range(0, n, CHUNK_SIZE):
+            end = off + CHUNK_SIZE
+            yield runner_pb2.ClientMsg(data=runner_pb2.DataFrame(
+                data=bytes(view[off:end]), eof=end >= n))
+
+    async def try_exec(self, call: RunnerCall) -> Attempt:
+        if self._closed:
+            return Attempt(False, RunnerUnreachable(f"runner {self._address} is closed"))
+        if not await self._connected():
+            state = self._channel.get_state().name
+            return Attempt(False, RunnerUnreachable(
+                f"runner {self._address} unreachable (channel {state})"))
+        stream = self._stub.TryExec(self._messages(call))
+        committed = False
+        finished: runner_pb2.CallFinished | None = None
+        sink = call.response
+        detached = call.model.type == DETACHED
+        try:
+            while True:
+                msg = await stream.read()
+                if msg is grpc.aio.EOF:
+                    break
+                kind = msg.WhichOneof("body")
+                if kind == "finished":
+                    f = msg.finished
+                    if not committed and not f.success and f.errorCode == 503:
+                        return Attempt(False, ServerTooBusy(
+                            f.errorStr or "Timed out - server too busy"))
+                    finished = f
+                    committed = True
+                    continue
+                committed = True
+                if kind == "result_start":
+                    http = msg.result_start.http
+                    sink.start(http.status_code or 200,
+                               [(h.key, h.value) for h in http.headers])
+                    if detached:
+                        # fn: a detached call is answered once a runner accepted it.
+                        # Read the rest in the background: cancelling the stream
+                        # could cancel the function on the runner.
+                        task = asyncio.create_task(self._drain_detached(stream, call))
+                        self._background.add(task)
+                        task.add_done_callback(self._background.discard)
+                        return Attempt(True, None)
+                elif kind == "data":
+                    sink.write(msg.data.data)
+        except grpc.aio.AioRpcError as e:
+            if not committed and _is_too_busy(e):
+                return Attempt(False, ServerTooBusy(e.details() or "server too busy"))
+            if not committed and _never_reached(e):
+                return Attempt(False, RunnerUnreachable(
+                    f"runner {self._address}: {e.details()}"))
+            if e.code() == grpc.StatusCode.CANCELLED:
+                return Attempt(True, ClientCanceled())
+            # Committed (or could have been): the call may have run; never re-send.
+            log.warning("runner failed call after commit",
+                        extra=kv(call_id=call.model.id, runner=self._address,
+                                 code=e.code().name, error=e.details()))
+            return Attempt(True, RunnerError(
+                f"runner {self._address} failed the call: {e.code().name}: {e.details()}",
+                runner=self._address, error_code=502))
+        finally:
+            if not stream.done() and not (detached and committed):
+                stream.cancel()
+        if finished is None:
+            return Attempt(True, RunnerError(
+                f"runner {self._address} ended the call without a finished message",
+                runner=self._address, error_code=502))
+        self._record_finish(finished, call)
+        if not finished.success:
+            return Attempt(True, RunnerError(
+                finished.errorStr or "unknown error from runner", runner=self._address,
+                error_code=finished.errorCode or 500, user_error=finished.errorUser))
+        if detached and not getattr(sink, "started", True):
+            sink.start(202, [])
+        return Attempt(True, None)
+
+    async def _drain_detached(self, stream: Any, call: RunnerCall) -> None:
+        try:
+            async with asyncio.timeout(call.model.timeout + 30):
+                while True:
+                    msg = await stream.read()
+                    if msg is grpc.aio.EOF:
+                        return
+                    if msg.WhichOneof("body") == "finished":
+                        self._record_finish(msg.finished, call)
+                        if not msg.finished.success:
+                            log.warning("detached call failed on runner",
+                                        extra=kv(call_id=call.model.id, runner=self._address,
+                                                 error=msg.finished.errorStr))
+        except (grpc.aio.AioRpcError, TimeoutError) as e:
+            log.warning("lost track of detached call",
+                        extra=kv(call_id=call.model.id, runner=self._address, error=repr(e)))
+        finally:
+            if not stream.done():
+                stream.cancel()
+
+    def _record_finish(self, f: runner_pb2.CallFinished, call: RunnerCall) -> None:
+        created = parse_rfc3339(f.createdAt)
+        started = parse_rfc3339(f.startedAt)
+        completed = parse_rfc3339(f.completedAt)
+        if created and started and completed and created <= started <= completed:
+            self._metrics.runner_sched_latency.observe((started - created).total_seconds())
+            self._metrics.runner_exec_latency.observe((completed - started).total_seconds())
+        # The nanosecond durations are more precise than millisecond timestamps.
+        if f.executionDuration > 0:
+            call.add_user_execution_time(_ns(f.executionDuration))
+        elif started and completed and started <= completed:
+            call.add_user_execution_time((completed - started).total_seconds())
+
+    async def status(self, timeout: float = 2.0) -> RunnerStatus:
+        s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
+        return status_from_pb(s)
+
+    async def drain(self, wait: bool = False, timeout: float = 5.0) -> runner_pb2.CloseResponse:
+        """Ask the runner itself to drain (its Close RPC)."""
+        resp: runner_pb2.CloseResponse = await self._stub.Close(
+            runner_pb2.CloseRequest(wait=wait), timeout=timeout)
+        return resp
+
+    async def close(self) -> None:
+        """Close the LB's channel to the runner (fn's Runner.Close)."""
+        if not self._closed:
+            self._closed = True
+            for task in list(self._background):
+                task.cancel()
+            await self._channel.close(grace=None)
+
+
+def plaintext_runner_factory(metrics: Metrics | None = None,
+                             connect_timeout: float = 1.0) -> Any:
+    """An MTLSRunnerFactory that ignores TLS (for tests and plaintext pools)."""
+
+    def factory(address: str, tls: object | None = None) -> GrpcRunner:
+        return GrpcRunner(address, None, metrics=metrics, connect_timeout=connect_timeout)
+
+    return factory
+
+
+def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
+                        server_name: str | None = None) -> Any:
+    """fn's MTLSRunnerFactory: mTLS when given TLS material, plaintext otherwise."""
+
+    def factory(address: str, tls: Any | None) -> GrpcRunner:
+        creds = None
+        if tls is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls.ca_pem, private_key=tls.key_pem,
+                certificate_chain=tls.cert_pem)
+        return GrpcRunner(address, creds, metrics=metrics, connect_timeout=connect_timeout,
+                          server_name=server_name)
+
+    return factory
+
+

@@ -1,0 +1,150 @@
+"""Every LB metric, on an injected registry (DESIGN.md §4 names are contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from fnlb.logs import kv
+
+__all__ = ["Metrics", "MetricsServer", "CALL_STATUSES"]
+
+log = logging.getLogger(__name__)
+
+CALL_STATUSES = ("completed", "canceled", "timeouts", "errors", "server_busy")
+
+# Seconds; from sub-millisecond LB overhead up to fn's longest sync timeouts.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 360.0)
+# fn's lb_placer_attempt_count distribution.
+_ATTEMPT_BUCKETS = (1, 2, 3, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The LB's metrics. Pass a fresh ``CollectorRegistry`` per LB (tests do)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.call_latency = Histogram(
+            "fnlb_call_latency_seconds",
+            "Time the LB spent on a call, minus the time the function ran on the runner.",
+            ["call_status"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.runner_sched_latency = Histogram(
+            "fnlb_runner_sched_latency_seconds",
+            "Runner-reported scheduling latency (createdAt -> startedAt).",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.runner_exec_latency = Histogram(
+            "fnlb_runner_exec_latency_seconds",
+            "Runner-reported execution latency (startedAt -> completedAt).",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.placer_attempts = Histogram(
+            "fnlb_placer_attempts", "Runners tried per call.",
+            buckets=_ATTEMPT_BUCKETS, registry=r)
+        self.placer_latency = Histogram(
+            "fnlb_placer_latency_seconds",
+            "Time in the placer loop, excluding the committed attempt's execution.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.placer_retries = Counter(
+            "fnlb_placer_retries", "Attempts that did not place the call, by reason.",
+            ["reason"], registry=r)
+        self.placer_placed = Counter(
+            "fnlb_placer_placed", "Calls committed on a runner, by outcome.",
+            ["result"], registry=r)
+        self.placer_timeouts = Counter(
+            "fnlb_placer_timeouts", "Placements that ran out of placer timeout.", registry=r)
+        self.placer_client_cancels = Counter(
+            "fnlb_placer_client_cancels", "Placements ended by a client cancel.", registry=r)
+        self.placer_client_timeouts = Counter(
+            "fnlb_placer_client_timeouts", "Placements ended by the client deadline.",
+            registry=r)
+        self.pool_empty = Counter(
+            "fnlb_pool_empty", "Times the pool offered no runner.", registry=r)
+        self.pool_errors = Counter(
+            "fnlb_pool_errors", "Times the pool failed to list runners.", registry=r)
+        self.calls = Counter(
+            "fnlb_calls", "Calls received at the front door.", ["type"], registry=r)
+        self.calls_inflight = Gauge(
+            "fnlb_calls_inflight", "Calls being handled by the LB.", registry=r)
+        self.calls_completed = Counter(
+            "fnlb_calls_completed", "Calls ended, by call_status.", ["call_status"], registry=r)
+        self.suspicious_latency = Counter(
+            "fnlb_call_latency_suspicious",
+            "Latency samples dropped because runner execution time >= LB latency.", registry=r)
+        self.pool_runners = Gauge(
+            "fnlb_pool_runners", "Runners in the pool, by state.", ["state"], registry=r)
+        # Pre-create label sets so dashboards see zeros instead of missing series.
+        for status in CALL_STATUSES:
+            self.call_latency.labels(status)
+            self.calls_completed.labels(status)
+        for reason in ("busy", "error"):
+            self.placer_retries.labels(reason)
+        for result in ("ok", "error", "abort"):
+            self.placer_placed.labels(result)
+        for t in ("sync", "detached"):
+            self.calls.labels(t)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """A tiny asyncio HTTP server for ``GET /metrics`` (and ``/healthz``).
+
+    asyncio rather than prometheus_client's threaded server: it lives on the LB's
+    loop, binds port 0 and reports the real port, and stops with the LB.
+    """
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._metrics = metrics
+        self._host, self._port = host, port
+        self._server: asyncio.Server | None = None
+        self.address = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        sock = self._server.sockets[0].getsockname()
+        self.address = f"{sock[0]}:{sock[1]}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 10)
+            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self._metrics.render()
+            elif path in ("/healthz", "/"):
+                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics\n"
+            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+            writer.write(head.encode() + (body if parts and parts[0] != "HEAD" else b""))
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
+            log.debug("metrics request failed", extra=kv(error=repr(e)))
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except ConnectionError:
+                pass

@@ -1,0 +1,176 @@
+"""The runner-pool interfaces, after fn's ``api/runnerpool/runner_pool.go``.
+
+Implementations live elsewhere: placers in ``fnlb.placers``, pools in
+``fnlb.pools``, the gRPC runner in ``fnlb.grpc_runner``, the call in
+``fnlb.calls``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+
+from fnlb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fnlb.calls import CallModel
+    from fnlb.tls import TLSMaterial
+
+__all__ = [
+    "Attempt",
+    "MTLSRunnerFactory",
+    "Placer",
+    "PlacerConfig",
+    "ResponseSink",
+    "Runner",
+    "RunnerCall",
+    "RunnerPool",
+    "RunnerStatus",
+]
+
+
+class Attempt(NamedTuple):
+    """Outcome of ``Runner.try_exec``: fn's ``(placed bool, err error)``.
+
+    placed=False: the runner did not take the call (NACK or unreachable); the
+    placer may try elsewhere. placed=True: committed; ``error`` (if any) goes to
+    the client and the call is never re-sent.
+    """
+
+    placed: bool
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStatus:
+    """A runner's health and load, as reported by its Status RPC."""
+
+    active: int = 0
+    requests_received: int = 0
+    requests_handled: int = 0
+    failed: bool = False
+    error_code: int = 0
+    error_str: str = ""
+    is_network_disabled: bool = False
+    draining: bool = False
+    drained: bool = False
+    slots_total: int = 0
+    slots_free: int = 0
+    memory_mb_total: int = 0
+    memory_mb_free: int = 0
+    warm_slots: tuple[str, ...] = ()
+    runner_id: str = ""
+    custom: Mapping[str, str] = field(default_factory=dict)
+
+
+class ResponseSink(Protocol):
+    """Where a runner writes the function's response (fn: http.ResponseWriter)."""
+
+    def start(self, status_code: int, headers: Sequence[tuple[str, str]]) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
+class RunnerCall(Protocol):
+    """One call as the placer and runners see it (fn's ``RunnerCall``)."""
+
+    attempts: int  # runners tried so far; the placer counts them
+
+    @property
+    def slot_hash_id(self) -> str: ...
+
+    @property
+    def extensions(self) -> Mapping[str, str]: ...
+
+    @property
+    def model(self) -> CallModel: ...
+
+    @property
+    def model_json(self) -> str: ...
+
+    def request_body(self) -> bytes:
+        """The buffered body; every attempt re-sends exactly these bytes."""
+        ...
+
+    @property
+    def response(self) -> ResponseSink: ...
+
+    @property
+    def stderr(self) -> list[bytes]: ...
+
+    def add_user_execution_time(self, seconds: float) -> None: ...
+
+    @property
+    def user_execution_time(self) -> float | None: ...
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A runner the LB can place calls on."""
+
+    @property
+    def address(self) -> str: ...
+
+    async def try_exec(self, call: RunnerCall) -> Attempt: ...
+
+    async def status(self) -> RunnerStatus: ...
+
+    async def close(self) -> None: ...
+
+
+class RunnerPool(Protocol):
+    """Gives placers the runners to try for a call.
+
+    ``runners`` returns an immutable snapshot; it raises ``PoolError`` when the
+    pool cannot produce runners (``retryable=False`` makes placers fail fast).
+    """
+
+    async def runners(self, call: RunnerCall) -> Sequence[Runner]: ...
+
+    async def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlacerConfig:
+    """fn's PlacerConfig: times in seconds."""
+
+    retry_all_delay: float = 0.010
+    placer_timeout: float = 360.0
+    detached_placer_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("retry_all_delay", "placer_timeout", "detached_placer_timeout"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.placer_timeout == 0 or self.detached_placer_timeout == 0:
+            raise ConfigError("placer timeouts must be > 0")
+
+
+class Placer(Protocol):
+    """A placement strategy: walks runners until one commits the call."""
+
+    name: str
+
+    @property
+    def config(self) -> PlacerConfig: ...
+
+    async def place_call(self, pool: RunnerPool, call: RunnerCall,
+                         deadline: float | None = None) -> Runner:
+        """Place ``call``; return the runner that committed it (and ran it OK).
+
+        ``deadline`` is the client's deadline on the ``time.monotonic`` clock
+        (fn: the request context's deadline); None means the client set none.
+
+        Raises ServerTooBusy / ClientTimeout / ClientCanceled when nothing
+        committed, PoolError on a non-retryable pool failure, RunnerError (or
+        another FnlbError) when the committed runner failed the call.
+        """
+        ...
+
+
+class MTLSRunnerFactory(Protocol):
+    """fn's ``MTLSRunnerFactory(addr, tlsConf)``: plaintext when ``tls`` is None."""
+
+    def __call__(self, address: str, tls: TLSMaterial | None) -> Runner: ...

@@ -1,0 +1,265 @@
+"""The LB process: front door (LoadBalancer), health, reflection, metrics, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fnlb.agent import Agent
+from fnlb.calls import DETACHED, SYNC, CallModel, LBCall, new_call_id
+from fnlb.config import LBConfig, split_hostport
+from fnlb.errors import FnlbError, InvalidRequest
+from fnlb.grpc_runner import make_runner_factory
+from fnlb.logs import kv
+from fnlb.metrics import Metrics, MetricsServer
+from fnlb.placers import make_placer
+from fnlb.pools import StaticRunnerPool
+from fnlb.runnerpool import MTLSRunnerFactory, RunnerPool
+from fnlb.v1 import lb_pb2, lb_pb2_grpc
+
+__all__ = ["LBServer", "LoadBalancerServicer", "build_call"]
+
+log = logging.getLogger(__name__)
+
+_MAX_TIMEOUT_S = 3600
+_MAX_MEMORY_MB = 1 << 20
+_STREAM_CHUNK = 64 * 1024
+
+
+def build_call(req: lb_pb2.InvokeRequest, body: bytes, max_body_bytes: int,
+               default_timeout_s: int = 30) -> LBCall:
+    """Validate an InvokeRequest; the error message names the bad field."""
+    fn_id = req.fn_id.strip()
+    if not fn_id:
+        raise InvalidRequest("fn_id: required")
+    if len(fn_id) > 255 or any(ord(c) < 32 for c in fn_id):
+        raise InvalidRequest("fn_id: at most 255 printable characters")
+    if len(body) > max_body_bytes:
+        raise InvalidRequest(f"body: {len(body)} bytes exceeds the limit of {max_body_bytes} "
+                             "bytes (--max-body-bytes); use a smaller body")
+    if not 0 <= req.timeout_s <= _MAX_TIMEOUT_S:
+        raise InvalidRequest(f"timeout_s: must be 0..{_MAX_TIMEOUT_S}, got {req.timeout_s}")
+    if not 0 <= req.idle_timeout_s <= _MAX_TIMEOUT_S:
+        raise InvalidRequest(f"idle_timeout_s: must be 0..{_MAX_TIMEOUT_S}")
+    if req.memory_mb > _MAX_MEMORY_MB:
+        raise InvalidRequest(f"memory_mb: must be at most {_MAX_MEMORY_MB}, got {req.memory_mb}")
+    if len(req.call_id) > 128:
+        raise InvalidRequest("call_id: at most 128 characters")
+    model = CallModel(
+        id=req.call_id or new_call_id(),
+        fn_id=fn_id,
+        app_id=req.app_id,
+        image=req.image,
+        type=DETACHED if req.type == lb_pb2.DETACHED else SYNC,
+        timeout=req.timeout_s or default_timeout_s,
+        idle_timeout=req.idle_timeout_s or 30,
+        memory=req.memory_mb or 128,
+        config=dict(req.config),
+        headers={k: [v] for k, v in req.headers.items()},
+    )
+    return LBCall(model, body)
+
+
+def _client_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
+    def __init__(self, agent: Agent, config: LBConfig) -> None:
+        self._agent = agent
+        self._cfg = config
+
+    async def _run(self, call: LBCall, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        try:
+            runner = await self._agent.submit(call, _client_deadline(context))
+        except FnlbError as e:
+            if not isinstance(e, InvalidRequest):
+                log.warning("call failed", extra=kv(call_id=call.model.id, fn_id=call.model.fn_id,
+                                                    runner=getattr(e, "runner", ""),
+                                                    code=e.code.name, error=str(e)))
+            await context.abort(e.code, str(e))
+        return runner.address
+
+    def _response(self, call: LBCall, runner: str, with_body: bool) -> lb_pb2.InvokeResponse:
+        sink = call.response
+        status = getattr(sink, "status_code", 0) or (202 if call.model.type == DETACHED else 200)
+        headers: dict[str, str] = {}
+        for k, v in getattr(sink, "headers", []):
+            headers[k] = f"{headers[k]}, {v}" if k in headers else v
+        return lb_pb2.InvokeResponse(
+            call_id=call.model.id, status_code=status, headers=headers,
+            body=sink.body() if with_body else b"",  # type: ignore[attr-defined]
+            runner=runner, attempts=call.attempts)
+
+    async def Invoke(self, request: lb_pb2.InvokeRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.InvokeResponse:
+        try:
+            call = build_call(request, request.body, self._cfg.max_body_bytes,
+                              self._cfg.default_timeout_s)
+        except InvalidRequest as e:
+            await context.abort(e.code, str(e))
+        runner = await self._run(call, context)
+        return self._response(call, runner, with_body=True)
+
+    async def InvokeStream(
+        self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[lb_pb2.InvokeStreamResponse]:
+        first: lb_pb2.InvokeRequest | None = None
+        parts: list[bytes] = []
+        size = 0
+        limit = self._cfg.max_body_bytes
+        async for msg in request_iterator:
+            kind = msg.WhichOneof("msg")
+            if first is None:
+                if kind != "request":
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        "request: the first message must be `request`")
+                first = msg.request
+                chunk = first.body
+            elif kind == "data":
+                chunk = msg.data
+            else:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "request: only the first message may be `request`")
+            size += len(chunk)
+            if size > limit:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"body: exceeds the limit of {limit} bytes (--max-body-bytes)")
+            parts.append(chunk)
+        if first is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message received")
+        try:
+            call = build_call(first, b"".join(parts), limit, self._cfg.default_timeout_s)
+        except InvalidRequest as e:
+            await context.abort(e.code, str(e))
+        runner = await self._run(call, context)
+        yield lb_pb2.InvokeStreamResponse(response=self._response(call, runner, with_body=False))
+        body = call.response.body()  # type: ignore[attr-defined]
+        view = memoryview(body)
+        for off in range(0, len(body), _STREAM_CHUNK):
+            yield lb_pb2.InvokeStreamResponse(data=bytes(view[off:off + _STREAM_CHUNK]))
+
+
+class LBServer:
+    """The LB process's servers. ``async with LBServer(cfg) as lb: ...``.
+
+    ``stop(grace)`` may be called more than once; the shortest grace wins.
+    """
+
+    def __init__(self, config: LBConfig, *, metrics: Metrics | None = None,
+                 pool: RunnerPool | None = None,
+                 runner_factory: MTLSRunnerFactory | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._factory = runner_factory
+        self.pool = pool
+        self._server: grpc.aio.Server | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopping: asyncio.Task[None] | None = None
+        self.address = ""
+        self.metrics_address = ""
+
+    def _build_pool(self) -> RunnerPool:
+        cfg = self.config
+        factory = self._factory or make_runner_factory(
+            self.metrics, cfg.connect_timeout, cfg.runner_server_name or None)
+        tls = None
+        if cfg.runner_tls is not None:
+            from fnlb.tls import TLSFiles  # noqa: PLC0415 - only TLS setups pay for it
+
+            assert cfg.runner_tls.ca is not None
+            tls = TLSFiles(cfg.runner_tls.cert, cfg.runner_tls.key, cfg.runner_tls.ca).load()
+        else:
+            log.warning("runner connections are plaintext: use --tls-cert/--tls-key/--tls-ca "
+                        "for mTLS to runners")
+        return StaticRunnerPool(cfg.runners, factory, tls)
+
+    async def start(self) -> None:
+        cfg = self.config
+        placer = make_placer(cfg.placer, cfg.placer_config, self.metrics)
+        if self.pool is None:
+            self.pool = self._build_pool()
+        agent = Agent(self.pool, placer, self.metrics)
+        # Leave room above --max-body-bytes so a too-big body gets our clear
+        # INVALID_ARGUMENT instead of gRPC's generic RESOURCE_EXHAUSTED.
+        max_msg = 2 * cfg.max_body_bytes + (1 << 20)
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", max_msg),
+            ("grpc.max_send_message_length", max_msg),
+            ("grpc.so_reuseport", 0),
+        ])
+        lb_pb2_grpc.add_LoadBalancerServicer_to_server(LoadBalancerServicer(agent, cfg), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = (
+            lb_pb2.DESCRIPTOR.services_by_name["LoadBalancer"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        host, port = split_hostport(cfg.listen, "--listen")
+        if cfg.front_tls is not None:
+            from fnlb.tls import TLSFiles, server_credentials  # noqa: PLC0415
+
+            material = TLSFiles(cfg.front_tls.cert, cfg.front_tls.key,
+                                cfg.front_tls.ca or cfg.front_tls.cert).load()
+            creds = server_credentials(material, require_client_auth=cfg.front_tls.ca is not None)
+            bound = server.add_secure_port(f"{host}:{port}", creds)
+        else:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+        self._server = server
+        self.address = f"{host}:{bound}"
+        if cfg.metrics_listen:
+            mhost, mport = split_hostport(cfg.metrics_listen, "--metrics-listen")
+            self._metrics_server = MetricsServer(self.metrics, mhost, mport)
+            await self._metrics_server.start()
+            self.metrics_address = self._metrics_server.address
+        for name in ("", "fnlb.v1.LoadBalancer"):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("listening", extra=kv(addr=self.address, metrics_addr=self.metrics_address,
+                                       placer=cfg.placer, tls=cfg.front_tls is not None))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish for ``grace`` s, close runners."""
+        if self._server is None:
+            return
+        if grace is None:
+            grace = self.config.drain_grace
+        await self._health.enter_graceful_shutdown()
+        log.info("draining", extra=kv(grace_s=grace))
+        await self._server.stop(grace)
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._close_rest())
+        await asyncio.shield(self._stopping)
+
+    async def _close_rest(self) -> None:
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+        if self.pool is not None:
+            await self.pool.shutdown()
+        log.info("stopped")
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+
+    async def __aenter__(self) -> LBServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop(0)
