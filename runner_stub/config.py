@@ -1,0 +1,128 @@
+"""The runner stub's settings: one frozen dataclass, validated when built.
+
+Field names are the command-line flags in snake case, so every validation
+error can name the flag a user has to fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner_stub.errors import ConfigError
+
+__all__ = ["StubConfig", "TlsFiles", "split_host_port", "flag_name", "LOG_LEVELS"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def flag_name(field_name: str) -> str:
+    """``max_body_bytes`` -> ``--max-body-bytes``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 as ``[::1]:PORT``); port 0 means "pick a free one".
+
+    >>> split_host_port("[::1]:9190")
+    ('::1', 9190)
+    """
+    host, sep, port_text = addr.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {addr!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 host in brackets, e.g. [::1]:9190, got {addr!r}")
+    if not host:
+        raise ValueError(f"expected HOST:PORT, got {addr!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port must be a number, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port}")
+    return host, port
+
+
+_INT_MINIMUMS = {
+    "slots": 1, "memory_mb": 1, "nack_after_ms": 0, "cold_start_ms": 0, "warm_cache": 0,
+    "max_body_bytes": 0, "crash_after": 0, "hang_ms": 0, "nack_delay_ms": 0,
+}
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM bytes for mTLS, read once at startup."""
+
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+
+@dataclass(frozen=True)
+class StubConfig:
+    """Everything a runner stub needs; defaults are the CLI defaults."""
+
+    listen: str = "127.0.0.1:9190"
+    slots: int = 4
+    memory_mb: int = 1024
+    nack_after_ms: int = 10
+    cold_start_ms: int = 0
+    warm_cache: int = 8
+    max_body_bytes: int = 8 * 1024 * 1024
+    log_level: str = "info"
+    runner_id: str = ""  # "" = the address actually bound (port 0 resolved)
+    drain_grace: float = 30.0  # seconds
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    fail_rate: float = 0.0
+    seed: int | None = None
+    crash_after: int = 0  # 0 = never
+    hang_ms: int = 0
+    nack_delay_ms: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            split_host_port(self.listen)
+        except ValueError as e:
+            raise ConfigError(f"--listen: {e}") from None
+        for name, low in _INT_MINIMUMS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{flag_name(name)} must be an integer, got {value!r}")
+            if value < low:
+                raise ConfigError(f"{flag_name(name)} must be >= {low}, got {value}")
+        if not (math.isfinite(self.drain_grace) and self.drain_grace >= 0):
+            raise ConfigError(f"--drain-grace must be >= 0, got {self.drain_grace}")
+        if not (0.0 <= self.fail_rate <= 1.0):
+            raise ConfigError(f"--fail-rate must be a fraction in 0..1, got {self.fail_rate}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, "
+                              f"got {self.log_level!r}")
+        given = {name: bool(getattr(self, name)) for name in ("tls_cert", "tls_key", "tls_ca")}
+        if any(given.values()) and not all(given.values()):
+            missing = ", ".join(flag_name(n) for n, ok in given.items() if not ok)
+            raise ConfigError(f"--tls-cert, --tls-key and --tls-ca go together: missing {missing}")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def read_tls(self) -> TlsFiles | None:
+        """Read the PEM files (None without TLS); an unreadable one names its flag."""
+        if not self.tls:
+            return None
+        pem: dict[str, bytes] = {}
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            try:
+                pem[name] = Path(path).read_bytes()
+            except OSError as e:
+                raise ConfigError(f"{flag_name(name)}: cannot read {path!r}: "
+                                  f"{e.strerror or e}") from None
+            if not pem[name].strip():
+                raise ConfigError(f"{flag_name(name)}: {path!r} is empty")
+        return TlsFiles(cert=pem["tls_cert"], key=pem["tls_key"], ca=pem["tls_ca"])
