@@ -1,0 +1,507 @@
+"""The runner stub's gRPC side: the ``fnlb.v1.Runner`` servicer and its lifecycle.
+
+    async with StubServer(StubConfig(listen="127.0.0.1:0")) as server:
+        print(server.addr)          # 127.0.0.1:PORT actually bound
+        await server.wait_closed()
+
+Semantics follow fn's pure runner (``api/agent/pure_runner.go``): decide
+(accept or NACK) right after ``try``, before the function runs; once accepted,
+always end with a ``finished`` message or an error status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fnlb.logs import kv
+from fnlb.timefmt import format_duration, now_rfc3339, rfc3339_ms
+from fnlb.v1 import runner_pb2, runner_pb2_grpc
+from runner_stub.calls import Call, parse_call
+from runner_stub.config import StubConfig, split_host_port
+from runner_stub.errors import (
+    BadCall,
+    CallRejected,
+    FunctionFailed,
+    ProtocolError,
+    StartupError,
+)
+from runner_stub.functions import FunctionResult, run_function
+from runner_stub.slots import Lease, MemoryTooLarge, SlotPool, WarmCache
+
+__all__ = ["StubServer", "RunnerService", "Counters", "MAX_DATA_CHUNK", "TOO_BUSY"]
+
+log = logging.getLogger("runner_stub")
+
+MAX_DATA_CHUNK = 10 * 1024  # fn's MaxDataChunk: body frames in both directions
+TOO_BUSY = "Timed out - server too busy"  # fn's ErrCallTimeoutServerBusy text
+RUNNER_SERVICE = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Bodies are streamed in 10 KiB frames, but other clients may not chunk.
+_MESSAGE_LIMIT = 64 * 1024 * 1024
+_SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
+    # Without this a second stub on the same fixed port would silently share it.
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass
+class Counters:
+    """Monotonic counters shown by Status.
+
+    Invariant once every stream has decided: received == handled + nacked.
+    Bad input is counted in bad_requests only (before ``received`` when the
+    call itself is bad, on top of ``handled`` when a body breaks the rules).
+    """
+
+    received: int = 0
+    handled: int = 0
+    nacked: int = 0
+    cold_starts: int = 0
+    warm_hits: int = 0
+    canceled: int = 0
+    failed: int = 0
+    bad_requests: int = 0
+
+
+@dataclass(frozen=True)
+class _Instant:
+    wall: datetime
+    mono_ns: int
+
+
+def _now() -> _Instant:
+    return _Instant(datetime.now(UTC), time.monotonic_ns())
+
+
+def _try_of(msg: runner_pb2.ClientMsg) -> runner_pb2.TryCall:
+    # `try` is a Python keyword, hence getattr.
+    tc: runner_pb2.TryCall = getattr(msg, "try")
+    return tc
+
+
+def _kind(msg: Any) -> str:
+    if msg is grpc.aio.EOF:
+        return "end of stream"
+    kind = msg.WhichOneof("body")
+    return str(kind) if kind else "an empty ClientMsg"
+
+
+class RunnerService(runner_pb2_grpc.RunnerServicer):
+    """TryExec / Status / Close over a SlotPool and a WarmCache.
+
+    TryExec answers, in order of checks:
+
+    * first message not ``try`` (e.g. ``data``) -> status INVALID_ARGUMENT
+      "first message must be try, got data";
+    * ``models_call_json`` unusable -> INVALID_ARGUMENT "models_call_json: ...";
+    * ``memory`` above the runner's total -> ``finished{success=false,
+      errorCode=400}`` (never fits here; fn's ErrCallResourceTooBig);
+    * draining, or no slot+memory within ``nack_after_ms`` -> NACK:
+      ``finished{success=false, errorCode=503, errorStr="Timed out - server too busy"}``
+      as the only message, stream ends OK;
+    * accepted; then a second ``try`` or a stream ending without ``eof`` ->
+      INVALID_ARGUMENT; a body over ``max_body_bytes`` ->
+      ``finished{success=false, errorCode=413, errorUser=true,
+      errorStr="request body exceeds N bytes"}`` (a finished, not a status, so
+      the LB reports it as committed instead of retrying on every runner);
+    * otherwise ``result_start``, body ``data`` frames (last has eof), ``finished``.
+    """
+
+    def __init__(self, config: StubConfig, health_servicer: health.aio.HealthServicer, *,
+                 rng: random.Random | None = None,
+                 exit_process: Callable[[int], object] = os._exit) -> None:
+        self._cfg = config
+        self._health = health_servicer
+        self._rng = rng if rng is not None else random.Random(config.seed)
+        self._exit_process = exit_process
+        self.pool = SlotPool(config.slots, config.memory_mb)
+        self.warm = WarmCache(config.warm_cache)
+        self.counters = Counters()
+        self.runner_id = config.runner_id
+        self.active = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- drain ---------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop accepting calls (NACK them) and report NOT_SERVING. Idempotent."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining", extra=kv(active=self.active))
+        for service in ("", RUNNER_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def wait_idle(self, max_wait: float | None = None) -> bool:
+        """Wait until no accepted call is in flight; False if ``max_wait`` seconds passed first."""
+        try:
+            async with asyncio.timeout(max_wait):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # -- RPCs ----------------------------------------------------------------
+
+    async def Status(self, request: Any, context: Any) -> runner_pb2.RunnerStatus:
+        now = now_rfc3339()
+        c = self.counters
+        return runner_pb2.RunnerStatus(
+            active=self.active,
+            id=self.runner_id,
+            runner_id=self.runner_id,
+            createdAt=now,
+            startedAt=now,
+            completedAt=now,
+            requestsReceived=c.received,
+            requestsHandled=c.handled,
+            requestsNacked=c.nacked,
+            draining=self.draining,
+            drained=self.draining and self.active == 0,
+            slots_total=self.pool.slots_total,
+            slots_free=self.pool.slots_free,
+            memory_mb_total=self.pool.memory_mb_total,
+            memory_mb_free=self.pool.memory_mb_free,
+            warm_slots=self.warm.keys(),
+            customStatus={
+                "cold_starts": str(c.cold_starts),
+                "warm_hits": str(c.warm_hits),
+                "canceled": str(c.canceled),
+                "failed": str(c.failed),
+                "bad_requests": str(c.bad_requests),
+                "waiting": str(self.pool.waiting),
+            },
+        )
+
+    async def Close(self, request: runner_pb2.CloseRequest,
+                    context: Any) -> runner_pb2.CloseResponse:
+        await self.drain()
+        if request.wait:
+            remaining = context.time_remaining()
+            # Answer just before the caller's deadline rather than be cut off by it.
+            await self.wait_idle(None if remaining is None else max(remaining - 0.05, 0.0))
+        return runner_pb2.CloseResponse(active=self.active, drained=self.active == 0)
+
+    async def TryExec(self, request_iterator: Any, context: Any) -> None:
+        created = _now()
+        try:
+            first = await context.read()
+            if _kind(first) != "try":
+                raise ProtocolError(f"first message must be try, got {_kind(first)}")
+            if self._cfg.hang_ms:
+                await asyncio.sleep(self._cfg.hang_ms / 1000)
+            tc = _try_of(first)
+            call = parse_call(tc.models_call_json, tc.slot_hash_id)
+        except (ProtocolError, BadCall) as e:
+            self.counters.bad_requests += 1
+            log.info("bad request", extra=kv(error=str(e)))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return
+        if call.memory_mb > self.pool.memory_mb_total:
+            # Not a NACK: no retry can make it fit on this runner.
+            self.counters.bad_requests += 1
+            error = CallRejected(400, f"call asks for {call.memory_mb} MiB of memory, this "
+                                      f"runner has {self.pool.memory_mb_total} MiB in total")
+            log.info("call rejected", extra=kv(call_id=call.id, code=400, error=error.message))
+            await context.write(self._finished(call, created, error=error))
+            return
+
+        self.counters.received += 1
+        try:
+            lease = await self._admit(call)
+            if lease is None:
+                await self._nack(call, context)
+                return
+            with lease:
+                await self._accepted(call, created, context)
+        except asyncio.CancelledError:
+            # The client went away (cancel, deadline) or the server is stopping:
+            # the function stopped where it was and the slot is given back.
+            self.counters.canceled += 1
+            log.info("call canceled", extra=kv(call_id=call.id, fn_id=call.fn_id))
+            raise
+
+    # -- TryExec steps -------------------------------------------------------
+
+    async def _admit(self, call: Call) -> Lease | None:
+        if self.draining:
+            return None
+        try:
+            lease = await self.pool.acquire(call.memory_mb, self._cfg.nack_after_ms / 1000)
+        except MemoryTooLarge:  # checked before; kept for safety if totals change
+            return None
+        if lease is not None and self.draining:
+            # Drain began while we waited: a draining runner accepts nothing.
+            lease.release()
+            return None
+        return lease
+
+    async def _nack(self, call: Call, context: Any) -> None:
+        self.counters.nacked += 1
+        log.debug("nack", extra=kv(call_id=call.id, draining=self.draining))
+        if self._cfg.nack_delay_ms:
+            await asyncio.sleep(self._cfg.nack_delay_ms / 1000)
+        await context.write(runner_pb2.RunnerMsg(finished=runner_pb2.CallFinished(
+            success=False, errorCode=503, errorStr=TOO_BUSY, details=call.id)))
+
+    async def _accepted(self, call: Call, created: _Instant, context: Any) -> None:
+        self.counters.handled += 1
+        nth = self.counters.handled
+        self.active += 1
+        self._idle.clear()
+        try:
+            try:
+                body = await self._read_body(context)
+            except ProtocolError as e:
+                self.counters.bad_requests += 1
+                log.info("bad request", extra=kv(call_id=call.id, error=str(e)))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                return
+            except CallRejected as e:
+                self.counters.bad_requests += 1
+                log.info("call rejected", extra=kv(call_id=call.id, code=e.code, error=e.message))
+                await context.write(self._finished(call, created, error=e))
+                return
+            await self._execute(call, created, body, nth, context)
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    async def _read_body(self, context: Any) -> bytes:
+        limit = self._cfg.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await context.read()
+            kind = _kind(msg)
+            if kind != "data":
+                if kind == "try":
+                    raise ProtocolError("second try on one stream: expected data frames")
+                raise ProtocolError(f"expected data frames ending with eof, got {kind}")
+            frame = msg.data
+            size += len(frame.data)
+            if size > limit:
+                raise CallRejected(413, f"request body exceeds {limit} bytes", user_error=True)
+            if frame.data:
+                chunks.append(frame.data)
+            if frame.eof:
+                return b"".join(chunks)
+
+    async def _execute(self, call: Call, created: _Instant, body: bytes, nth: int,
+                       context: Any) -> None:
+        if self._cfg.fail_rate and self._rng.random() < self._cfg.fail_rate:
+            self.counters.failed += 1
+            now = _now()
+            await context.write(self._finished(
+                call, created, now, now, error=CallRejected(500, "injected failure")))
+            return
+        if call.detached:
+            # fn acknowledges a detached call as soon as it is taken (202), then runs it.
+            await context.write(self._result_start(202, []))
+            await context.write(runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(eof=True)))
+            self._maybe_crash(call, nth)
+        await self._warm_up(call)
+        started = _now()
+        result: FunctionResult | None = None
+        error: CallRejected | None = None
+        try:
+            async with asyncio.timeout(call.timeout_s or None):
+                result = await run_function(call.spec, body, call.header("Content-Type"))
+        except FunctionFailed as e:
+            error = CallRejected(502, str(e), user_error=True)
+        except TimeoutError:
+            error = CallRejected(504, "Timed out", user_error=True)  # fn's ErrCallTimeout
+        if error is not None or result is None:
+            self.counters.failed += 1
+            self._maybe_crash(call, nth)
+            await context.write(self._finished(call, created, started, _now(), error=error))
+            return
+        if not call.detached:
+            headers = [("x-runner-id", self.runner_id)]
+            if result.content_type:
+                headers.append(("content-type", result.content_type))
+            await context.write(self._result_start(result.status, headers))
+            self._maybe_crash(call, nth)
+            await self._send_body(result.body, context)
+        await context.write(self._finished(call, created, started, _now()))
+
+    async def _warm_up(self, call: Call) -> None:
+        if self.warm.hit(call.slot_key):
+            self.counters.warm_hits += 1
+            return
+        if self._cfg.cold_start_ms:
+            await asyncio.sleep(self._cfg.cold_start_ms / 1000)
+        # Counted only once the start completed: a cancelled start warmed nothing.
+        self.counters.cold_starts += 1
+        for evicted in self.warm.add(call.slot_key):
+            log.debug("evicted warm function", extra=kv(slot=evicted))
+
+    def _maybe_crash(self, call: Call, nth: int) -> None:
+        if call.spec.crash or nth == self._cfg.crash_after:
+            log.warning("crashing on purpose", extra=kv(call_id=call.id, nth_call=nth))
+            self._exit_process(3)
+
+    @staticmethod
+    async def _send_body(body: bytes, context: Any) -> None:
+        if not body:
+            await context.write(runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(eof=True)))
+            return
+        view = memoryview(body)
+        for offset in range(0, len(body), MAX_DATA_CHUNK):
+            chunk = view[offset:offset + MAX_DATA_CHUNK]
+            await context.write(runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(
+                data=bytes(chunk), eof=offset + MAX_DATA_CHUNK >= len(body))))
+
+    @staticmethod
+    def _result_start(status: int, headers: list[tuple[str, str]]) -> runner_pb2.RunnerMsg:
+        return runner_pb2.RunnerMsg(result_start=runner_pb2.CallResultStart(
+            http=runner_pb2.HttpRespMeta(status_code=status, headers=[
+                runner_pb2.HttpHeader(key=k, value=v) for k, v in headers])))
+
+    @staticmethod
+    def _finished(call: Call, created: _Instant, started: _Instant | None = None,
+                  completed: _Instant | None = None, *,
+                  error: CallRejected | None = None) -> runner_pb2.RunnerMsg:
+        fin = runner_pb2.CallFinished(
+            success=error is None, details=call.id, image=call.image,
+            createdAt=rfc3339_ms(created.wall))
+        if error is not None:
+            fin.errorCode = error.code
+            fin.errorStr = error.message
+            fin.errorUser = error.user_error
+        if started is not None:
+            fin.startedAt = rfc3339_ms(started.wall)
+            fin.schedulerDuration = started.mono_ns - created.mono_ns
+            if completed is not None:
+                fin.completedAt = rfc3339_ms(completed.wall)
+                fin.executionDuration = completed.mono_ns - started.mono_ns
+        return runner_pb2.RunnerMsg(finished=fin)
+
+
+class StubServer:
+    """A runner stub serving on ``config.listen``: Runner, Health and reflection.
+
+    ``start()`` binds and logs ``msg=listening addr=HOST:PORT``; ``shutdown(grace)``
+    drains then stops; ``stop(grace)`` stops at once and may be called again
+    (the shortest grace wins, as in grpc.aio).
+    """
+
+    def __init__(self, config: StubConfig, *, rng: random.Random | None = None,
+                 exit_process: Callable[[int], object] = os._exit) -> None:
+        self.config = config
+        self._rng = rng
+        self._exit_process = exit_process
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._service: RunnerService | None = None
+        self._addr = ""
+        self._stopping = False
+
+    @property
+    def addr(self) -> str:
+        """HOST:PORT actually bound (port 0 resolved); "" before start()."""
+        return self._addr
+
+    @property
+    def service(self) -> RunnerService:
+        if self._service is None:
+            raise RuntimeError("StubServer not started")
+        return self._service
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("StubServer already started")
+        cfg = self.config
+        tls = cfg.read_tls()  # before binding: a bad file fails fast, naming its flag
+        host, port = split_host_port(cfg.listen)
+        bind_host = f"[{host}]" if ":" in host else host
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        self._health = health.aio.HealthServicer()
+        service = RunnerService(cfg, self._health, rng=self._rng,
+                                exit_process=self._exit_process)
+        runner_pb2_grpc.add_RunnerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (RUNNER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        try:
+            if tls is None:
+                bound = server.add_insecure_port(f"{bind_host}:{port}")
+            else:
+                creds = grpc.ssl_server_credentials(
+                    [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True)
+                bound = server.add_secure_port(f"{bind_host}:{port}", creds)
+        except RuntimeError as e:
+            raise StartupError(f"--listen {cfg.listen}: cannot bind: {e}") from None
+        if not bound:
+            raise StartupError(f"--listen {cfg.listen}: cannot bind")
+        self._addr = f"{bind_host}:{bound}"
+        service.runner_id = cfg.runner_id or self._addr
+        await server.start()
+        self._server, self._service = server, service
+        for name in ("", RUNNER_SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("listening", extra=kv(
+            addr=self._addr, runner_id=service.runner_id, slots=cfg.slots,
+            memory_mb=cfg.memory_mb, warm_cache=cfg.warm_cache, tls=str(cfg.tls).lower()))
+
+    async def drain(self) -> None:
+        """NACK every new call from now on; in-flight calls go on."""
+        await self.service.drain()
+
+    async def shutdown(self, grace: float) -> None:
+        """Drain, wait up to ``grace`` seconds for in-flight calls, then stop."""
+        if self._server is None:
+            return
+        deadline = time.monotonic() + grace
+        await self.drain()
+        if self.service.active:
+            log.info("waiting for in-flight calls", extra=kv(
+                active=self.service.active, grace=format_duration(grace)))
+        idle = await self.service.wait_idle(grace)
+        if not idle:
+            log.warning("drain grace over, canceling calls", extra=kv(active=self.service.active))
+        # Streams still open are NACKs on their way out (or calls past the grace).
+        await self.stop(max(deadline - time.monotonic(), 0.0))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving; calls still running after ``grace`` seconds are cancelled."""
+        if self._server is None:
+            return
+        first = not self._stopping
+        self._stopping = True
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        if first:
+            log.info("stopped", extra=kv(addr=self._addr))
+
+    async def wait_closed(self) -> None:
+        """Return once the server has stopped (at once if it never started)."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> StubServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop(0)
