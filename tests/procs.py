@@ -33,6 +33,7 @@ class Proc:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _eof: bool = False
     fields: dict[str, str] = field(default_factory=dict)
+    _pump_thread: threading.Thread | None = None
 
     def _pump(self) -> None:
         assert self.popen.stdout is not None
@@ -75,7 +76,9 @@ class Proc:
             self.popen.send_signal(sig)
 
     def wait(self, timeout: float = 20.0) -> int:
-        return self.popen.wait(timeout)
+        rc = self.popen.wait(timeout)
+        self.close()
+        return rc
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -85,6 +88,16 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        self.close()
+
+    def close(self) -> None:
+        """Release the pipe once the process is gone (the pump sees EOF first)."""
+        if self.popen.poll() is None:
+            return
+        if self._pump_thread is not None:
+            self._pump_thread.join(5)
+        if self.popen.stdout is not None and not self.popen.stdout.closed:
+            self.popen.stdout.close()
 
 
 def start(module: str, args: Sequence[str], env: dict[str, str] | None = None,
@@ -95,7 +108,8 @@ def start(module: str, args: Sequence[str], env: dict[str, str] | None = None,
     popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, env=full_env, start_new_session=True)
     proc = Proc(argv=argv, popen=popen)
-    threading.Thread(target=proc._pump, daemon=True).start()
+    proc._pump_thread = threading.Thread(target=proc._pump, daemon=True)
+    proc._pump_thread.start()
     try:
         proc.fields = parse_logfmt(proc.wait_for_line(ready))
     except BaseException:
