@@ -184,6 +184,8 @@ async def _serve(cfg: Any) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    # SIGHUP re-reads certificates (they are also picked up when the files change).
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     await stop.wait()
     await server.stop(cfg.drain_grace)
     await server.wait_closed()

@@ -287,7 +287,9 @@ def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
     def factory(address: str, tls: Any | None) -> GrpcRunner:
         creds = None
         if tls is not None:
-            creds = grpc.ssl_channel_credentials(
+            # fnlb.tls.ClientTLS: follows certificate files, so runners added
+            # after a rotation connect with the new client certificate.
+            creds = tls.credentials() if hasattr(tls, "credentials") else grpc.ssl_channel_credentials(
                 root_certificates=tls.ca_pem, private_key=tls.key_pem,
                 certificate_chain=tls.cert_pem)
         return GrpcRunner(address, creds, metrics=metrics, connect_timeout=connect_timeout,

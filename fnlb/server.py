@@ -169,6 +169,14 @@ class LBServer:
         self._stopping: asyncio.Task[None] | None = None
         self.address = ""
         self.metrics_address = ""
+        self.front_tls: Any = None
+        self.runner_tls: Any = None
+
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read certificates. New connections use them; live calls are untouched."""
+        for tls in (self.front_tls, self.runner_tls):
+            if tls is not None:
+                tls.reload()
 
     def _build_pool(self) -> RunnerPool:
         cfg = self.config
@@ -176,10 +184,15 @@ class LBServer:
             self.metrics, cfg.connect_timeout, cfg.runner_server_name or None)
         tls = None
         if cfg.runner_tls is not None:
-            from fnlb.tls import TLSFiles  # noqa: PLC0415 - only TLS setups pay for it
+            from fnlb.tls import ClientTLS, TLSFiles
 
-            assert cfg.runner_tls.ca is not None
-            tls = TLSFiles(cfg.runner_tls.cert, cfg.runner_tls.key, cfg.runner_tls.ca).load()
+            self.runner_tls = ClientTLS(
+                TLSFiles(cfg.runner_tls.cert, cfg.runner_tls.key, cfg.runner_tls.ca))
+            tls = self.runner_tls
+            log.info("mTLS to runners", extra=kv(
+                cert=cfg.runner_tls.cert, subject=tls.material.subject,
+                not_after=tls.material.not_after.isoformat(),
+                server_name=cfg.runner_server_name or "(runner address)"))
         else:
             log.warning("runner connections are plaintext: use --tls-cert/--tls-key/--tls-ca "
                         "for mTLS to runners")
@@ -209,12 +222,12 @@ class LBServer:
         reflection.enable_server_reflection(names, server)
         host, port = split_hostport(cfg.listen, "--listen")
         if cfg.front_tls is not None:
-            from fnlb.tls import TLSFiles, server_credentials  # noqa: PLC0415
+            from fnlb.tls import ReloadingServerCredentials, TLSFiles
 
-            material = TLSFiles(cfg.front_tls.cert, cfg.front_tls.key,
-                                cfg.front_tls.ca or cfg.front_tls.cert).load()
-            creds = server_credentials(material, require_client_auth=cfg.front_tls.ca is not None)
-            bound = server.add_secure_port(f"{host}:{port}", creds)
+            self.front_tls = ReloadingServerCredentials(
+                TLSFiles(cfg.front_tls.cert, cfg.front_tls.key, cfg.front_tls.ca),
+                require_client_auth=cfg.front_tls.ca is not None)
+            bound = server.add_secure_port(f"{host}:{port}", self.front_tls.credentials())
         else:
             bound = server.add_insecure_port(f"{host}:{port}")
         await server.start()

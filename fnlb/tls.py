@@ -93,13 +93,14 @@ class TLSFiles:
 
     cert: Path
     key: Path
-    ca: Path
+    # None: server-only TLS (no client certificates checked, nothing to verify against).
+    ca: Path | None = None
 
     def load(self, *, now: datetime | None = None) -> TLSMaterial:
         now = _utc(now) if now is not None else datetime.now(UTC)
         chain = _load_certs(self.cert, "certificate")
         key = _load_key(self.key)
-        cas = _load_certs(self.ca, "CA")
+        cas = _load_certs(self.ca, "CA") if self.ca is not None else []
         leaf = chain[0]
         if _spki(key.public_key()) != _spki(leaf.public_key()):
             raise TLSConfigError(
@@ -108,9 +109,10 @@ class TLSFiles:
             )
         for cert in chain:
             _check_validity(cert, self.cert, "certificate", now)
-        for ca in cas:
-            _check_validity(ca, self.ca, "CA certificate", now)
-        _check_issued_by(chain, cas, self.cert, self.ca)
+        if self.ca is not None:
+            for ca in cas:
+                _check_validity(ca, self.ca, "CA certificate", now)
+            _check_issued_by(chain, cas, self.cert, self.ca)
         return TLSMaterial(
             cert_pem=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
             key_pem=key.private_bytes(
@@ -130,6 +132,8 @@ class TLSFiles:
         """What changes when any of the files is replaced or rewritten (cheap: stat only)."""
         sig: list[object] = []
         for path in (self.cert, self.key, self.ca):
+            if path is None:
+                continue
             try:
                 st = path.stat()
             except OSError as e:
