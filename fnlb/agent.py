@@ -16,6 +16,7 @@ from fnlb.errors import (
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.runnerpool import Placer, Runner, RunnerPool
+from fnlb.tracker import DEADLINE_SLACK
 
 __all__ = ["Agent"]
 
@@ -57,7 +58,7 @@ class Agent:
             raise
         except asyncio.CancelledError:
             # gRPC cancels the handler both on a client cancel and at the deadline.
-            expired = deadline is not None and time.monotonic() >= deadline
+            expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK
             call_status = "timeouts" if expired else "canceled"
             raise
         except FnlbError as e:

@@ -28,6 +28,8 @@ __all__ = ["PlacerTracker"]
 
 log = logging.getLogger(__name__)
 
+DEADLINE_SLACK = 0.05
+
 
 class PlacerTracker:
     """State of one placement: attempts, deadlines, metrics."""
@@ -53,8 +55,9 @@ class PlacerTracker:
         self.pool_error: PoolError | None = None
 
     # -- fn: IsDone -----------------------------------------------------------
-    def client_expired(self) -> bool:
-        return self.client_deadline is not None and self._clock() >= self.client_deadline
+    def client_expired(self, slack: float = 0.0) -> bool:
+        return (self.client_deadline is not None
+                and self._clock() >= self.client_deadline - slack)
 
     def placer_expired(self) -> bool:
         return self._clock() >= self.placer_deadline
@@ -85,7 +88,9 @@ class PlacerTracker:
             # context's error. The runner saw the stream cancelled.
             result = Attempt(True, ClientTimeout())
         except asyncio.CancelledError:
-            self.canceled = not self.client_expired()
+            # The client's own deadline timer may cancel the RPC a moment before
+            # ours fires: a cancel that close to the deadline is the deadline.
+            self.canceled = not self.client_expired(DEADLINE_SLACK)
             self.placed = True
             self._metrics.placer_placed.labels("abort").inc()
             self.committed_duration = self._clock() - t0
@@ -143,7 +148,7 @@ class PlacerTracker:
         m = self._metrics
         if self.canceled:
             m.placer_client_cancels.inc()
-        elif self.client_expired():
+        elif self.client_expired(DEADLINE_SLACK):
             m.placer_client_timeouts.inc()
         if not self.placed and self.placer_expired():
             m.placer_timeouts.inc()

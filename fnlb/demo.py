@@ -1,0 +1,213 @@
+"""``make demo``: an LB and three runner stubs as separate processes, real calls, a summary.
+
+    python -m fnlb.demo          # plaintext
+    python -m fnlb.demo --tls    # the same cluster over mutual TLS everywhere
+
+Everything it starts is stopped at the end, on errors and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from fnlb.v1 import lb_pb2, lb_pb2_grpc
+
+_LISTENING = re.compile(r"msg=listening .*?addr=(\S+)")
+
+
+class Child:
+    """A child process whose log is kept; ``addr``/``metrics_addr`` read from its start line."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.fields: dict[str, str] = {}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            if "msg=listening" in line and not self.ready.is_set():
+                self.fields = dict(re.findall(r"(\w+)=(\S+)", line))
+                self.ready.set()
+        self.ready.set()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        if not self.ready.wait(timeout) or not self.fields:
+            raise RuntimeError(f"{self.name} did not start:\n" + "\n".join(self.lines[-20:]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@contextlib.contextmanager
+def cluster(tls_dir: Path | None) -> Iterator[tuple[Child, list[Child]]]:
+    children: list[Child] = []
+    try:
+        runner_tls: list[str] = []
+        lb_tls: list[str] = []
+        if tls_dir is not None:
+            runner_tls = ["--tls-cert", str(tls_dir / "runner.crt"), "--tls-key",
+                          str(tls_dir / "runner.key"), "--tls-ca", str(tls_dir / "ca.crt")]
+            lb_tls = ["--tls-cert", str(tls_dir / "lb.crt"), "--tls-key", str(tls_dir / "lb.key"),
+                      "--tls-ca", str(tls_dir / "ca.crt"),
+                      "--front-tls-cert", str(tls_dir / "lb.crt"),
+                      "--front-tls-key", str(tls_dir / "lb.key"),
+                      "--front-tls-ca", str(tls_dir / "ca.crt")]
+        # Heterogeneous runners: two with 2 slots, one with 1; cold starts cost 30 ms.
+        for i, slots in enumerate((2, 2, 1)):
+            children.append(Child(f"runner-{i}", [
+                "runner_stub", "--listen", "127.0.0.1:0", "--slots", str(slots),
+                "--cold-start-ms", "30", "--warm-cache", "2", "--nack-after-ms", "5",
+                *runner_tls]))
+        for c in children:
+            c.wait_ready()
+        runners = [c.fields["addr"] for c in children]
+        lb = Child("lb", ["fnlb", "serve", "--listen", "127.0.0.1:0",
+                          "--metrics-listen", "127.0.0.1:0", "--runners", ",".join(runners),
+                          "--placer", "ch", "--placer-timeout", "5s", *lb_tls])
+        children.append(lb)
+        lb.wait_ready()
+        yield lb, children[:-1]
+    finally:
+        for c in reversed(children):
+            c.stop()
+
+
+def make_certs(out: Path) -> None:
+    from fnlb.tls import init_ca, issue_cert
+
+    init_ca(out)
+    issue_cert(out, "runner", ["127.0.0.1", "localhost"], out)
+    issue_cert(out, "lb", ["127.0.0.1", "localhost"], out)
+    issue_cert(out, "client", ["demo-client"], out)
+
+
+def channel(addr: str, tls_dir: Path | None) -> grpc.aio.Channel:
+    if tls_dir is None:
+        return grpc.aio.insecure_channel(addr)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(tls_dir / "ca.crt").read_bytes(),
+        private_key=(tls_dir / "client.key").read_bytes(),
+        certificate_chain=(tls_dir / "client.crt").read_bytes())
+    return grpc.aio.secure_channel(addr, creds)
+
+
+async def traffic(addr: str, tls_dir: Path | None) -> list[tuple[str, str, float, str]]:
+    """(phase, outcome, latency_s, runner) for every call."""
+    results: list[tuple[str, str, float, str]] = []
+    async with channel(addr, tls_dir) as ch:
+        stub = lb_pb2_grpc.LoadBalancerStub(ch)
+
+        async def one(phase: str, req: lb_pb2.InvokeRequest, timeout: float = 20) -> None:
+            t0 = time.perf_counter()
+            try:
+                resp = await stub.Invoke(req, timeout=timeout)
+                outcome, runner = f"HTTP {resp.status_code}", resp.runner
+            except grpc.aio.AioRpcError as e:
+                outcome, runner = e.code().name, "-"
+            results.append((phase, outcome, time.perf_counter() - t0, runner))
+
+        print("1) echo: 20 calls to 4 functions, one at a time")
+        for i in range(20):
+            await one("echo", lb_pb2.InvokeRequest(fn_id=f"echo-{i % 4}", body=b"hello fnlb"))
+        print("2) sleeps: 12 concurrent calls holding a slot for 100-300 ms")
+        await asyncio.gather(*(one("sleep", lb_pb2.InvokeRequest(
+            fn_id=f"sleepy-{i % 3}", config={"sleep_ms": str(100 + 100 * (i % 3))}))
+            for i in range(12)))
+        print("3) burst: 30 concurrent calls of one hot function on 5 slots -> NACKs and retries")
+        await asyncio.gather(*(one("burst", lb_pb2.InvokeRequest(
+            fn_id="hot", config={"sleep_ms": "50"})) for _ in range(30)))
+        print("4) errors: a function returning 500, an empty fn_id, a 1 s deadline on a 3 s call")
+        await one("errors", lb_pb2.InvokeRequest(fn_id="teapot", config={"status": "500"}))
+        await one("errors", lb_pb2.InvokeRequest(fn_id=""))
+        await one("errors", lb_pb2.InvokeRequest(fn_id="slow", config={"sleep_ms": "3000"}),
+                  timeout=1)
+        print("5) detached: returns once a runner accepted the call")
+        await one("detached", lb_pb2.InvokeRequest(fn_id="bg", type=lb_pb2.DETACHED,
+                                                   config={"sleep_ms": "500"}))
+    return results
+
+
+def summary(results: list[tuple[str, str, float, str]], lb: Child) -> None:
+    print("\n== calls per runner ==")
+    for runner, n in sorted(collections.Counter(r[3] for r in results).items()):
+        print(f"  {runner:<22} {n}")
+    print("\n== outcomes ==")
+    for (phase, outcome), n in sorted(collections.Counter((r[0], r[1]) for r in results).items()):
+        print(f"  {phase:<9} {outcome:<20} {n}")
+    lat = sorted(r[2] * 1000 for r in results if r[0] in ("echo",))
+    burst = sorted(r[2] * 1000 for r in results if r[0] == "burst")
+    q = statistics.quantiles
+    print("\n== client-side latency (ms) ==")
+    print(f"  echo   p50 {statistics.median(lat):7.2f}  p99 {q(lat, n=100)[98]:7.2f}")
+    print(f"  burst  p50 {statistics.median(burst):7.2f}  p99 {q(burst, n=100)[98]:7.2f}")
+    url = f"http://{lb.fields['metrics_addr']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    print(f"\n== a few metric lines from {url} ==")
+    wanted = ("fnlb_calls_total", "fnlb_placer_retries_total", "fnlb_placer_placed_total",
+              "fnlb_call_latency_seconds_count", "fnlb_placer_attempts_sum",
+              "fnlb_placer_timeouts_total")
+    for line in text.splitlines():
+        if line.startswith(wanted) and not line.endswith(" 0.0"):
+            print("  " + line)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tls", action="store_true", help="mutual TLS on every connection")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fnlb-demo-") as tmp:
+        tls_dir = None
+        if args.tls:
+            tls_dir = Path(tmp)
+            make_certs(tls_dir)
+            print(f"minted a dev CA and certificates in {tls_dir} (fnlb certs init/issue)")
+        try:
+            with cluster(tls_dir) as (lb, runners):
+                print(f"LB on {lb.fields['addr']} (metrics {lb.fields['metrics_addr']}), "
+                      f"runners {', '.join(r.fields['addr'] for r in runners)}, "
+                      f"{'mTLS' if tls_dir else 'plaintext'}\n")
+                results = asyncio.run(traffic(lb.fields["addr"], tls_dir))
+                summary(results, lb)
+        except KeyboardInterrupt:
+            print("\ninterrupted: everything stopped", file=sys.stderr)
+            return 130
+    print("\nall processes stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
