@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from fnlb.errors import PoolError
+from fnlb.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall, RunnerPool
 from fnlb.tracker import PlacerTracker
@@ -21,17 +22,28 @@ class BasePlacer(abc.ABC):
 
     Subclasses only decide the order (and may observe attempts); the commit rule,
     back-off, deadlines and metrics are the same for all, as in fn.
+
+    Every attempt is counted in ``load`` (a ``LoadTracker``) while ``try_exec``
+    runs, so load-aware orders see this LB's calls exactly. For a sync call that
+    is the whole call; a detached call leaves the count once the runner accepted it.
     """
 
     name = "base"
 
-    def __init__(self, config: PlacerConfig | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: PlacerConfig | None = None, metrics: Metrics | None = None,
+                 load: LoadTracker | None = None) -> None:
         self._config = config if config is not None else PlacerConfig()
         self._metrics = metrics if metrics is not None else Metrics()
+        self._load = load if load is not None else LoadTracker()
 
     @property
     def config(self) -> PlacerConfig:
         return self._config
+
+    @property
+    def load(self) -> LoadTracker:
+        """The load signal this placer reads and feeds (merge runner reports into it)."""
+        return self._load
 
     @abc.abstractmethod
     def order(self, runners: Sequence[Runner], call: RunnerCall) -> Iterable[Runner]:
@@ -52,7 +64,12 @@ class BasePlacer(abc.ABC):
                 for runner in self.order(runners, call):
                     if tracker.is_done():
                         break
-                    placed, err = await tracker.try_runner(runner, call)
+                    address = runner.address
+                    self._load.started(address)
+                    try:
+                        placed, err = await tracker.try_runner(runner, call)
+                    finally:
+                        self._load.finished(address)
                     if placed:
                         if err is not None:
                             raise err
