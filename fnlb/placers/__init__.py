@@ -1,23 +1,37 @@
-"""Placers, selectable by name: ``make_placer("ch", config, metrics)``."""
+"""Placers, selectable by name: ``make_placer("ch", config, metrics)``.
+
+``naive`` and ``ch`` are fn's; ``p2c`` and ``chbl`` go beyond it (docs/placers.md
+says when to choose which). Every placer gets the LB's ``LoadTracker``
+(``load=``; a fresh one when omitted) and keeps fn's placement loop.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 from fnlb.errors import ConfigError
+from fnlb.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers._base import BasePlacer
 from fnlb.placers.ch import ConsistentHashPlacer
+from fnlb.placers.chbl import BoundedLoadHashPlacer
 from fnlb.placers.naive import NaivePlacer
+from fnlb.placers.p2c import PowerOfTwoPlacer
 from fnlb.runnerpool import PlacerConfig
 
-__all__ = ["BasePlacer", "PLACERS", "make_placer", "register_placer"]
+__all__ = ["BasePlacer", "PLACERS", "PlacerFactory", "make_placer", "register_placer"]
 
-PlacerFactory = Callable[[PlacerConfig, Metrics], BasePlacer]
+
+class PlacerFactory(Protocol):
+    def __call__(self, config: PlacerConfig, metrics: Metrics, *,
+                 load: LoadTracker | None = None) -> BasePlacer: ...
+
 
 PLACERS: dict[str, PlacerFactory] = {
     "naive": NaivePlacer,
     "ch": ConsistentHashPlacer,
+    "p2c": PowerOfTwoPlacer,
+    "chbl": BoundedLoadHashPlacer,
 }
 
 
@@ -26,12 +40,18 @@ def register_placer(name: str, factory: PlacerFactory) -> None:
 
 
 def make_placer(name: str, config: PlacerConfig | None = None,
-                metrics: Metrics | None = None) -> BasePlacer:
-    """Build the placer called ``name``; unknown names are a ConfigError listing the known ones."""
+                metrics: Metrics | None = None, *,
+                load: LoadTracker | None = None) -> BasePlacer:
+    """Build the placer called ``name``; unknown names are a ConfigError listing the known ones.
+
+    ``load`` is the LB's one LoadTracker (feed runner Status reports into it);
+    when omitted the placer makes its own and exposes it as ``placer.load``.
+    """
     try:
         factory = PLACERS[name]
     except KeyError:
         known = ", ".join(sorted(PLACERS))
         raise ConfigError(f"--placer: unknown placer {name!r} (known: {known})") from None
     return factory(config if config is not None else PlacerConfig(),
-                   metrics if metrics is not None else Metrics())
+                   metrics if metrics is not None else Metrics(),
+                   load=load if load is not None else LoadTracker())

@@ -1,0 +1,190 @@
+"""LoadTracker: local in-flight counts, runner reports, and bounded per-runner tables."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from fnlb.errors import ServerTooBusy
+from fnlb.load import LoadTracker
+from fnlb.metrics import Metrics
+from fnlb.placers import PLACERS, make_placer
+from fnlb.runnerpool import Attempt, PlacerConfig, RunnerCall, RunnerStatus
+from tests.fakes import FakePool, FakeRunner, make_call
+
+FAST = PlacerConfig(retry_all_delay=0.001, placer_timeout=0.2, detached_placer_timeout=0.1)
+
+
+class Clock:
+    """A hand-moved monotonic clock: freshness is tested without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_inflight_counts_up_and_down_and_drops_zero_entries() -> None:
+    t = LoadTracker()
+    t.started("a")
+    t.started("a")
+    t.started("b")
+    assert (t.inflight("a"), t.inflight("b"), t.total_load()) == (2, 1, 3)
+    t.finished("a")
+    t.finished("b")
+    assert (t.inflight("a"), t.inflight("b"), t.total_load()) == (1, 0, 1)
+    assert t.table_sizes() == (1, 0)  # "b" went back to zero: no entry kept
+    t.finished("a")
+    t.finished("a")  # one too many (e.g. forgotten meanwhile): never negative
+    assert t.inflight("a") == 0 and t.total_load() == 0
+    assert t.table_sizes() == (0, 0)
+
+
+def test_fresh_report_adds_the_other_lbs_calls_and_expires() -> None:
+    clock = Clock()
+    t = LoadTracker(fresh_for=2.0, clock=clock)
+    t.started("a")
+    # The runner runs 5 calls; one of them is ours, so 4 come from elsewhere.
+    t.update_reported("a", RunnerStatus(active=5, slots_total=8, slots_free=3))
+    assert t.load("a") == 5
+    assert t.total_load() == 5
+    t.started("a")  # our second call: counted exactly on top
+    assert t.load("a") == 6
+    clock.now += 2.5  # report is stale: only what we know for sure remains
+    assert t.load("a") == 2
+    assert t.total_load() == 2  # the prune also took it out of the total
+    assert t.table_sizes() == (1, 0)
+
+
+def test_report_never_counts_our_calls_twice_or_below_zero() -> None:
+    t = LoadTracker()
+    for _ in range(3):
+        t.started("a")
+    # A report taken before our calls arrived says fewer than we have in flight.
+    t.update_reported("a", RunnerStatus(active=1))
+    assert t.load("a") == 3
+    t.update_reported("a", RunnerStatus(active=4))  # replaces, does not add up
+    assert t.load("a") == 4 and t.total_load() == 4
+
+
+def test_room_and_warmth_come_from_fresh_reports_only() -> None:
+    clock = Clock()
+    t = LoadTracker(fresh_for=1.0, clock=clock)
+    assert t.has_room("a") is None and not t.warm_for("a", "h1")
+    t.update_reported("a", RunnerStatus(active=1, slots_total=2, warm_slots=("h1", "h2")))
+    assert t.has_room("a") is True and t.warm_for("a", "h1") and not t.warm_for("a", "h3")
+    t.started("a")  # ours fills the second slot
+    assert t.has_room("a") is False
+    t.update_reported("b", RunnerStatus(active=0, slots_total=2, draining=True))
+    assert t.has_room("b") is False  # draining runners accept nothing
+    clock.now += 1.5
+    assert t.has_room("a") is None and not t.warm_for("a", "h1")
+
+
+def test_forget_and_retain_drop_every_table() -> None:
+    t = LoadTracker()
+    for a in ("a", "b", "c"):
+        t.started(a)
+        t.update_reported(a, RunnerStatus(active=3))
+    assert t.total_load() == 9
+    t.forget("a")
+    assert t.load("a") == 0 and t.total_load() == 6
+    t.retain(["c"])
+    assert t.table_sizes() == (1, 1) and t.total_load() == 3
+    t.finished("b")  # a call on a runner that left ends later: no resurrection
+    assert t.table_sizes() == (1, 1) and t.total_load() == 3
+
+
+def test_thousands_of_membership_changes_do_not_grow_the_tables() -> None:
+    rng = random.Random(7)
+    clock = Clock()
+    t = LoadTracker(fresh_for=5.0, clock=clock)
+    members: list[str] = [f"10.0.0.{i}:9190" for i in range(8)]
+    inflight: list[str] = []
+    for step in range(5000):
+        # Churn: one runner leaves, a never-seen one joins.
+        members.pop(rng.randrange(len(members)))
+        members.append(f"10.1.{step // 250}.{step % 250}:9190")
+        t.retain(members)
+        for a in members:
+            t.update_reported(a, RunnerStatus(active=rng.randrange(4), warm_slots=("x",)))
+        a = rng.choice(members)
+        t.started(a)
+        inflight.append(a)
+        if len(inflight) > 3:
+            t.finished(inflight.pop(0))  # may hit a runner that has left: harmless
+        clock.now += 0.01
+    n_inflight, n_reports = t.table_sizes()
+    assert n_reports <= len(members)
+    assert n_inflight <= 3
+    assert 0 <= t.total_load() <= 3 + 3 * len(members)
+
+
+def test_stale_reports_are_pruned_even_if_nobody_calls_retain() -> None:
+    clock = Clock()
+    t = LoadTracker(fresh_for=1.0, clock=clock)
+    for i in range(1000):
+        t.update_reported(f"r{i}", RunnerStatus(active=1))
+        clock.now += 0.01  # ten seconds of reports from runners that come and go
+    # Pruned once per fresh_for: at most two windows of reports (2 s / 10 ms) remain.
+    assert t.table_sizes()[1] <= 201
+
+
+def test_fresh_for_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        LoadTracker(fresh_for=0)
+
+
+# -- the placement loop feeds the tracker -------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PLACERS))
+async def test_every_attempt_is_counted_while_it_runs(name: str) -> None:
+    load = LoadTracker()
+    gate = asyncio.Event()
+    seen: list[int] = []
+
+    def busy(call: RunnerCall) -> Attempt:
+        seen.append(load.inflight("a"))  # our own attempt is in the count
+        return Attempt(False, ServerTooBusy())
+
+    runner_a = FakeRunner("a", busy)
+    runner_b = GatedRunner("b", gate)
+    placer = make_placer(name, FAST, Metrics(), load=load)
+    assert placer.load is load
+    task = asyncio.create_task(placer.place_call(FakePool([runner_a, runner_b]), make_call()))
+    await runner_b.entered.wait()
+    assert load.inflight("b") == 1
+    gate.set()
+    assert (await task).address == "b"
+    assert all(v == 1 for v in seen)
+    assert load.total_load() == 0 and load.table_sizes() == (0, 0)
+
+
+async def test_cancelled_attempt_leaves_no_count_behind() -> None:
+    load = LoadTracker()
+    runner = GatedRunner("a", asyncio.Event())
+    task = asyncio.create_task(
+        make_placer("p2c", FAST, Metrics(), load=load).place_call(FakePool([runner]), make_call()))
+    await runner.entered.wait()
+    assert load.inflight("a") == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert load.inflight("a") == 0 and load.table_sizes() == (0, 0)
+
+
+class GatedRunner(FakeRunner):
+    """Takes the call, then holds it until ``gate`` opens: a call in flight, no timers."""
+
+    def __init__(self, address: str, gate: asyncio.Event) -> None:
+        super().__init__(address, "ok")
+        self.gate = gate
+        self.entered = asyncio.Event()
+
+    async def try_exec(self, call: RunnerCall) -> Attempt:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().try_exec(call)
