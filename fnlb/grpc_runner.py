@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,6 +108,7 @@ class GrpcRunner:
         self._connect_timeout = connect_timeout
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        self._last_explained = -1e9
         self.tls = credentials is not None
 
     def __repr__(self) -> str:
@@ -131,6 +133,28 @@ class GrpcRunner:
             return False
         return True
 
+    def _explain_unreachable(self) -> None:
+        """Log why the runner is unreachable (refused, TLS handshake, ...), at most every 10 s.
+
+        The channel state alone says nothing of the cause; one cheap Status RPC
+        that fails fast carries gRPC's error text (e.g. CERTIFICATE_VERIFY_FAILED).
+        """
+        now = time.monotonic()
+        if now - self._last_explained < 10.0 or self._closed:
+            return
+        self._last_explained = now
+
+        async def probe() -> None:
+            try:
+                await self._stub.Status(empty_pb2.Empty(), timeout=2.0)
+            except grpc.aio.AioRpcError as e:
+                log.warning("runner unreachable", extra=kv(
+                    runner=self._address, code=e.code().name, cause=e.details()))
+
+        task = asyncio.create_task(probe())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _messages(self, call: RunnerCall) -> Iterator[runner_pb2.ClientMsg]:
         yield runner_pb2.ClientMsg(**{"try": runner_pb2.TryCall(
             models_call_json=call.model_json, slot_hash_id=call.slot_hash_id,
@@ -151,6 +175,7 @@ class GrpcRunner:
             return Attempt(False, RunnerUnreachable(f"runner {self._address} is closed"))
         if not await self._connected():
             state = self._channel.get_state().name
+            self._explain_unreachable()
             return Attempt(False, RunnerUnreachable(
                 f"runner {self._address} unreachable (channel {state})"))
         stream = self._stub.TryExec(self._messages(call))
