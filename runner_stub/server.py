@@ -51,6 +51,8 @@ RUNNER_SERVICE = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Bodies are streamed in 10 KiB frames, but other clients may not chunk.
 _MESSAGE_LIMIT = 64 * 1024 * 1024
+_DISCARD_LIMIT_S = 2.0
+_CRASH_LINGER_S = 0.1
 _SERVER_OPTIONS = [
     ("grpc.max_send_message_length", _MESSAGE_LIMIT),
     ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
@@ -92,6 +94,39 @@ def _try_of(msg: runner_pb2.ClientMsg) -> runner_pb2.TryCall:
     # `try` is a Python keyword, hence getattr.
     tc: runner_pb2.TryCall = getattr(msg, "try")
     return tc
+
+
+class _Requests:
+    """The reading side of one TryExec stream; remembers when the client is done sending."""
+
+    __slots__ = ("_context", "done")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.done = False
+
+    async def read(self) -> Any:
+        msg = await self._context.read()
+        if msg is grpc.aio.EOF or (msg.WhichOneof("body") == "data" and msg.data.eof):
+            self.done = True
+        return msg
+
+    async def discard_rest(self) -> None:
+        """Read and drop what the client still sends, up to its eof (bounded in time).
+
+        Ending a stream while the client is still writing makes a grpc.aio
+        client's pending write fail, and that failure replaces the status and
+        messages we sent with INTERNAL "Internal error from Core". So before
+        ending early (NACK, refusal, protocol error) let the client finish.
+        """
+        if self.done:
+            return
+        try:
+            async with asyncio.timeout(_DISCARD_LIMIT_S):
+                while not self.done:
+                    await self.read()
+        except TimeoutError:
+            log.debug("client still sending; ending the stream anyway")
 
 
 def _kind(msg: Any) -> str:
@@ -201,8 +236,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
 
     async def TryExec(self, request_iterator: Any, context: Any) -> None:
         created = _now()
+        requests = _Requests(context)
         try:
-            first = await context.read()
+            first = await requests.read()
             if _kind(first) != "try":
                 raise ProtocolError(f"first message must be try, got {_kind(first)}")
             if self._cfg.hang_ms:
@@ -210,33 +246,29 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             tc = _try_of(first)
             call = parse_call(tc.models_call_json, tc.slot_hash_id)
         except (ProtocolError, BadCall) as e:
-            self.counters.bad_requests += 1
-            log.info("bad request", extra=kv(error=str(e)))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await self._bad_request(e, requests, context)
             return
         if call.memory_mb > self.pool.memory_mb_total:
             # Not a NACK: no retry can make it fit on this runner.
-            self.counters.bad_requests += 1
-            error = CallRejected(400, f"call asks for {call.memory_mb} MiB of memory, this "
-                                      f"runner has {self.pool.memory_mb_total} MiB in total")
-            log.info("call rejected", extra=kv(call_id=call.id, code=400, error=error.message))
-            await context.write(self._finished(call, created, error=error))
+            await self._refuse(call, created, CallRejected(
+                400, f"call asks for {call.memory_mb} MiB of memory, this runner has "
+                     f"{self.pool.memory_mb_total} MiB in total"), requests, context)
             return
 
         self.counters.received += 1
         try:
             lease = await self._admit(call)
-            if lease is None:
-                await self._nack(call, context)
+            if lease is not None:
+                with lease:
+                    await self._accepted(call, created, requests, context)
                 return
-            with lease:
-                await self._accepted(call, created, context)
         except asyncio.CancelledError:
             # The client went away (cancel, deadline) or the server is stopping:
             # the function stopped where it was and the slot is given back.
             self.counters.canceled += 1
             log.info("call canceled", extra=kv(call_id=call.id, fn_id=call.fn_id))
             raise
+        await self._nack(call, requests, context)
 
     # -- TryExec steps -------------------------------------------------------
 
@@ -253,31 +285,43 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             return None
         return lease
 
-    async def _nack(self, call: Call, context: Any) -> None:
+    async def _nack(self, call: Call, requests: _Requests, context: Any) -> None:
         self.counters.nacked += 1
         log.debug("nack", extra=kv(call_id=call.id, draining=self.draining))
         if self._cfg.nack_delay_ms:
             await asyncio.sleep(self._cfg.nack_delay_ms / 1000)
         await context.write(runner_pb2.RunnerMsg(finished=runner_pb2.CallFinished(
             success=False, errorCode=503, errorStr=TOO_BUSY, details=call.id)))
+        await requests.discard_rest()
 
-    async def _accepted(self, call: Call, created: _Instant, context: Any) -> None:
+    async def _bad_request(self, error: Exception, requests: _Requests, context: Any) -> None:
+        self.counters.bad_requests += 1
+        log.info("bad request", extra=kv(error=str(error)))
+        await requests.discard_rest()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    async def _refuse(self, call: Call, created: _Instant, error: CallRejected,
+                      requests: _Requests, context: Any) -> None:
+        self.counters.bad_requests += 1
+        log.info("call refused", extra=kv(call_id=call.id, code=error.code, error=error.message))
+        await context.write(self._finished(call, created, error=error))
+        await requests.discard_rest()
+
+    async def _accepted(self, call: Call, created: _Instant, requests: _Requests,
+                        context: Any) -> None:
         self.counters.handled += 1
         nth = self.counters.handled
         self.active += 1
         self._idle.clear()
+        log.debug("call accepted", extra=kv(call_id=call.id, fn_id=call.fn_id, slot=call.slot_key))
         try:
             try:
-                body = await self._read_body(context)
+                body = await self._read_body(requests)
             except ProtocolError as e:
-                self.counters.bad_requests += 1
-                log.info("bad request", extra=kv(call_id=call.id, error=str(e)))
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                await self._bad_request(e, requests, context)
                 return
             except CallRejected as e:
-                self.counters.bad_requests += 1
-                log.info("call rejected", extra=kv(call_id=call.id, code=e.code, error=e.message))
-                await context.write(self._finished(call, created, error=e))
+                await self._refuse(call, created, e, requests, context)
                 return
             await self._execute(call, created, body, nth, context)
         finally:
@@ -285,12 +329,12 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             if self.active == 0:
                 self._idle.set()
 
-    async def _read_body(self, context: Any) -> bytes:
+    async def _read_body(self, requests: _Requests) -> bytes:
         limit = self._cfg.max_body_bytes
         chunks: list[bytes] = []
         size = 0
         while True:
-            msg = await context.read()
+            msg = await requests.read()
             kind = _kind(msg)
             if kind != "data":
                 if kind == "try":
@@ -317,7 +361,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             # fn acknowledges a detached call as soon as it is taken (202), then runs it.
             await context.write(self._result_start(202, []))
             await context.write(runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(eof=True)))
-            self._maybe_crash(call, nth)
+            await self._maybe_crash(call, nth)
         await self._warm_up(call)
         started = _now()
         result: FunctionResult | None = None
@@ -331,7 +375,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             error = CallRejected(504, "Timed out", user_error=True)  # fn's ErrCallTimeout
         if error is not None or result is None:
             self.counters.failed += 1
-            self._maybe_crash(call, nth)
+            await self._maybe_crash(call, nth)
             await context.write(self._finished(call, created, started, _now(), error=error))
             return
         if not call.detached:
@@ -339,7 +383,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             if result.content_type:
                 headers.append(("content-type", result.content_type))
             await context.write(self._result_start(result.status, headers))
-            self._maybe_crash(call, nth)
+            await self._maybe_crash(call, nth)
             await self._send_body(result.body, context)
         await context.write(self._finished(call, created, started, _now()))
 
@@ -354,9 +398,14 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         for evicted in self.warm.add(call.slot_key):
             log.debug("evicted warm function", extra=kv(slot=evicted))
 
-    def _maybe_crash(self, call: Call, nth: int) -> None:
+    async def _maybe_crash(self, call: Call, nth: int) -> None:
         if call.spec.crash or nth == self._cfg.crash_after:
             log.warning("crashing on purpose", extra=kv(call_id=call.id, nth_call=nth))
+            # A gRPC client drops messages it has received but not yet read once
+            # the transport breaks (chttp2 discards a stream's buffered frames
+            # on error). Dying on the spot could thus erase result_start and
+            # turn "lost mid-call" into "never reached"; give the client a moment.
+            await asyncio.sleep(_CRASH_LINGER_S)
             self._exit_process(3)
 
     @staticmethod
