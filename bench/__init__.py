@@ -1,0 +1,1 @@
+"""Benchmarks run as real processes on loopback (``make bench``, ``make bench-placement``)."""
