@@ -104,6 +104,8 @@ class GrpcRunner:
         else:
             self._channel = grpc.aio.secure_channel(address, credentials, options=options)
         self._stub = runner_pb2_grpc.RunnerStub(self._channel)
+        # Connect now, so the first call finds the runner ready (or known down).
+        self._channel.get_state(try_to_connect=True)
         self._metrics = metrics if metrics is not None else Metrics()
         self._connect_timeout = connect_timeout
         self._closed = False
@@ -122,15 +124,23 @@ class GrpcRunner:
         state = self._channel.get_state(try_to_connect=True)
         if state == grpc.ChannelConnectivity.READY:
             return True
-        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-                     grpc.ChannelConnectivity.SHUTDOWN):
-            # Known down: fail over at once instead of paying the connect timeout
-            # on every call. gRPC keeps reconnecting in the background.
-            return False
-        try:
-            await asyncio.wait_for(self._channel.channel_ready(), self._connect_timeout)
-        except TimeoutError:
-            return False
+        # Wait for the connection attempt to settle, but give up on the first
+        # failure (refused, TLS handshake) instead of waiting out the timeout:
+        # the placer should move on to the next runner at once.
+        # gRPC keeps reconnecting in the background.
+        deadline = time.monotonic() + self._connect_timeout
+        while state != grpc.ChannelConnectivity.READY:
+            if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                         grpc.ChannelConnectivity.SHUTDOWN):
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._channel.wait_for_state_change(state), remaining)
+            except TimeoutError:
+                return False
+            state = self._channel.get_state()
         return True
 
     def _explain_unreachable(self) -> None:

@@ -1,0 +1,152 @@
+"""mTLS end to end: real LB and runner-stub processes with certificates minted by fnlb.tls."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fnlb.tls import init_ca, issue_cert
+from fnlb.v1 import lb_pb2, lb_pb2_grpc
+from tests.procs import Proc, running
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    init_ca(d / "ca")
+    init_ca(d / "other-ca", name="someone-else")
+    for name, sans in (("runner", ["127.0.0.1", "localhost"]), ("lb", ["127.0.0.1"]),
+                       ("client", ["client"]), ("pinned", ["runner-a", "127.0.0.1"])):
+        issue_cert(d / "ca", name, sans, d)
+    issue_cert(d / "other-ca", "stranger", ["127.0.0.1"], d)
+    past = datetime.now(UTC) - timedelta(days=10)
+    issue_cert(d / "ca", "expired", ["127.0.0.1"], d, not_before=past,
+               not_after=past + timedelta(days=1))
+    return d
+
+
+def stub_tls(pki: Path, name: str, ca: str = "ca") -> list[str]:
+    return ["--tls-cert", str(pki / f"{name}.crt"), "--tls-key", str(pki / f"{name}.key"),
+            "--tls-ca", str(pki / ca / "ca.crt")]
+
+
+def lb_tls(pki: Path, name: str = "lb") -> list[str]:
+    return stub_tls(pki, name)
+
+
+@contextlib.contextmanager
+def stub(pki: Path, name: str = "runner", ca: str = "ca") -> Iterator[Proc]:
+    with running("runner_stub", ["--listen", "127.0.0.1:0", *stub_tls(pki, name, ca)]) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def lb(runners: list[str], *args: str) -> Iterator[Proc]:
+    with running("fnlb", ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
+                          "--runners", ",".join(runners), "--placer-timeout", "1s",
+                          *args]) as p:
+        yield p
+
+
+def client_channel(pki: Path, addr: str, cert: str | None = "client") -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(pki / "ca" / "ca.crt").read_bytes(),
+        private_key=(pki / f"{cert}.key").read_bytes() if cert else None,
+        certificate_chain=(pki / f"{cert}.crt").read_bytes() if cert else None)
+    return grpc.aio.secure_channel(addr, creds)
+
+
+async def invoke(pki: Path, addr: str, n: int = 1) -> list[lb_pb2.InvokeResponse]:
+    async with client_channel(pki, addr) as ch:
+        stub_ = lb_pb2_grpc.LoadBalancerStub(ch)
+        return [await stub_.Invoke(lb_pb2.InvokeRequest(fn_id=f"f{i}", body=b"sec"), timeout=10)
+                for i in range(n)]
+
+
+async def test_full_mtls_cluster_serves_calls(pki: Path) -> None:
+    with stub(pki) as a, stub(pki) as b, lb([a.addr, b.addr], *lb_tls(pki),
+                                            "--front-tls-cert", str(pki / "lb.crt"),
+                                            "--front-tls-key", str(pki / "lb.key"),
+                                            "--front-tls-ca", str(pki / "ca" / "ca.crt")) as front:
+        assert "runner connections are plaintext" not in front.output()
+        results = await invoke(pki, front.addr, 8)
+        assert all(r.body == b"sec" for r in results)
+        assert {r.runner for r in results} <= {a.addr, b.addr}
+        # A client without a certificate is refused at the front door.
+        async with client_channel(pki, front.addr, cert=None) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await lb_pb2_grpc.LoadBalancerStub(ch).Invoke(
+                    lb_pb2.InvokeRequest(fn_id="x"), timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_runner_from_another_ca_is_refused_and_skipped(pki: Path) -> None:
+    with stub(pki, "stranger", ca="other-ca") as bad, stub(pki) as good, \
+            lb([bad.addr, good.addr], *lb_tls(pki)) as front:
+        results = await invoke_plain(front.addr, 6)
+        assert {r.runner for r in results} == {good.addr}
+        front.wait_for_line(rf"runner unreachable.*runner={bad.addr}.*(?i:certificate|handshake)")
+
+
+async def invoke_plain(addr: str, n: int) -> list[lb_pb2.InvokeResponse]:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        s = lb_pb2_grpc.LoadBalancerStub(ch)
+        return [await s.Invoke(lb_pb2.InvokeRequest(fn_id=f"f{i}"), timeout=10) for i in range(n)]
+
+
+async def test_lb_without_client_cert_is_refused_by_runner(pki: Path) -> None:
+    with stub(pki) as runner, lb([runner.addr]) as front:
+        assert "runner connections are plaintext" in front.output()
+        async with grpc.aio.insecure_channel(front.addr) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await lb_pb2_grpc.LoadBalancerStub(ch).Invoke(
+                    lb_pb2.InvokeRequest(fn_id="x"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "too busy" in (e.value.details() or "")
+        front.wait_for_line(rf"runner unreachable.*runner={runner.addr}")
+
+
+async def test_san_pinning_refuses_runners_without_the_name(pki: Path) -> None:
+    with stub(pki, "pinned") as a, stub(pki) as b, \
+            lb([a.addr, b.addr], *lb_tls(pki), "--runner-server-name", "runner-a") as front:
+        results = await invoke_plain(front.addr, 6)
+        assert {r.runner for r in results} == {a.addr}
+        front.wait_for_line(rf"runner unreachable.*runner={b.addr}")
+
+
+@pytest.mark.parametrize("side", ["lb", "runner", "front"])
+def test_expired_certificate_is_a_startup_error(pki: Path, side: str) -> None:
+    if side == "runner":
+        argv = ["runner_stub", "--listen", "127.0.0.1:0", *stub_tls(pki, "expired")]
+    elif side == "lb":
+        argv = ["fnlb", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
+                "--runners", "127.0.0.1:1", *lb_tls(pki, "expired")]
+    else:
+        argv = ["fnlb", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
+                "--runners", "127.0.0.1:1", "--front-tls-cert", str(pki / "expired.crt"),
+                "--front-tls-key", str(pki / "expired.key")]
+    r = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "expired" in r.stderr and "expired.crt" in r.stderr
+
+
+def test_mismatched_key_and_missing_file_are_startup_errors(pki: Path) -> None:
+    base = [sys.executable, "-m", "fnlb", "serve", "--listen", "127.0.0.1:0",
+            "--metrics-listen", "", "--runners", "127.0.0.1:1"]
+    r = subprocess.run([*base, "--tls-cert", str(pki / "lb.crt"), "--tls-key",
+                        str(pki / "runner.key"), "--tls-ca", str(pki / "ca" / "ca.crt")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "does not match" in r.stderr, r.stderr
+    r = subprocess.run([*base, "--tls-cert", str(pki / "nope.crt"), "--tls-key",
+                        str(pki / "lb.key"), "--tls-ca", str(pki / "ca" / "ca.crt")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "nope.crt" in r.stderr, r.stderr
