@@ -16,11 +16,13 @@ from prometheus_client import (
 
 from fnlb.logs import kv
 
-__all__ = ["Metrics", "MetricsServer", "CALL_STATUSES"]
+__all__ = ["Metrics", "MetricsServer", "CALL_STATUSES", "POOL_STATES"]
 
 log = logging.getLogger(__name__)
 
 CALL_STATUSES = ("completed", "canceled", "timeouts", "errors", "server_busy")
+# fnlb_pool_runners{state}: "retiring" = removed, waiting for its in-flight calls.
+POOL_STATES = ("healthy", "unknown", "ejected", "draining", "retiring")
 
 # Seconds; from sub-millisecond LB overhead up to fn's longest sync timeouts.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -82,6 +84,39 @@ class Metrics:
             "Latency samples dropped because runner execution time >= LB latency.", registry=r)
         self.pool_runners = Gauge(
             "fnlb_pool_runners", "Runners in the pool, by state.", ["state"], registry=r)
+        # Pool membership and health (fnlb.pools.dynamic). Labels are fixed sets.
+        self.pool_changes = Counter(
+            "fnlb_pool_membership_changes", "Runners added to or removed from the pool.",
+            ["change"], registry=r)
+        self.pool_runner_failures = Counter(
+            "fnlb_pool_runner_failures",
+            "Runner failures seen by health probes or by placement (busy NACKs excluded).",
+            ["seen_by"], registry=r)
+        self.pool_ejections = Counter(
+            "fnlb_pool_ejections", "Runners ejected from placement, by what saw the last failure.",
+            ["seen_by"], registry=r)
+        self.pool_ejections_blocked = Counter(
+            "fnlb_pool_ejections_blocked",
+            "Ejections skipped because --max-ejection-percent was reached.", registry=r)
+        self.pool_readmissions = Counter(
+            "fnlb_pool_readmissions", "Ejected runners readmitted after recovering.", registry=r)
+        self.pool_panic = Gauge(
+            "fnlb_pool_panic",
+            "1 while every runner is ejected and all are offered anyway (panic mode).",
+            registry=r)
+        self.pool_slow_start_skips = Counter(
+            "fnlb_pool_slow_start_skips",
+            "Attempts a ramping (slow start) runner passed on to the next runner.", registry=r)
+        self.discovery_errors = Counter(
+            "fnlb_discovery_errors", "Failed lookups of a runner source (last set kept).",
+            ["source"], registry=r)
+        for state in POOL_STATES:
+            self.pool_runners.labels(state)
+        for change in ("added", "removed"):
+            self.pool_changes.labels(change)
+        for seen_by in ("probe", "placement"):
+            self.pool_runner_failures.labels(seen_by)
+            self.pool_ejections.labels(seen_by)
         # Pre-create label sets so dashboards see zeros instead of missing series.
         for status in CALL_STATUSES:
             self.call_latency.labels(status)

@@ -1,6 +1,74 @@
-"""Runner pools: where placers get their runners from."""
+"""Runner pools: where placers get their runners from.
+
+``DynamicRunnerPool`` holds the runners; membership *sources* feed it, each
+selected by a flag (a registry by name, built by ``make_sources``):
+
+=========  ==========================  ===================================
+source     flag                        module
+=========  ==========================  ===================================
+static     ``--runners A,B``           ``fnlb.pools.static.StaticSource``
+file       ``--runners-file PATH``     ``fnlb.pools.file.FileSource``
+dns        ``--discovery dns:///N:P``  ``fnlb.pools.dns.DnsSource``
+admin      Admin/AddRunner             ``DynamicRunnerPool.add``
+=========  ==========================  ===================================
+
+fn's plain ``StaticRunnerPool`` is kept for embedding and tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 from fnlb.pools._address import parse_address, parse_address_list
-from fnlb.pools.static import StaticRunnerPool
+from fnlb.pools._source import Membership, PollingSource, Source, SourceError
+from fnlb.pools.dynamic import (
+    ADMIN,
+    REGISTERED,
+    DynamicRunnerPool,
+    MembershipError,
+    PooledRunner,
+    RunnerView,
+    UnknownRunner,
+)
+from fnlb.pools.static import StaticRunnerPool, StaticSource
 
-__all__ = ["StaticRunnerPool", "parse_address", "parse_address_list"]
+__all__ = [
+    "ADMIN",
+    "REGISTERED",
+    "DynamicRunnerPool",
+    "Membership",
+    "MembershipError",
+    "PollingSource",
+    "PooledRunner",
+    "RunnerView",
+    "SOURCES",
+    "Source",
+    "SourceError",
+    "StaticRunnerPool",
+    "StaticSource",
+    "UnknownRunner",
+    "make_sources",
+    "parse_address",
+    "parse_address_list",
+]
+
+# The source names a runner can show in Admin/ListRunners.
+SOURCES = ("static", "file", "dns", ADMIN, REGISTERED)
+
+
+def make_sources(runners: tuple[str, ...] = (), runners_file: Path | None = None,
+                 discovery: str = "", *, file_interval: float = 1.0,
+                 discovery_interval: float = 5.0) -> list[Source]:
+    """The sources the serve flags ask for (any combination; the pool is their union)."""
+    sources: list[Source] = []
+    if runners:
+        sources.append(StaticSource(runners))
+    if runners_file is not None:
+        from fnlb.pools.file import FileSource
+
+        sources.append(FileSource(runners_file, file_interval))
+    if discovery and discovery != "registration":  # registration: Admin adds runners
+        from fnlb.pools.dns import DnsSource, parse_discovery
+
+        sources.append(DnsSource(parse_discovery(discovery), discovery_interval))
+    return sources

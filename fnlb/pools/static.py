@@ -1,12 +1,18 @@
-"""fn's static runner pool: a fixed list of addresses (``--runners``)."""
+"""fn's static runner pool: a fixed list of addresses (``--runners``).
+
+``StaticRunnerPool`` is fn's pool as is: no health checking, no membership
+changes. ``fnlb serve`` uses a ``StaticSource`` in a ``DynamicRunnerPool``
+instead, so a fixed list gets health checks, ejection and draining too.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fnlb.pools._source import Membership
 from fnlb.runnerpool import MTLSRunnerFactory, Runner, RunnerCall
 
-__all__ = ["StaticRunnerPool"]
+__all__ = ["StaticRunnerPool", "StaticSource"]
 
 
 class StaticRunnerPool:
@@ -28,3 +34,18 @@ class StaticRunnerPool:
         runners, self._runners = self._runners, ()
         for r in runners:
             await r.close()
+
+
+class StaticSource:
+    """The ``--runners`` list as a membership source: set once, never changed."""
+
+    name = "static"
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        self.addresses = tuple(addresses)
+
+    async def start(self, pool: Membership) -> None:
+        pool.set_source(self.name, self.addresses)
+
+    async def stop(self) -> None:
+        return None

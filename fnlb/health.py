@@ -1,0 +1,159 @@
+"""Runner health: the policy knobs and one runner's health state machine.
+
+Pure logic with an injected clock, so the rules are unit-tested without
+processes; ``fnlb.pools.dynamic`` drives it from Status probes and from what
+placement sees (outlier detection, after Envoy's consecutive-5xx).
+
+One runner moves between these states::
+
+    admitted ──(eject_after failures in a row, if the ejection limit allows)──► ejected
+       ▲                                                                         │
+       └──(a successful probe once its backoff is over; then slow start)─────────┘
+
+* A **failure** is a Status probe that errors or times out, a probe that says
+  ``isNetworkDisabled`` (ejects at once), a connection failure seen by placement,
+  or a committed call the runner failed for a platform reason (5xx other than
+  503/504, not ``errorUser``). A busy NACK is never a failure: a full runner is
+  healthy.
+* A **success** (probe answered, call ran, even a function's own error) resets
+  the count.
+* The **backoff** before readmission starts at ``backoff_base`` and doubles per
+  ejection up to ``backoff_max``; it resets after a runner stayed admitted for
+  ``backoff_max``.
+* **Slow start**: after readmission the runner takes a growing share of the
+  attempts offered to it, from ``SLOW_START_MIN_SHARE`` to all of them over
+  ``slow_start`` seconds (``share``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fnlb.errors import ClientCanceled, ClientTimeout, ConfigError, RunnerError, ServerTooBusy
+from fnlb.runnerpool import Attempt
+
+__all__ = ["HealthConfig", "RunnerHealth", "SLOW_START_MIN_SHARE", "attempt_verdict"]
+
+# A ramping runner is never starved entirely: it must serve some calls to warm up.
+SLOW_START_MIN_SHARE = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Health checking and outlier detection; times in seconds."""
+
+    interval: float = 2.0
+    timeout: float = 1.0
+    eject_after: int = 3
+    max_ejection_percent: float = 50.0
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    slow_start: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0:
+            raise ConfigError(f"--health-interval must be > 0, got {self.interval}")
+        if not self.timeout > 0:
+            raise ConfigError(f"--health-timeout must be > 0, got {self.timeout}")
+        if self.eject_after < 1:
+            raise ConfigError(f"--eject-after must be >= 1, got {self.eject_after}")
+        if not 0 <= self.max_ejection_percent <= 100:
+            raise ConfigError("--max-ejection-percent must be 0..100, "
+                              f"got {self.max_ejection_percent}")
+        if not 0 < self.backoff_base <= self.backoff_max:
+            raise ConfigError("readmission backoff: need 0 < base <= max, got "
+                              f"{self.backoff_base}, {self.backoff_max}")
+        if not self.slow_start >= 0:
+            raise ConfigError(f"--slow-start must be >= 0, got {self.slow_start}")
+
+    def max_ejected(self, members: int) -> int:
+        """How many of ``members`` runners may be ejected at once (50% of 3 -> 1)."""
+        return math.floor(members * self.max_ejection_percent / 100 + 1e-9)
+
+
+def attempt_verdict(result: Attempt) -> bool | None:
+    """What a ``try_exec`` outcome says of the runner: True ok, False failure, None nothing."""
+    err = result.error
+    if not result.placed:
+        # A NACK proves the runner alive; anything else unplaced is a connection failure.
+        return None if isinstance(err, ServerTooBusy) else False
+    if err is None:
+        return True
+    if isinstance(err, ClientTimeout | ClientCanceled):
+        return None  # the client's doing
+    if isinstance(err, RunnerError):
+        platform = (not err.user_error and err.error_code >= 500
+                    and err.error_code not in (503, 504))
+        # A function's own error (or its timeout) still shows a working runner.
+        return not platform
+    return False
+
+
+class RunnerHealth:
+    """Consecutive failures, ejection and readmission of one runner."""
+
+    __slots__ = ("_cfg", "_clock", "failures", "ejected_until", "ejections",
+                 "admitted_at", "ramp_from", "last_error")
+
+    def __init__(self, config: HealthConfig, clock: Callable[[], float]) -> None:
+        self._cfg = config
+        self._clock = clock
+        self.failures = 0
+        self.ejected_until: float | None = None  # None: admitted
+        self.ejections = 0  # in a row, for the backoff
+        self.admitted_at = clock()
+        self.ramp_from: float | None = None  # slow start began here (None: full share)
+        self.last_error = ""
+
+    @property
+    def ejected(self) -> bool:
+        return self.ejected_until is not None
+
+    def success(self) -> None:
+        self.failures = 0
+
+    def failure(self, error: str, *, count: int = 1) -> bool:
+        """Record a failure; True when the runner has now failed ``eject_after`` in a row."""
+        self.last_error = error
+        if self.ejected:
+            return False  # already out; late results from stale snapshots change nothing
+        self.failures += count
+        return self.failures >= self._cfg.eject_after
+
+    def eject(self) -> float:
+        """Take the runner out; returns the backoff (s) before it may come back."""
+        now = self._clock()
+        if now - self.admitted_at >= self._cfg.backoff_max:
+            self.ejections = 0  # it behaved for a long while: start the backoff afresh
+        backoff = min(self._cfg.backoff_base * 2.0 ** self.ejections, self._cfg.backoff_max)
+        self.ejections += 1
+        self.ejected_until = now + backoff
+        self.ramp_from = None
+        return backoff
+
+    def may_readmit(self) -> bool:
+        return self.ejected_until is not None and self._clock() >= self.ejected_until
+
+    def readmit(self, *, slow_start: bool = True) -> None:
+        now = self._clock()
+        self.ejected_until = None
+        self.failures = 0
+        self.admitted_at = now
+        self.ramp_from = now if slow_start and self._cfg.slow_start > 0 else None
+
+    def start_ramp(self) -> None:
+        """A runner that joined a running pool ramps up like a readmitted one."""
+        if self._cfg.slow_start > 0:
+            self.ramp_from = self._clock()
+
+    def share(self) -> float:
+        """Fraction of offered attempts the runner should take now (slow start)."""
+        if self.ramp_from is None:
+            return 1.0
+        progress = (self._clock() - self.ramp_from) / self._cfg.slow_start
+        if progress >= 1.0:
+            self.ramp_from = None
+            return 1.0
+        return max(SLOW_START_MIN_SHARE, float(progress))
