@@ -6,9 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fnlb.errors import ConfigError
+from fnlb.health import HealthConfig
 from fnlb.runnerpool import PlacerConfig
 
-__all__ = ["LBConfig", "TLSPaths", "split_hostport"]
+__all__ = ["LBConfig", "REGISTRATION", "TLSPaths", "split_hostport"]
+
+# --discovery registration: no discovery source; runners add themselves (Admin).
+REGISTRATION = "registration"
 
 
 def split_hostport(text: str, flag: str) -> tuple[str, int]:
@@ -32,7 +36,12 @@ class LBConfig:
     metrics_listen: str = "127.0.0.1:9091"
     runners: tuple[str, ...] = ()
     runners_file: Path | None = None
+    runners_file_interval: float = 1.0
     discovery: str = ""
+    discovery_interval: float = 5.0
+    # The Admin service's own address, off the public port; "" disables it.
+    admin_listen: str = "127.0.0.1:9092"
+    health: HealthConfig = field(default_factory=HealthConfig)
     placer: str = "naive"
     placer_config: PlacerConfig = field(default_factory=PlacerConfig)
     max_body_bytes: int = 8 * 1024 * 1024
@@ -48,6 +57,20 @@ class LBConfig:
         split_hostport(self.listen, "--listen")
         if self.metrics_listen:
             split_hostport(self.metrics_listen, "--metrics-listen")
+        if self.admin_listen:
+            split_hostport(self.admin_listen, "--admin-listen")
+        if not self.runners_file_interval > 0:
+            raise ConfigError("--runners-file-interval must be > 0")
+        if not self.discovery_interval > 0:
+            raise ConfigError("--discovery-interval must be > 0")
+        if self.discovery == REGISTRATION:
+            if not self.admin_listen:
+                raise ConfigError("--discovery registration needs --admin-listen: runners "
+                                  "register through the Admin service")
+        elif self.discovery:
+            from fnlb.pools.dns import parse_discovery
+
+            parse_discovery(self.discovery)  # a bad URI fails at startup, naming the flag
         if self.max_body_bytes <= 0:
             raise ConfigError(f"--max-body-bytes must be > 0, got {self.max_body_bytes}")
         if self.drain_grace < 0:
