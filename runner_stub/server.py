@@ -53,6 +53,7 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _MESSAGE_LIMIT = 64 * 1024 * 1024
 _DISCARD_LIMIT_S = 2.0
 _CRASH_LINGER_S = 0.1
+_CANCEL_GRACE_S = 0.1
 _SERVER_OPTIONS = [
     ("grpc.max_send_message_length", _MESSAGE_LIMIT),
     ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
@@ -107,7 +108,15 @@ class _Requests:
 
     async def read(self) -> Any:
         msg = await self._context.read()
-        if msg is grpc.aio.EOF or (msg.WhichOneof("body") == "data" and msg.data.eof):
+        if msg is grpc.aio.EOF:
+            self.done = True
+            # grpc.aio reads EOF both when the client half-closed and when it
+            # cancelled; the cancellation reaches the task a moment later.
+            # Waiting briefly lets a cancel be handled as one (call canceled,
+            # slot freed) instead of as a protocol error. Well-behaved clients
+            # end with an eof frame and never get here.
+            await asyncio.sleep(_CANCEL_GRACE_S)
+        elif msg.WhichOneof("body") == "data" and msg.data.eof:
             self.done = True
         return msg
 
@@ -235,10 +244,10 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         return runner_pb2.CloseResponse(active=self.active, drained=self.active == 0)
 
     async def TryExec(self, request_iterator: Any, context: Any) -> None:
-        created = _now()
         requests = _Requests(context)
         try:
             first = await requests.read()
+            created = _now()  # fn: createdAt is when the runner got the call
             if _kind(first) != "try":
                 raise ProtocolError(f"first message must be try, got {_kind(first)}")
             if self._cfg.hang_ms:
@@ -364,6 +373,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             await self._maybe_crash(call, nth)
         await self._warm_up(call)
         started = _now()
+        log.debug("function started", extra=kv(call_id=call.id))
         result: FunctionResult | None = None
         error: CallRejected | None = None
         try:
