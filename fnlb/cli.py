@@ -49,6 +49,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be 0..100, got {text}")
+    return value
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
@@ -84,9 +94,30 @@ def _add_serve(sub: Any) -> None:
     _add(p, "--runners", "", metavar="A,B,...",
          help="static runner pool: comma-separated HOST:PORT runner addresses")
     _add(p, "--runners-file", None, metavar="PATH",
-         help="file pool: runner addresses, one per line, re-read when it changes")
+         help="file pool: runner addresses, one per line (# comments), re-read when it changes")
+    _add(p, "--runners-file-interval", "1s", type=_duration, metavar="DUR",
+         help="how often to check --runners-file for changes")
     _add(p, "--discovery", "", metavar="URI",
-         help="DNS pool, e.g. dns:///runners.ns.svc:9190 or dns+srv:///_grpc._tcp.runners.ns.svc")
+         help="DNS pool, e.g. dns:///runners.ns.svc:9190 or dns+srv:///_grpc._tcp.runners.ns.svc; "
+              "'registration': only runners that register through --admin-listen")
+    _add(p, "--discovery-interval", "5s", type=_duration, metavar="DUR",
+         help="how often to re-resolve --discovery (a failed lookup keeps the last runners)")
+    _add(p, "--admin-listen", "127.0.0.1:9092", metavar="HOST:PORT",
+         help="fnlb.v1.Admin gRPC address (list/add/remove/drain runners, self-registration); "
+              "never on --listen; uses front-door mTLS when --front-tls-ca is set; "
+              "empty to disable")
+    _add(p, "--health-interval", "2s", type=_duration, metavar="DUR",
+         help="how often to poll every runner's Status")
+    _add(p, "--health-timeout", "1s", type=_duration, metavar="DUR",
+         help="a Status poll slower than this is a failure")
+    _add(p, "--eject-after", "3", type=_positive_int, metavar="N",
+         help="eject a runner after N failures in a row (Status polls, connection failures, "
+              "non-busy runner errors; a busy NACK is never a failure)")
+    _add(p, "--max-ejection-percent", "50", type=_percent, metavar="P",
+         help="never eject more than P%% of the runners at once")
+    _add(p, "--slow-start", "10s", type=_duration, metavar="DUR",
+         help="a readmitted or newly joined runner ramps up to its full share over this "
+              "long; 0 disables")
     _add(p, "--placer", "naive", metavar="NAME", help="placement strategy (see README)")
     _add(p, "--placer-timeout", "360s", type=_duration, metavar="DUR",
          help="give up placing a sync call after this long (server too busy)")
@@ -131,6 +162,7 @@ def _tls_paths(args: argparse.Namespace, prefix: str, flag: str) -> Any:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from fnlb.config import LBConfig
+    from fnlb.health import HealthConfig
     from fnlb.pools import parse_address_list
     from fnlb.runnerpool import PlacerConfig
 
@@ -138,9 +170,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return LBConfig(
         listen=args.listen,
         metrics_listen=args.metrics_listen,
+        admin_listen=args.admin_listen,
         runners=runners,
         runners_file=Path(args.runners_file) if args.runners_file else None,
+        runners_file_interval=args.runners_file_interval,
         discovery=args.discovery,
+        discovery_interval=args.discovery_interval,
+        health=HealthConfig(interval=args.health_interval, timeout=args.health_timeout,
+                            eject_after=args.eject_after,
+                            max_ejection_percent=args.max_ejection_percent,
+                            slow_start=args.slow_start),
         placer=args.placer,
         placer_config=PlacerConfig(args.retry_all_delay, args.placer_timeout,
                                    args.detached_placer_timeout),
@@ -197,7 +236,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if not cfg.runners and not cfg.runners_file and not cfg.discovery:
         raise ConfigError("no runners: give --runners A,B (or FN_RUNNER_ADDRESSES), "
-                          "--runners-file PATH or --discovery dns:///NAME:PORT")
+                          "--runners-file PATH, --discovery dns:///NAME:PORT, or "
+                          "--discovery registration for runners that register themselves")
     return asyncio.run(_serve(cfg))
 
 
@@ -245,12 +285,21 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 
 def _add_runners(sub: Any) -> None:
     p = sub.add_parser("runners", formatter_class=_Formatter, help="print an LB's runner pool",
-                       description="Print the runner pool of the LB (its Admin service).")
-    p.add_argument("--lb", default=os.environ.get("FNLB_LB", "127.0.0.1:9090"),
-                   metavar="HOST:PORT", help="LB admin address [env FNLB_LB]")
-    p.add_argument("--tls-ca", default=None)
-    p.add_argument("--tls-cert", default=None)
-    p.add_argument("--tls-key", default=None)
+                       description="Print the runner pool of the LB as a table, through its "
+                                   "Admin service (fnlb serve --admin-listen); --add, "
+                                   "--remove and --drain change it first.")
+    p.add_argument("--lb", default=os.environ.get("FNLB_ADMIN_LB", "127.0.0.1:9092"),
+                   metavar="HOST:PORT",
+                   help="LB admin address (its --admin-listen) [env FNLB_ADMIN_LB]")
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--add", metavar="HOST:PORT", help="add a runner (Admin/AddRunner)")
+    change.add_argument("--remove", metavar="HOST:PORT",
+                        help="remove a runner added with --add (Admin/RemoveRunner)")
+    change.add_argument("--drain", metavar="HOST:PORT",
+                        help="stop placing on a runner and tell it to drain (Admin/DrainRunner)")
+    p.add_argument("--tls-ca", default=None, help="CA of the LB's certificate (front-door TLS)")
+    p.add_argument("--tls-cert", default=None, help="client certificate (front-door mTLS)")
+    p.add_argument("--tls-key", default=None, help="key of --tls-cert")
     p.set_defaults(func=_cmd_runners)
 
 

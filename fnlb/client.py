@@ -10,7 +10,7 @@ import grpc
 
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
-__all__ = ["open_channel", "invoke", "list_runners"]
+__all__ = ["open_channel", "invoke", "list_runners", "format_runners"]
 
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024)]
@@ -47,20 +47,39 @@ async def invoke(args: argparse.Namespace, data: bytes, config: dict[str, str]) 
 
 
 async def list_runners(args: argparse.Namespace) -> int:
+    """``fnlb runners``: apply --add/--remove/--drain if given, then print the pool."""
     async with open_channel(args.lb, args.tls_ca, args.tls_cert, args.tls_key) as ch:
         stub = lb_pb2_grpc.AdminStub(ch)
         try:
+            if getattr(args, "add", None):
+                added = await stub.AddRunner(lb_pb2.AddRunnerRequest(address=args.add), timeout=10)
+                print(f"{args.add}: {'added' if added.added else 'already in the pool'}")
+            elif getattr(args, "remove", None):
+                await stub.RemoveRunner(lb_pb2.RemoveRunnerRequest(address=args.remove),
+                                        timeout=10)
+                print(f"{args.remove}: removed")
+            elif getattr(args, "drain", None):
+                await stub.DrainRunner(lb_pb2.DrainRunnerRequest(address=args.drain), timeout=30)
+                print(f"{args.drain}: draining")
             resp = await stub.ListRunners(lb_pb2.ListRunnersRequest(), timeout=10)
         except grpc.aio.AioRpcError as e:
             print(f"fnlb runners: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
-    rows = [("ADDRESS", "STATE", "INFLIGHT", "ACTIVE", "SLOTS", "PLACED", "SOURCE", "LAST ERROR")]
-    for r in resp.runners:
-        rows.append((r.address, r.state, str(r.inflight), str(r.runner_active),
-                     f"{r.slots_free}/{r.slots_total}", str(r.placed), r.source,
-                     r.last_error[:60]))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    print(f"placer: {resp.placer}")
+    print(format_runners(resp))
     return 0
+
+
+def format_runners(resp: lb_pb2.ListRunnersResponse) -> str:
+    """The pool as an aligned text table, one runner per line."""
+    rows = [("ADDRESS", "STATE", "INFLIGHT", "ACTIVE", "SLOTS", "PLACED", "FAILS", "SOURCE",
+             "LAST STATUS", "LAST ERROR")]
+    for r in resp.runners:
+        slots = f"{r.slots_free}/{r.slots_total}" if r.slots_total else "-"
+        rows.append((r.address, r.state, str(r.inflight), str(r.runner_active), slots,
+                     str(r.placed), str(r.consecutive_failures), r.source,
+                     r.last_status_at or "-", r.last_error[:60]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.append(f"{len(resp.runners)} runners; placer: {resp.placer}")
+    return "\n".join(lines)

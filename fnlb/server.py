@@ -1,8 +1,15 @@
-"""The LB process: front door (LoadBalancer), health, reflection, metrics, lifecycle."""
+"""The LB process: front door (LoadBalancer), admin (Admin), health, reflection, metrics.
+
+Three listeners: ``--listen`` (clients: LoadBalancer, health, reflection),
+``--admin-listen`` (operators and self-registering runners: Admin, health,
+reflection; loopback by default, so the pool cannot be changed from the
+clients' network), ``--metrics-listen`` (Prometheus).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,15 +20,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fnlb.admin import AdminServicer
 from fnlb.agent import Agent
 from fnlb.calls import DETACHED, SYNC, CallModel, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
 from fnlb.errors import FnlbError, InvalidRequest
 from fnlb.grpc_runner import make_runner_factory
+from fnlb.load import LoadTracker
 from fnlb.logs import kv
 from fnlb.metrics import Metrics, MetricsServer
 from fnlb.placers import make_placer
-from fnlb.pools import StaticRunnerPool
+from fnlb.pools import DynamicRunnerPool, make_sources
 from fnlb.runnerpool import MTLSRunnerFactory, RunnerPool
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
@@ -66,6 +75,15 @@ def build_call(req: lb_pb2.InvokeRequest, body: bytes, max_body_bytes: int,
         headers={k: [v] for k, v in req.headers.items()},
     )
     return LBCall(model, body)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _client_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -164,11 +182,14 @@ class LBServer:
         self._factory = runner_factory
         self.pool = pool
         self._server: grpc.aio.Server | None = None
+        self._admin_server: grpc.aio.Server | None = None
+        self._admin_health = health.aio.HealthServicer()
         self._metrics_server: MetricsServer | None = None
         self._health = health.aio.HealthServicer()
         self._stopping: asyncio.Task[None] | None = None
         self.address = ""
         self.metrics_address = ""
+        self.admin_address = ""
         self.front_tls: Any = None
         self.runner_tls: Any = None
 
@@ -178,7 +199,7 @@ class LBServer:
             if tls is not None:
                 tls.reload()
 
-    def _build_pool(self) -> RunnerPool:
+    def _build_pool(self, load: LoadTracker) -> DynamicRunnerPool:
         cfg = self.config
         factory = self._factory or make_runner_factory(
             self.metrics, cfg.connect_timeout, cfg.runner_server_name or None)
@@ -196,13 +217,24 @@ class LBServer:
         else:
             log.warning("runner connections are plaintext: use --tls-cert/--tls-key/--tls-ca "
                         "for mTLS to runners")
-        return StaticRunnerPool(cfg.runners, factory, tls)
+        sources = make_sources(cfg.runners, cfg.runners_file, cfg.discovery,
+                               file_interval=cfg.runners_file_interval,
+                               discovery_interval=cfg.discovery_interval)
+        return DynamicRunnerPool(factory, tls, sources=sources, health=cfg.health,
+                                 metrics=self.metrics, load=load)
 
     async def start(self) -> None:
         cfg = self.config
-        placer = make_placer(cfg.placer, cfg.placer_config, self.metrics)
+        # One load view shared by the placer (its in-flight counts) and the pool's
+        # Status polls; a report stays fresh for two polls, so one slow poll
+        # does not blind load-aware placers.
+        load = LoadTracker(fresh_for=2 * cfg.health.interval + cfg.health.timeout)
+        placer = make_placer(cfg.placer, cfg.placer_config, self.metrics, load=load)
         if self.pool is None:
-            self.pool = self._build_pool()
+            self.pool = self._build_pool(load)
+        start_pool = getattr(self.pool, "start", None)
+        if start_pool is not None:
+            await start_pool()  # first lookups; a bad --runners-file stops us here
         agent = Agent(self.pool, placer, self.metrics)
         # Leave room above --max-body-bytes so a too-big body gets our clear
         # INVALID_ARGUMENT instead of gRPC's generic RESOURCE_EXHAUSTED.
@@ -233,6 +265,8 @@ class LBServer:
         await server.start()
         self._server = server
         self.address = f"{host}:{bound}"
+        if cfg.admin_listen and isinstance(self.pool, DynamicRunnerPool):
+            await self._start_admin(self.pool)
         if cfg.metrics_listen:
             mhost, mport = split_hostport(cfg.metrics_listen, "--metrics-listen")
             self._metrics_server = MetricsServer(self.metrics, mhost, mport)
@@ -241,7 +275,37 @@ class LBServer:
         for name in ("", "fnlb.v1.LoadBalancer"):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening", extra=kv(addr=self.address, metrics_addr=self.metrics_address,
-                                       placer=cfg.placer, tls=cfg.front_tls is not None))
+                                       admin_addr=self.admin_address, placer=cfg.placer,
+                                       tls=cfg.front_tls is not None))
+
+    async def _start_admin(self, pool: DynamicRunnerPool) -> None:
+        cfg = self.config
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        lb_pb2_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]
+            AdminServicer(pool, cfg.placer), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._admin_health, server)
+        reflection.enable_server_reflection((
+            lb_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ), server)
+        host, port = split_hostport(cfg.admin_listen, "--admin-listen")
+        if self.front_tls is not None:
+            # The front door's certificate, and its client CA when one is set:
+            # with --front-tls-ca only holders of a client certificate get in.
+            bound = server.add_secure_port(f"{host}:{port}", self.front_tls.credentials())
+        else:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        mtls = cfg.front_tls is not None and cfg.front_tls.ca is not None
+        if not mtls and not _is_loopback(host):
+            log.warning("admin API is reachable from the network without client "
+                        "certificates: set --front-tls-ca, or --admin-listen 127.0.0.1:PORT",
+                        extra=kv(admin_addr=f"{host}:{bound}"))
+        await server.start()
+        self._admin_server = server
+        self.admin_address = f"{host}:{bound}"
+        for name in ("", "fnlb.v1.Admin"):
+            await self._admin_health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish for ``grace`` s, close runners."""
@@ -251,6 +315,10 @@ class LBServer:
             grace = self.config.drain_grace
         await self._health.enter_graceful_shutdown()
         log.info("draining", extra=kv(grace_s=grace))
+        if self._admin_server is not None:
+            # Membership is frozen while calls drain; admin calls are short.
+            await self._admin_health.enter_graceful_shutdown()
+            await self._admin_server.stop(min(grace, 1.0))
         await self._server.stop(grace)
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._close_rest())

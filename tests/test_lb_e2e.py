@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 @contextlib.contextmanager
 def lb(runners: Sequence[str], *args: str) -> Iterator[Proc]:
     with running("fnlb", ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                          "--admin-listen", "127.0.0.1:0",
                           "--runners", ",".join(runners), "--drain-grace", "10s", *args]) as p:
         yield p
 

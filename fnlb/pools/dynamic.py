@@ -581,12 +581,12 @@ class DynamicRunnerPool:
             return
         if m.retired:
             return
-        now = self._clock()
         m.status = status
         m.status_at = now_rfc3339()
         m.probed = True
         if self._load is not None:
-            self._load.update_reported(m.address, status, at=now)
+            # Received just now, on the tracker's own clock (ours may be a test's).
+            self._load.update_reported(m.address, status)
         changed = False
         draining = status.draining or status.drained
         if draining != m.reported_draining:
