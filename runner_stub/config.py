@@ -112,9 +112,20 @@ class StubConfig:
         return bool(self.tls_cert)
 
     def read_tls(self) -> TlsFiles | None:
-        """Read the PEM files (None without TLS); an unreadable one names its flag."""
+        """Read and check the PEM files (None without TLS); a bad one names its flag.
+
+        The certificate must match its key and be valid now; the CA file must
+        hold certificates. (It need not have issued our own certificate: it is
+        only what client certificates are checked against.)
+        """
         if not self.tls:
             return None
+        # Imported here: cryptography and grpc are slow to import, and only TLS needs them.
+        from cryptography import x509
+
+        from fnlb.tls import TLSConfigError
+        from fnlb.tls import TLSFiles as PairFiles
+
         pem: dict[str, bytes] = {}
         for name in ("tls_cert", "tls_key", "tls_ca"):
             path = getattr(self, name)
@@ -123,6 +134,13 @@ class StubConfig:
             except OSError as e:
                 raise ConfigError(f"{flag_name(name)}: cannot read {path!r}: "
                                   f"{e.strerror or e}") from None
-            if not pem[name].strip():
-                raise ConfigError(f"{flag_name(name)}: {path!r} is empty")
-        return TlsFiles(cert=pem["tls_cert"], key=pem["tls_key"], ca=pem["tls_ca"])
+        try:
+            pair = PairFiles(cert=Path(self.tls_cert), key=Path(self.tls_key)).load()
+        except TLSConfigError as e:
+            raise ConfigError(f"--tls-cert/--tls-key: {e}") from None
+        try:
+            x509.load_pem_x509_certificates(pem["tls_ca"])
+        except ValueError as e:
+            raise ConfigError(f"--tls-ca: {self.tls_ca!r} holds no usable PEM certificate: "
+                              f"{e}") from None
+        return TlsFiles(cert=pair.cert_pem, key=pair.key_pem, ca=pem["tls_ca"])

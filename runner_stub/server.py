@@ -39,7 +39,7 @@ from runner_stub.errors import (
     StartupError,
 )
 from runner_stub.functions import FunctionResult, run_function
-from runner_stub.slots import Lease, MemoryTooLarge, SlotPool, WarmCache
+from runner_stub.slots import Lease, SlotPool, WarmCache
 
 __all__ = ["StubServer", "RunnerService", "Counters", "MAX_DATA_CHUNK", "TOO_BUSY"]
 
@@ -284,10 +284,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     async def _admit(self, call: Call) -> Lease | None:
         if self.draining:
             return None
-        try:
-            lease = await self.pool.acquire(call.memory_mb, self._cfg.nack_after_ms / 1000)
-        except MemoryTooLarge:  # checked before; kept for safety if totals change
-            return None
+        lease = await self.pool.acquire(call.memory_mb, self._cfg.nack_after_ms / 1000)
         if lease is not None and self.draining:
             # Drain began while we waited: a draining runner accepts nothing.
             lease.release()

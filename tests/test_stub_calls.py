@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fnlb.tls import init_ca, issue_cert
 from runner_stub.calls import DEFAULT_MEMORY_MB, parse_call
 from runner_stub.config import StubConfig, split_host_port
 from runner_stub.errors import BadCall, ConfigError, FunctionFailed
@@ -97,15 +99,23 @@ def test_config_errors_name_the_flag(fields: dict[str, Any], flag: str) -> None:
         StubConfig(**fields)
 
 
-def test_config_reads_tls_files_and_names_the_bad_one(tmp_path: Any) -> None:
-    for name in ("c.pem", "k.pem", "ca.pem"):
-        (tmp_path / name).write_bytes(b"PEM " + name.encode())
-    cfg = StubConfig(tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "k.pem"),
-                     tls_ca=str(tmp_path / "ca.pem"))
-    tls = cfg.read_tls()
-    assert tls is not None and tls.key == b"PEM k.pem"
-    missing = StubConfig(tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "nope"),
-                         tls_ca=str(tmp_path / "ca.pem"))
-    with pytest.raises(ConfigError, match="--tls-key: cannot read"):
-        missing.read_tls()
+def test_config_reads_tls_files_and_names_the_bad_one(tmp_path: Path) -> None:
+    ca_cert, _ = init_ca(tmp_path / "ca")
+    cert, key = issue_cert(tmp_path / "ca", "runner", ["127.0.0.1"], tmp_path / "a")
+    _, other_key = issue_cert(tmp_path / "ca", "other", ["127.0.0.1"], tmp_path / "b")
+    files = {"tls_cert": str(cert), "tls_key": str(key), "tls_ca": str(ca_cert)}
+    tls = StubConfig(**files).read_tls()
+    assert tls is not None and tls.ca == ca_cert.read_bytes()
+    assert b"PRIVATE KEY" in tls.key and b"CERTIFICATE" in tls.cert
     assert StubConfig().read_tls() is None
+
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not pem")
+    for field, value, message in [
+        ("tls_key", str(tmp_path / "nope"), "--tls-key: cannot read"),
+        ("tls_key", str(other_key), "--tls-cert/--tls-key: key file"),
+        ("tls_cert", str(garbage), "--tls-cert/--tls-key: certificate file"),
+        ("tls_ca", str(garbage), "--tls-ca: "),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            StubConfig(**{**files, field: value}).read_tls()
