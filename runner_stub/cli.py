@@ -101,7 +101,8 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("log_level", "LEVEL", _level, "one of " + ", ".join(LOG_LEVELS)),
     _Flag("runner_id", "ID", _text, "identity reported by Status", "the bound HOST:PORT"),
     _Flag("drain_grace", "DUR", _duration, "on SIGTERM/SIGINT, how long to let in-flight "
-          "calls finish (10ms, 1.5s, 1m, or seconds); a second signal exits at once",
+          "calls finish (10ms, 1.5s, 1m, or seconds); a second signal exits at once "
+          "with status 128+signal",
           format_duration(_DEFAULTS.drain_grace)),
     _Flag("tls_cert", "FILE", _text, "server certificate (PEM); with --tls-key and "
           "--tls-ca the stub serves mutual TLS only", "none"),
