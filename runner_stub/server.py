@@ -164,6 +164,14 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
       errorStr="request body exceeds N bytes"}`` (a finished, not a status, so
       the LB reports it as committed instead of retrying on every runner);
     * otherwise ``result_start``, body ``data`` frames (last has eof), ``finished``.
+
+    After acceptance the call can still fail, always with a ``finished`` and a
+    code other than 503: 500 "injected failure" (``--fail-rate``, no
+    ``result_start``), 502 with the function's error (config ``fail``,
+    errorUser), 504 "Timed out" (the call's ``timeout`` passed). A detached
+    call gets ``result_start{202}`` and an empty eof frame as soon as its body
+    is read, then ``finished`` once the function ran. A client cancel stops
+    the function at once and frees its slot.
     """
 
     def __init__(self, config: StubConfig, health_servicer: health.aio.HealthServicer, *,
