@@ -24,7 +24,7 @@ from fnlb.admin import AdminServicer
 from fnlb.agent import Agent
 from fnlb.calls import DETACHED, SYNC, CallModel, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
-from fnlb.errors import FnlbError, InvalidRequest
+from fnlb.errors import ConfigError, FnlbError, InvalidRequest
 from fnlb.grpc_runner import make_runner_factory
 from fnlb.load import LoadTracker
 from fnlb.logs import kv
@@ -168,6 +168,21 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
             yield lb_pb2.InvokeStreamResponse(data=bytes(view[off:off + _STREAM_CHUNK]))
 
 
+def _bind(server: grpc.aio.Server, flag: str, host: str, port: int,
+          creds: grpc.ServerCredentials | None = None) -> int:
+    """Bind a port; a failure is a startup error that names the flag."""
+    addr = f"{host}:{port}"
+    try:
+        bound = (server.add_secure_port(addr, creds) if creds is not None
+                 else server.add_insecure_port(addr))
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise ConfigError(f"{flag} {addr}: cannot bind (address in use, or not an address "
+                          "of this machine)")
+    return bound
+
+
 class LBServer:
     """The LB process's servers. ``async with LBServer(cfg) as lb: ...``.
 
@@ -259,9 +274,9 @@ class LBServer:
             self.front_tls = ReloadingServerCredentials(
                 TLSFiles(cfg.front_tls.cert, cfg.front_tls.key, cfg.front_tls.ca),
                 require_client_auth=cfg.front_tls.ca is not None)
-            bound = server.add_secure_port(f"{host}:{port}", self.front_tls.credentials())
+            bound = _bind(server, "--listen", host, port, self.front_tls.credentials())
         else:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            bound = _bind(server, "--listen", host, port)
         await server.start()
         self._server = server
         self.address = f"{host}:{bound}"
@@ -293,9 +308,9 @@ class LBServer:
         if self.front_tls is not None:
             # The front door's certificate, and its client CA when one is set:
             # with --front-tls-ca only holders of a client certificate get in.
-            bound = server.add_secure_port(f"{host}:{port}", self.front_tls.credentials())
+            bound = _bind(server, "--admin-listen", host, port, self.front_tls.credentials())
         else:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            bound = _bind(server, "--admin-listen", host, port)
         mtls = cfg.front_tls is not None and cfg.front_tls.ca is not None
         if not mtls and not _is_loopback(host):
             log.warning("admin API is reachable from the network without client "

@@ -108,6 +108,11 @@ _FLAGS: tuple[_Flag, ...] = (
           "--tls-ca the stub serves mutual TLS only", "none"),
     _Flag("tls_key", "FILE", _text, "private key of --tls-cert (PEM)", "none"),
     _Flag("tls_ca", "FILE", _text, "CA (PEM) that client certificates must chain to", "none"),
+    _Flag("register_with", "HOST:PORT", _text, "self-register with this LB's admin address "
+          "(Admin/AddRunner heartbeat; removed on exit)", "none"),
+    _Flag("register_ttl", "DUR", _duration, "registration TTL: the LB forgets this runner "
+          "when no heartbeat arrived for this long (heartbeats every TTL/3)",
+          format_duration(_DEFAULTS.register_ttl)),
     _Flag("fail_rate", "F", _float, "fault: fraction 0..1 of accepted calls that fail with "
           "500 'injected failure'"),
     _Flag("seed", "N", _int, "random seed for --fail-rate", "random"),
@@ -184,6 +189,13 @@ async def _serve(cfg: StubConfig) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+    registration = None
+    if cfg.register_with:
+        from fnlb.registration import register_loop
+
+        registration = asyncio.create_task(
+            register_loop(cfg.register_with, server.addr, cfg.register_ttl, stop))
     stop_wait = asyncio.ensure_future(stop.wait())
     closed = asyncio.ensure_future(server.wait_closed())
     try:
@@ -193,6 +205,8 @@ async def _serve(cfg: StubConfig) -> int:
             return 1
         await server.shutdown(cfg.drain_grace)
         await closed
+        if registration is not None:
+            await registration
         log.info("exiting")
         return 0
     finally:

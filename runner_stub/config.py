@@ -78,6 +78,8 @@ class StubConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+    register_with: str = ""  # LB admin HOST:PORT to self-register with; "" = off
+    register_ttl: float = 10.0
     fail_rate: float = 0.0
     seed: int | None = None
     crash_after: int = 0  # 0 = never
@@ -95,6 +97,8 @@ class StubConfig:
                 raise ConfigError(f"{flag_name(name)} must be an integer, got {value!r}")
             if value < low:
                 raise ConfigError(f"{flag_name(name)} must be >= {low}, got {value}")
+        if not (math.isfinite(self.register_ttl) and self.register_ttl >= 1):
+            raise ConfigError(f"--register-ttl must be at least 1s, got {self.register_ttl}")
         if not (math.isfinite(self.drain_grace) and self.drain_grace >= 0):
             raise ConfigError(f"--drain-grace must be >= 0, got {self.drain_grace}")
         if not (0.0 <= self.fail_rate <= 1.0):

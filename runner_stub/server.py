@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -478,6 +479,12 @@ class StubServer:
         self._service: RunnerService | None = None
         self._addr = ""
         self._stopping = False
+        self.tls_credentials: Any = None
+
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read the certificate files now."""
+        if self.tls_credentials is not None:
+            self.tls_credentials.reload()
 
     @property
     def addr(self) -> str:
@@ -509,9 +516,15 @@ class StubServer:
             if tls is None:
                 bound = server.add_insecure_port(f"{bind_host}:{port}")
             else:
-                creds = grpc.ssl_server_credentials(
-                    [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True)
-                bound = server.add_secure_port(f"{bind_host}:{port}", creds)
+                # Reloading credentials: rotated certificate files (or SIGHUP)
+                # reach new connections without a restart; live calls keep theirs.
+                from fnlb.tls import ReloadingServerCredentials, TLSFiles
+
+                self.tls_credentials = ReloadingServerCredentials(
+                    TLSFiles(Path(cfg.tls_cert), Path(cfg.tls_key), Path(cfg.tls_ca)),
+                    require_client_auth=True)
+                bound = server.add_secure_port(f"{bind_host}:{port}",
+                                               self.tls_credentials.credentials())
         except RuntimeError as e:
             raise StartupError(f"--listen {cfg.listen}: cannot bind: {e}") from None
         if not bound:

@@ -52,7 +52,7 @@ def stub(pki: Path, name: str = "runner", ca: str = "ca") -> Iterator[Proc]:
 @contextlib.contextmanager
 def lb(runners: list[str], *args: str) -> Iterator[Proc]:
     with running("fnlb", ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
-                          "--runners", ",".join(runners), "--placer-timeout", "1s",
+                          "--admin-listen", "127.0.0.1:0", "--runners", ",".join(runners), "--placer-timeout", "1s",
                           *args]) as p:
         yield p
 
@@ -129,10 +129,10 @@ def test_expired_certificate_is_a_startup_error(pki: Path, side: str) -> None:
         argv = ["runner_stub", "--listen", "127.0.0.1:0", *stub_tls(pki, "expired")]
     elif side == "lb":
         argv = ["fnlb", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
-                "--runners", "127.0.0.1:1", *lb_tls(pki, "expired")]
+                "--admin-listen", "", "--runners", "127.0.0.1:1", *lb_tls(pki, "expired")]
     else:
         argv = ["fnlb", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
-                "--runners", "127.0.0.1:1", "--front-tls-cert", str(pki / "expired.crt"),
+                "--admin-listen", "", "--runners", "127.0.0.1:1", "--front-tls-cert", str(pki / "expired.crt"),
                 "--front-tls-key", str(pki / "expired.key")]
     r = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2, r.stderr
@@ -141,7 +141,7 @@ def test_expired_certificate_is_a_startup_error(pki: Path, side: str) -> None:
 
 def test_mismatched_key_and_missing_file_are_startup_errors(pki: Path) -> None:
     base = [sys.executable, "-m", "fnlb", "serve", "--listen", "127.0.0.1:0",
-            "--metrics-listen", "", "--runners", "127.0.0.1:1"]
+            "--metrics-listen", "", "--admin-listen", "", "--runners", "127.0.0.1:1"]
     r = subprocess.run([*base, "--tls-cert", str(pki / "lb.crt"), "--tls-key",
                         str(pki / "runner.key"), "--tls-ca", str(pki / "ca" / "ca.crt")],
                        capture_output=True, text=True, timeout=30)
@@ -150,3 +150,73 @@ def test_mismatched_key_and_missing_file_are_startup_errors(pki: Path) -> None:
                         str(pki / "lb.key"), "--tls-ca", str(pki / "ca" / "ca.crt")],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "nope.crt" in r.stderr, r.stderr
+
+
+def _served_serial(pki: Path, addr: str) -> int:
+    """Serial of the certificate a runner serves to a *new* mTLS connection."""
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    ctx = ssl.create_default_context(cafile=str(pki / "ca" / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "lb.crt"), str(pki / "lb.key"))
+    ctx.set_alpn_protocols(["h2"])
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock, \
+            ctx.wrap_socket(sock, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+async def test_runner_certificate_reload_fails_no_call(pki: Path, tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import shutil
+    import signal
+
+    live = tmp_path / "live"
+    live.mkdir()
+    for ext in ("crt", "key"):
+        shutil.copy(pki / f"runner.{ext}", live / f"runner.{ext}")
+    issue_cert(pki / "ca", "runner-next", ["127.0.0.1"], tmp_path)
+    args = ["--listen", "127.0.0.1:0", "--tls-cert", str(live / "runner.crt"),
+            "--tls-key", str(live / "runner.key"), "--tls-ca", str(pki / "ca" / "ca.crt")]
+    with running("runner_stub", args) as runner, lb([runner.addr], *lb_tls(pki)) as front:
+        old = _served_serial(pki, runner.addr)
+        failures: list[BaseException] = []
+        done = asyncio.Event()
+        flowing = asyncio.Event()
+
+        async def load() -> int:
+            n = 0
+            async with grpc.aio.insecure_channel(front.addr) as ch:
+                s = lb_pb2_grpc.LoadBalancerStub(ch)
+                while not done.is_set():
+                    try:
+                        r = await s.Invoke(lb_pb2.InvokeRequest(
+                            fn_id="f", body=b"x", config={"sleep_ms": "20"}), timeout=10)
+                        assert r.body == b"x"
+                        n += 1
+                        flowing.set()
+                    except grpc.aio.AioRpcError as e:
+                        failures.append(e)
+            return n
+
+        tasks = [asyncio.ensure_future(load()) for _ in range(4)]
+        await asyncio.wait_for(flowing.wait(), 10)
+        # Rotate: atomic renames, as a cert manager would, then SIGHUP.
+        for ext in ("key", "crt"):
+            os.replace(shutil.copy(tmp_path / f"runner-next.{ext}", live / f"next.{ext}"),
+                       live / f"runner.{ext}")
+        runner.signal(signal.SIGHUP)
+        runner.wait_for_line("tls certificate reloaded")
+        new = _served_serial(pki, runner.addr)
+        # Calls keep flowing over the LB's existing connection and new ones.
+        await asyncio.sleep(0.3)
+        done.set()
+        served = sum(await asyncio.gather(*tasks))
+        assert new != old
+        assert failures == []
+        assert served > 0
