@@ -95,10 +95,11 @@ def cluster(tls_dir: Path | None) -> Iterator[tuple[Child, list[Child]]]:
         runners = [c.fields["addr"] for c in children]
         lb = Child("lb", ["fnlb", "serve", "--listen", "127.0.0.1:0",
                           "--metrics-listen", "127.0.0.1:0", "--runners", ",".join(runners),
-                          "--placer", "ch", "--placer-timeout", "5s", *lb_tls])
+                          "--admin-listen", "127.0.0.1:0", "--placer", "ch",
+                          "--placer-timeout", "5s", *lb_tls])
         children.append(lb)
         lb.wait_ready()
-        yield lb, children[:-1]
+        yield lb, children
     finally:
         for c in reversed(children):
             c.stop()
@@ -123,10 +124,20 @@ def channel(addr: str, tls_dir: Path | None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(addr, creds)
 
 
-async def traffic(addr: str, tls_dir: Path | None) -> list[tuple[str, str, float, str]]:
+def runner_args(tls_dir: Path | None) -> list[str]:
+    tls = [] if tls_dir is None else [
+        "--tls-cert", str(tls_dir / "runner.crt"), "--tls-key", str(tls_dir / "runner.key"),
+        "--tls-ca", str(tls_dir / "ca.crt")]
+    return ["runner_stub", "--listen", "127.0.0.1:0", "--slots", "2", *tls]
+
+
+async def traffic(lb: Child, children: list[Child],
+                  tls_dir: Path | None) -> list[tuple[str, str, float, str]]:
     """(phase, outcome, latency_s, runner) for every call."""
     results: list[tuple[str, str, float, str]] = []
-    async with channel(addr, tls_dir) as ch:
+    addr = lb.fields["addr"]
+    async with channel(addr, tls_dir) as ch, channel(lb.fields["admin_addr"], tls_dir) as ach:
+        admin = lb_pb2_grpc.AdminStub(ach)
         stub = lb_pb2_grpc.LoadBalancerStub(ch)
 
         async def one(phase: str, req: lb_pb2.InvokeRequest, timeout: float = 20) -> None:
@@ -156,6 +167,46 @@ async def traffic(addr: str, tls_dir: Path | None) -> list[tuple[str, str, float
         print("5) detached: returns once a runner accepted the call")
         await one("detached", lb_pb2.InvokeRequest(fn_id="bg", type=lb_pb2.DETACHED,
                                                    config={"sleep_ms": "500"}))
+
+        print("6) membership: 120 calls at concurrency 10; a 4th runner joins mid-load "
+              "(Admin/AddRunner), then is drained and removed")
+        newcomer = Child("runner-3", runner_args(tls_dir))
+        children.insert(-1, newcomer)  # stopped with the others
+        await asyncio.to_thread(newcomer.wait_ready)
+        new_addr = newcomer.fields["addr"]
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(120):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                await one("churn", lb_pb2.InvokeRequest(
+                    fn_id=f"churn-{i % 24}", config={"sleep_ms": "60"}))
+
+        def on_newcomer() -> int:
+            return sum(1 for r in results if r[0] == "churn" and r[3] == new_addr)
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(10)]
+        while queue.qsize() > 100:
+            await asyncio.sleep(0.01)
+        await admin.AddRunner(lb_pb2.AddRunnerRequest(address=new_addr), timeout=5)
+        print(f"   + {new_addr} joined")
+        # It ramps up (slow start); drain it once it has taken some calls.
+        while queue.qsize() > 20 and on_newcomer() < 5:
+            await asyncio.sleep(0.01)
+        await admin.DrainRunner(lb_pb2.DrainRunnerRequest(address=new_addr), timeout=5)
+        await admin.RemoveRunner(lb_pb2.RemoveRunnerRequest(address=new_addr), timeout=5)
+        print(f"   - {new_addr} drained and removed")
+        await asyncio.gather(*workers)
+        churn = [r for r in results if r[0] == "churn"]
+        ok = sum(1 for r in churn if r[1] == "HTTP 200")
+        print(f"   {len(churn)} calls sent, {ok} completed, {len(churn) - ok} errors, "
+              f"{sum(1 for r in churn if r[3] == new_addr)} ran on the newcomer")
+        listing = await admin.ListRunners(lb_pb2.ListRunnersRequest(), timeout=5)
+        print("\n== the pool now (fnlb runners) ==")
+        for r in listing.runners:
+            print(f"  {r.address:<22} {r.state:<9} source={r.source:<7} placed={r.placed}")
     return results
 
 
@@ -196,11 +247,13 @@ def main() -> int:
             make_certs(tls_dir)
             print(f"minted a dev CA and certificates in {tls_dir} (fnlb certs init/issue)")
         try:
-            with cluster(tls_dir) as (lb, runners):
-                print(f"LB on {lb.fields['addr']} (metrics {lb.fields['metrics_addr']}), "
-                      f"runners {', '.join(r.fields['addr'] for r in runners)}, "
+            with cluster(tls_dir) as (lb, children):
+                runners = children[:-1]
+                print(f"LB on {lb.fields['addr']} (metrics {lb.fields['metrics_addr']}, admin "
+                      f"{lb.fields['admin_addr']}), runners "
+                      f"{', '.join(r.fields['addr'] for r in runners)}, "
                       f"{'mTLS' if tls_dir else 'plaintext'}\n")
-                results = asyncio.run(traffic(lb.fields["addr"], tls_dir))
+                results = asyncio.run(traffic(lb, children, tls_dir))
                 summary(results, lb)
         except KeyboardInterrupt:
             print("\ninterrupted: everything stopped", file=sys.stderr)
