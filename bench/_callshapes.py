@@ -49,6 +49,14 @@ def _serve(port_q: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
             await ctx.write(_FRAME)
             await ctx.write(_FRAME)
 
+        async def stream3_eof(req_iter, ctx):  # type: ignore[no-untyped-def]
+            # Reads up to the in-band eof (the second message), like a runner.
+            await ctx.read()
+            await ctx.read()
+            await ctx.write(_FRAME)
+            await ctx.write(_FRAME)
+            await ctx.write(_FRAME)
+
         async def stream1(req_iter, ctx):  # type: ignore[no-untyped-def]
             async for _ in req_iter:
                 pass
@@ -63,6 +71,7 @@ def _serve(port_q: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
         handlers = {
             "Stream3": grpc.stream_stream_rpc_method_handler(stream3),
             "Stream1": grpc.stream_stream_rpc_method_handler(stream1),
+            "Stream3Eof": grpc.stream_stream_rpc_method_handler(stream3_eof),
             "UnaryStream": grpc.unary_stream_rpc_method_handler(unary_stream),
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
         }
@@ -84,11 +93,12 @@ async def _drain(call) -> int:  # type: ignore[no-untyped-def]
 
 
 async def _bench(addr: str, shape: str, calls: int, conc: int,
-                 server_pid: int) -> tuple[float, float, float]:
-    async with grpc.aio.insecure_channel(addr) as ch:
+                 server_pid: int, options: list[tuple[str, int]]) -> tuple[float, float, float]:
+    async with grpc.aio.insecure_channel(addr, options=options) as ch:
         await ch.channel_ready()
         s3 = ch.stream_stream(f"/{_SVC}/Stream3")
         s1 = ch.stream_stream(f"/{_SVC}/Stream1")
+        s3e = ch.stream_stream(f"/{_SVC}/Stream3Eof")
         us = ch.unary_stream(f"/{_SVC}/UnaryStream")
         uu = ch.unary_unary(f"/{_SVC}/Unary")
 
@@ -100,6 +110,11 @@ async def _bench(addr: str, shape: str, calls: int, conc: int,
                 await call.write(_FRAME)
                 await call.write(_FRAME)
                 await call.done_writing()
+                await _drain(call)
+            elif shape == "stream-rw-noclose":
+                call = s3e()
+                await call.write(_FRAME)
+                await call.write(_FRAME)
                 await _drain(call)
             elif shape == "stream-1":
                 call = s1()
@@ -134,23 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=6000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--shapes", default="stream-iter,stream-rw,stream-1,unary-stream,unary")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=INT",
+                   help="client channel option, e.g. grpc.enable_retries=0 (repeatable)")
     args = p.parse_args(argv)
+    options = [(k, int(v)) for k, _, v in (o.partition("=") for o in args.option)]
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     server = ctx.Process(target=_serve, args=(q,), daemon=True)
     server.start()
     try:
         addr = f"127.0.0.1:{q.get(timeout=30)}"
-        shapes = ("stream-iter", "stream-rw", "stream-1", "unary-stream", "unary")
+        shapes = tuple(args.shapes.split(","))
         res: dict[str, list[tuple[float, float, float]]] = {s: [] for s in shapes}
         assert server.pid is not None
         for _ in range(args.reps):
             for s in shapes:
                 res[s].append(asyncio.run(_bench(addr, s, args.calls, args.concurrency,
-                                                 server.pid)))
+                                                 server.pid, options)))
         print(f"caller CPU per call, c={args.concurrency}, median of {args.reps} "
               f"(pid {os.getpid()}):")
-        base = statistics.median(r[0] for r in res["stream-iter"])
+        base = statistics.median(r[0] for r in res[shapes[0]])
         for s in shapes:
             cpu = statistics.median(r[0] for r in res[s])
             wall = statistics.median(r[1] for r in res[s])

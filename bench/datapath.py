@@ -150,12 +150,17 @@ class Cluster:
         self.lb_module = lb_module
 
     def _spawn(self, name: str, module: str, args: Sequence[str], addr: str,
-               env: dict[str, str] | None = None) -> Proc:
+               env: dict[str, str] | None = None, src: str = "") -> Proc:
         log_path = os.path.join(self.logdir, f"{name}.log")
+        env = dict(env or {})
+        if src:
+            # `python -m` puts the working directory first on sys.path: run from
+            # the other tree, or its packages would lose to ours.
+            env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), os.getcwd()])
         with open(log_path, "wb") as logf:
             popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=logf,
                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **env}, cwd=src or None)
         proc = Proc(name, addr, popen, log_path)
         self.procs.append(proc)
         return proc
@@ -183,10 +188,10 @@ class Cluster:
                                        + proc.log_tail())
                 time.sleep(0.05)
 
-    def stub(self, name: str, args: Sequence[str]) -> Proc:
+    def stub(self, name: str, args: Sequence[str], src: str = "") -> Proc:
         addr = f"127.0.0.1:{free_port()}"
         return self._spawn(name, "runner_stub", ["--listen", addr, "--log-level", "warning",
-                                                 *args], addr)
+                                                 *args], addr, src=src)
 
     def lb(self, name: str, runners: Sequence[str], args: Sequence[str] = (),
            src: str = "", module: str = "") -> Proc:
@@ -197,11 +202,10 @@ class Cluster:
         module_args = ["serve"] if module == "fnlb" else ["fnlb", "serve"]
         # Env rather than a flag: LB versions without an admin port ignore it.
         env = {**self.lb_env, "FNLB_ADMIN_LISTEN": f"127.0.0.1:{free_port()}"}
-        if src:
-            env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), os.getcwd()])
         proc = self._spawn(name, module, [
             *module_args, "--listen", addr, "--metrics-listen", metrics,
-            "--runners", ",".join(runners), "--log-level", "warning", *args], addr, env)
+            "--runners", ",".join(runners), "--log-level", "warning", *args], addr, env,
+            src=src if os.path.abspath(src or ".") != os.getcwd() else "")
         proc.metrics_addr = metrics
         return proc
 
@@ -367,8 +371,9 @@ def _py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def profile_lb(bench: Bench, seconds: float, native: bool, outdir: Path) -> dict[str, Any]:
-    """py-spy the LB under the echo c=32 load; write collapsed stacks and a top list."""
+def profile_lb(bench: Bench, seconds: float, native: bool, outdir: Path,
+               scenario: str = "echo15-c32") -> dict[str, Any]:
+    """py-spy the LB under one scenario's load; write collapsed stacks and a top list."""
     exe = _py_spy()
     if exe is None:
         print("  profile: py-spy not found (pip install py-spy)", flush=True)
@@ -381,7 +386,8 @@ def profile_lb(bench: Bench, seconds: float, native: bool, outdir: Path) -> dict
     cmd += ["--native", "--rate", "50"] if native else ["--nonblocking", "--rate", "200"]
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # let py-spy attach before the load starts
-    load = bench.run("lb", 15, 32, duration=seconds)
+    body, conc = SCENARIOS[scenario]
+    load = bench.run("lb", body, conc, duration=seconds)
     _, err = spy.communicate(timeout=seconds + 60)
     if spy.returncode != 0:
         print(f"  profile: py-spy failed: {err.decode(errors='replace')[-500:]}", flush=True)
@@ -624,6 +630,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also run another LB, from the fnlb package in source tree DIR "
                         "(and/or started by MODULE, e.g. bench._uvloop), as path lb:NAME "
                         "in the same run: before/after comparisons (repeatable)")
+    p.add_argument("--stub-src", default="",
+                   help="run the runner stubs from the runner_stub package in this source tree")
     p.add_argument("--label", default="", help="free text stored in the JSON")
     p.add_argument("--hold", type=float, default=0.0,
                    help="after the scenarios, keep the cluster up this many seconds "
@@ -631,6 +639,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", type=float, default=0.0,
                    help="after the scenarios, profile the LB with py-spy for this many seconds "
                         "under the echo c=32 load (needs py-spy on PATH or in the venv)")
+    p.add_argument("--profile-scenario", default="echo15-c32", choices=list(SCENARIOS),
+                   help="the load to profile under (default echo15-c32)")
     p.add_argument("--profile-native", action="store_true",
                    help="py-spy --native: include C/Cython frames (gRPC core)")
     p.add_argument("--json", default="bench-results/datapath.json", help="output file")
@@ -654,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logdir, args.lb_module) as cluster:
         stub_args = ["--slots", str(args.slots), "--memory-mb", str(args.slots * 128),
                      "--nack-after-ms", "100"]
-        stubs = [cluster.stub(f"stub{i}", stub_args) for i in range(args.stubs)]
+        stubs = [cluster.stub(f"stub{i}", stub_args, args.stub_src) for i in range(args.stubs)]
         lb = cluster.lb("lb", [s.addr for s in stubs], args.lb_arg)
         lbs = {"lb": lb}
         for v in args.variant:
@@ -673,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["scenarios"] = results
             if args.profile:
                 report["profile"] = profile_lb(bench, args.profile, args.profile_native,
-                                               Path(args.json).parent)
+                                               Path(args.json).parent, args.profile_scenario)
             if args.hold:
                 print(f"holding {args.hold:g}s: LB pid {lb.pid} addr {lb.addr} "
                       f"stubs {[s.addr for s in stubs]}", flush=True)
