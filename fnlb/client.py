@@ -49,7 +49,7 @@ async def invoke(args: argparse.Namespace, data: bytes, config: dict[str, str]) 
 async def list_runners(args: argparse.Namespace) -> int:
     """``fnlb runners``: apply --add/--remove/--drain if given, then print the pool."""
     async with open_channel(args.lb, args.tls_ca, args.tls_cert, args.tls_key) as ch:
-        stub = lb_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+        stub = lb_pb2_grpc.AdminStub(ch)
         try:
             if getattr(args, "add", None):
                 added = await stub.AddRunner(lb_pb2.AddRunnerRequest(address=args.add), timeout=10)

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -135,6 +135,13 @@ async def traffic(lb: Child, children: list[Child],
                   tls_dir: Path | None) -> list[tuple[str, str, float, str]]:
     """(phase, outcome, latency_s, runner) for every call."""
     results: list[tuple[str, str, float, str]] = []
+    progress = asyncio.Event()  # set after every call
+
+    async def until(cond: Callable[[], bool]) -> None:
+        while not cond():
+            progress.clear()
+            await progress.wait()
+
     addr = lb.fields["addr"]
     async with channel(addr, tls_dir) as ch, channel(lb.fields["admin_addr"], tls_dir) as ach:
         admin = lb_pb2_grpc.AdminStub(ach)
@@ -148,6 +155,7 @@ async def traffic(lb: Child, children: list[Child],
             except grpc.aio.AioRpcError as e:
                 outcome, runner = e.code().name, "-"
             results.append((phase, outcome, time.perf_counter() - t0, runner))
+            progress.set()
 
         print("1) echo: 20 calls to 4 functions, one at a time")
         for i in range(20):
@@ -188,13 +196,11 @@ async def traffic(lb: Child, children: list[Child],
             return sum(1 for r in results if r[0] == "churn" and r[3] == new_addr)
 
         workers = [asyncio.ensure_future(worker()) for _ in range(10)]
-        while queue.qsize() > 100:
-            await asyncio.sleep(0.01)
+        await until(lambda: queue.qsize() <= 100)
         await admin.AddRunner(lb_pb2.AddRunnerRequest(address=new_addr), timeout=5)
         print(f"   + {new_addr} joined")
         # It ramps up (slow start); drain it once it has taken some calls.
-        while queue.qsize() > 20 and on_newcomer() < 5:
-            await asyncio.sleep(0.01)
+        await until(lambda: queue.qsize() <= 20 or on_newcomer() >= 5)
         await admin.DrainRunner(lb_pb2.DrainRunnerRequest(address=new_addr), timeout=5)
         await admin.RemoveRunner(lb_pb2.RemoveRunnerRequest(address=new_addr), timeout=5)
         print(f"   - {new_addr} drained and removed")

@@ -167,7 +167,8 @@ class GrpcRunner:
     @staticmethod
     async def _send(stream: Any, call: RunnerCall) -> None:
         """Write ``try``, the body frames (last with eof) and half-close."""
-        await stream.write(runner_pb2.ClientMsg(**{"try": runner_pb2.TryCall(
+        # `try` is a Python keyword, hence the dict (the stubs cannot type it).
+        await stream.write(runner_pb2.ClientMsg(**{"try": runner_pb2.TryCall(  # type: ignore[arg-type]
             models_call_json=call.model_json, slot_hash_id=call.slot_hash_id,
             extensions=call.extensions)}))
         body = call.request_body()
@@ -352,9 +353,12 @@ def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
         if tls is not None:
             # fnlb.tls.ClientTLS: follows certificate files, so runners added
             # after a rotation connect with the new client certificate.
-            creds = tls.credentials() if hasattr(tls, "credentials") else grpc.ssl_channel_credentials(
-                root_certificates=tls.ca_pem, private_key=tls.key_pem,
-                certificate_chain=tls.cert_pem)
+            if hasattr(tls, "credentials"):
+                creds = tls.credentials()
+            else:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=tls.ca_pem, private_key=tls.key_pem,
+                    certificate_chain=tls.cert_pem)
         return GrpcRunner(address, creds, metrics=metrics, connect_timeout=connect_timeout,
                           server_name=server_name)
 

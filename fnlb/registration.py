@@ -40,7 +40,7 @@ async def register_loop(lb_addr: str, my_addr: str, ttl_s: float,
     period = ttl / 3
     channel = (grpc.aio.secure_channel(lb_addr, credentials) if credentials is not None
                else grpc.aio.insecure_channel(lb_addr))
-    stub = lb_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
+    stub = lb_pb2_grpc.AdminStub(channel)
     registered = False
     failing = False
     retry = _RETRY_MIN_S

@@ -156,6 +156,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
             parts.append(chunk)
         if first is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message received")
+        assert first is not None  # context.abort() raised otherwise
         try:
             call = build_call(first, b"".join(parts), limit, self._cfg.default_timeout_s)
         except InvalidRequest as e:
@@ -180,7 +181,7 @@ def _bind(server: grpc.aio.Server, flag: str, host: str, port: int,
     if not bound:
         raise ConfigError(f"{flag} {addr}: cannot bind (address in use, or not an address "
                           "of this machine)")
-    return bound
+    return int(bound)
 
 
 class LBServer:
@@ -296,7 +297,7 @@ class LBServer:
     async def _start_admin(self, pool: DynamicRunnerPool) -> None:
         cfg = self.config
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        lb_pb2_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]
+        lb_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(pool, cfg.placer), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._admin_health, server)
         reflection.enable_server_reflection((

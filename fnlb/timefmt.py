@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 __all__ = ["parse_duration", "format_duration", "rfc3339_ms", "parse_rfc3339", "now_rfc3339"]
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
+          "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -37,7 +38,8 @@ def parse_duration(text: str) -> float:
         m = _PART.match(s, pos)
         if m is None:
             raise ValueError(
-                f"invalid duration {text!r}: use a number of seconds or Go syntax like 10ms, 1.5s, 6m"
+                f"invalid duration {text!r}: use a number of seconds "
+                "or Go syntax like 10ms, 1.5s, 6m"
             )
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()

@@ -508,7 +508,7 @@ class StubServer:
         self._health = health.aio.HealthServicer()
         service = RunnerService(cfg, self._health, rng=self._rng,
                                 exit_process=self._exit_process)
-        runner_pb2_grpc.add_RunnerServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+        runner_pb2_grpc.add_RunnerServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (RUNNER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)

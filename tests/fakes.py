@@ -22,10 +22,12 @@ class FakeRunner:
         self.behaviour = behaviour
         self.delay = delay
         self.tried: list[str] = []
+        self.entered = asyncio.Event()
         self.closed = False
 
     async def try_exec(self, call: RunnerCall) -> Attempt:
         self.tried.append(call.model.id)
+        self.entered.set()
         if self.delay:
             await asyncio.sleep(self.delay)
         b = self.behaviour

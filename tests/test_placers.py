@@ -155,8 +155,7 @@ async def test_client_cancel_is_counted() -> None:
     runner = FakeRunner("a", "hang")
     task = asyncio.create_task(make_placer("naive", FAST, m).place_call(
         FakePool([runner]), make_call()))
-    while not runner.tried:
-        await asyncio.sleep(0)
+    await runner.entered.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

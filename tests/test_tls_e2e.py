@@ -52,8 +52,8 @@ def stub(pki: Path, name: str = "runner", ca: str = "ca") -> Iterator[Proc]:
 @contextlib.contextmanager
 def lb(runners: list[str], *args: str) -> Iterator[Proc]:
     with running("fnlb", ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
-                          "--admin-listen", "127.0.0.1:0", "--runners", ",".join(runners), "--placer-timeout", "1s",
-                          *args]) as p:
+                          "--admin-listen", "127.0.0.1:0", "--runners", ",".join(runners),
+                          "--placer-timeout", "1s", *args]) as p:
         yield p
 
 
@@ -132,7 +132,8 @@ def test_expired_certificate_is_a_startup_error(pki: Path, side: str) -> None:
                 "--admin-listen", "", "--runners", "127.0.0.1:1", *lb_tls(pki, "expired")]
     else:
         argv = ["fnlb", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
-                "--admin-listen", "", "--runners", "127.0.0.1:1", "--front-tls-cert", str(pki / "expired.crt"),
+                "--admin-listen", "", "--runners", "127.0.0.1:1",
+                "--front-tls-cert", str(pki / "expired.crt"),
                 "--front-tls-key", str(pki / "expired.key")]
     r = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2, r.stderr

@@ -44,7 +44,7 @@ def siphash24(k0: int, k1: int, data: bytes) -> int:
         rounds(2)
         v0 ^= m
     tail = data[end:] + b"\0" * (7 - n % 8) + bytes([n & 0xFF])
-    (m,) = struct.unpack("<Q", tail)
+    m = int(struct.unpack("<Q", tail)[0])
     v3 ^= m
     rounds(2)
     v0 ^= m
