@@ -34,8 +34,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# fn's MaxDataChunk.
-CHUNK_SIZE = 10 * 1024
+# Request body frame size. fn's LB uses 10 KiB (MaxDataChunk), but every
+# gRPC message costs the same fixed work whatever its size: 256 KiB frames cut
+# the LB's CPU for a 1 MiB call by a third (make bench). Still fn-compatible:
+# fn's pure runner copies DataFrames of any size into the function's input;
+# the bound is the runner's gRPC receive limit (Go's default 4 MiB, the stub's
+# 64 MiB).
+CHUNK_SIZE = 256 * 1024
 
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
