@@ -43,7 +43,7 @@ class LoadSpec:
     start_at: float  # time.monotonic() when the measured window opens
     end_at: float  # ... and closes; calls stop being issued then
     calls: int = 0  # > 0: issue exactly this many calls instead (window ignored)
-    chunk_size: int = 10 * 1024  # direct: body frame size (fn's MaxDataChunk)
+    chunk_size: int = 0  # direct: body frame size; 0 = the LB's own (fnlb.grpc_runner)
     config: dict[str, str] = field(default_factory=dict)
     fn_id: str = "bench-echo"
     memory_mb: int = 128
@@ -81,7 +81,10 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
 
     from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2, runner_pb2_grpc
 
+    from fnlb.grpc_runner import CHUNK_SIZE
+
     EOF = grpc.aio.EOF
+    chunk_size = spec.chunk_size or CHUNK_SIZE
     body = os.urandom(spec.body_size) if spec.body_size > 64 else b"x" * spec.body_size
     channels = [grpc.aio.insecure_channel(t, options=_CHANNEL_OPTIONS) for t in spec.targets]
     for ch in channels:
@@ -99,8 +102,8 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
         data_msgs: list[Any] = []
         if not body:
             data_msgs.append(runner_pb2.ClientMsg(data=runner_pb2.DataFrame(eof=True)))
-        for off in range(0, len(body), spec.chunk_size):
-            end = off + spec.chunk_size
+        for off in range(0, len(body), chunk_size):
+            end = off + chunk_size
             data_msgs.append(runner_pb2.ClientMsg(data=runner_pb2.DataFrame(
                 data=body[off:end], eof=end >= len(body))))
         rr = itertools.cycle(range(len(stubs)))
