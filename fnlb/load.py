@@ -22,7 +22,15 @@ The load of a runner is ``inflight + others``:
 
 Why not ``max(inflight, reported.active)``: with k LBs sending equal traffic,
 ``max`` sees only ~1/k of the load; the sum counts the other LBs' share once
-and our own share exactly.
+and our own share exactly. A known skew: a call of ours that ends between the
+runner writing its report and us reading it shows up as one phantom "other"
+call until the next report; with Status every couple of seconds and calls of
+tens of ms this is rare and small.
+
+Fresh reports also give each runner's capacity (``weight``: its slot count
+over the mean, for capacity-aware bounds), whether it drains, and which slot
+hash ids it holds warm (``warm_runners``: an index kept in step with the
+reports, for warm-aware placement).
 
 Every per-runner table is bounded by pool membership: in-flight entries vanish
 when their count returns to zero, report entries are dropped by
@@ -34,11 +42,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from fnlb.runnerpool import RunnerStatus
 
 __all__ = ["LoadTracker", "Report", "DEFAULT_FRESH_FOR"]
+
+_EMPTY: frozenset[str] = frozenset()
 
 # Status polling every second or so keeps a report fresh with room for one miss.
 DEFAULT_FRESH_FOR = 2.0
@@ -72,6 +83,11 @@ class LoadTracker:
         self._reports: dict[str, Report] = {}
         self._total_inflight = 0
         self._total_others = 0
+        # Sum and count of reported slot totals: the mean that weights are relative to.
+        self._slots_sum = 0
+        self._slots_count = 0
+        # slot hash id -> runners reporting it warm; entries leave with their reports.
+        self._warm_index: dict[str, set[str]] = {}
         self._next_prune = clock() + fresh_for
 
     # -- local in-flight counts (BasePlacer calls these around try_exec) -------
@@ -103,15 +119,34 @@ class LoadTracker:
         """Merge a runner's Status answer received at ``at`` (monotonic; default now)."""
         now = self._clock() if at is None else at
         others = max(0, status.active - self._inflight.get(address, 0))
-        old = self._reports.get(address)
+        old = self._reports.pop(address, None)
         if old is not None:
-            self._total_others -= old.others
-        self._reports[address] = Report(
-            at=now, others=others, slots_total=status.slots_total,
+            self._unaccount(address, old)
+        report = Report(
+            at=now, others=others, slots_total=max(0, status.slots_total),
             slots_free=status.slots_free, warm=frozenset(status.warm_slots),
             draining=status.draining or status.drained)
+        self._reports[address] = report
         self._total_others += others
+        if report.slots_total > 0:
+            self._slots_sum += report.slots_total
+            self._slots_count += 1
+        for key in report.warm:
+            self._warm_index.setdefault(key, set()).add(address)
         self._maybe_prune()
+
+    def _unaccount(self, address: str, r: Report) -> None:
+        """Take a report that is leaving out of the running sums and the warm index."""
+        self._total_others -= r.others
+        if r.slots_total > 0:
+            self._slots_sum -= r.slots_total
+            self._slots_count -= 1
+        for key in r.warm:
+            holders = self._warm_index.get(key)
+            if holders is not None:
+                holders.discard(address)
+                if not holders:
+                    del self._warm_index[key]
 
     def report(self, address: str) -> Report | None:
         """The runner's last report if it is still fresh, else None."""
@@ -139,9 +174,37 @@ class LoadTracker:
         self._maybe_prune()
         return self._total_inflight + self._total_others
 
+    def weight(self, address: str) -> float:
+        """The runner's share of capacity relative to the mean runner: 1.0 when unknown.
+
+        From fresh reports of ``slots_total``: a 4-slot runner among 2-slot ones
+        weighs 2.0, so bounded-load placers let it carry twice the calls.
+        """
+        r = self.report(address)
+        mean = self.mean_slots()
+        if r is None or r.slots_total <= 0 or mean <= 0:
+            return 1.0
+        return r.slots_total / mean
+
     def warm_for(self, address: str, slot_hash_id: str) -> bool:
         r = self.report(address)
         return r is not None and slot_hash_id in r.warm
+
+    def warm_runners(self, slot_hash_id: str) -> AbstractSet[str]:
+        """Runners whose last report holds ``slot_hash_id`` warm (check freshness per runner).
+
+        A live read-only view, not a copy: do not keep it across awaits.
+        """
+        return self._warm_index.get(slot_hash_id, _EMPTY)
+
+    def mean_slots(self) -> float:
+        """Mean reported slot count over runners that reported one; 0.0 when none did."""
+        return self._slots_sum / self._slots_count if self._slots_count else 0.0
+
+    def draining(self, address: str) -> bool:
+        """A fresh report says the runner is draining (it NACKs every new call)."""
+        r = self.report(address)
+        return r is not None and r.draining
 
     def has_room(self, address: str) -> bool | None:
         """True/False from a fresh report (a draining runner has none); None if unknown."""
@@ -159,7 +222,7 @@ class LoadTracker:
         self._total_inflight -= self._inflight.pop(address, 0)
         r = self._reports.pop(address, None)
         if r is not None:
-            self._total_others -= r.others
+            self._unaccount(address, r)
 
     def retain(self, addresses: Iterable[str]) -> None:
         """Keep state only for ``addresses`` (the pool's members now)."""
@@ -168,9 +231,9 @@ class LoadTracker:
             for address in [a for a in table if a not in keep]:
                 self.forget(address)
 
-    def table_sizes(self) -> tuple[int, int]:
-        """(in-flight entries, report entries): for tests and debugging."""
-        return len(self._inflight), len(self._reports)
+    def table_sizes(self) -> tuple[int, int, int]:
+        """(in-flight entries, report entries, warm-index keys): for tests and debugging."""
+        return len(self._inflight), len(self._reports), len(self._warm_index)
 
     def _maybe_prune(self) -> None:
         now = self._clock()
@@ -181,4 +244,4 @@ class LoadTracker:
         for address, r in list(self._reports.items()):
             if now - r.at > self.fresh_for:
                 del self._reports[address]
-                self._total_others -= r.others
+                self._unaccount(address, r)

@@ -36,11 +36,11 @@ def test_inflight_counts_up_and_down_and_drops_zero_entries() -> None:
     t.finished("a")
     t.finished("b")
     assert (t.inflight("a"), t.inflight("b"), t.total_load()) == (1, 0, 1)
-    assert t.table_sizes() == (1, 0)  # "b" went back to zero: no entry kept
+    assert t.table_sizes() == (1, 0, 0)  # "b" went back to zero: no entry kept
     t.finished("a")
     t.finished("a")  # one too many (e.g. forgotten meanwhile): never negative
     assert t.inflight("a") == 0 and t.total_load() == 0
-    assert t.table_sizes() == (0, 0)
+    assert t.table_sizes() == (0, 0, 0)
 
 
 def test_fresh_report_adds_the_other_lbs_calls_and_expires() -> None:
@@ -56,7 +56,7 @@ def test_fresh_report_adds_the_other_lbs_calls_and_expires() -> None:
     clock.now += 2.5  # report is stale: only what we know for sure remains
     assert t.load("a") == 2
     assert t.total_load() == 2  # the prune also took it out of the total
-    assert t.table_sizes() == (1, 0)
+    assert t.table_sizes() == (1, 0, 0)
 
 
 def test_report_never_counts_our_calls_twice_or_below_zero() -> None:
@@ -78,10 +78,12 @@ def test_room_and_warmth_come_from_fresh_reports_only() -> None:
     assert t.has_room("a") is True and t.warm_for("a", "h1") and not t.warm_for("a", "h3")
     t.started("a")  # ours fills the second slot
     assert t.has_room("a") is False
-    t.update_reported("b", RunnerStatus(active=0, slots_total=2, draining=True))
-    assert t.has_room("b") is False  # draining runners accept nothing
+    t.update_reported("b", RunnerStatus(active=0, slots_total=6, draining=True))
+    assert t.has_room("b") is False and t.draining("b")  # draining runners accept nothing
+    assert (t.weight("a"), t.weight("b"), t.weight("c")) == (0.5, 1.5, 1.0)  # mean 4; c unknown
     clock.now += 1.5
-    assert t.has_room("a") is None and not t.warm_for("a", "h1")
+    assert t.has_room("a") is None and not t.warm_for("a", "h1") and not t.draining("b")
+    assert t.weight("a") == 1.0
 
 
 def test_forget_and_retain_drop_every_table() -> None:
@@ -93,9 +95,9 @@ def test_forget_and_retain_drop_every_table() -> None:
     t.forget("a")
     assert t.load("a") == 0 and t.total_load() == 6
     t.retain(["c"])
-    assert t.table_sizes() == (1, 1) and t.total_load() == 3
+    assert t.table_sizes()[:2] == (1, 1) and t.total_load() == 3
     t.finished("b")  # a call on a runner that left ends later: no resurrection
-    assert t.table_sizes() == (1, 1) and t.total_load() == 3
+    assert t.table_sizes()[:2] == (1, 1) and t.total_load() == 3
 
 
 def test_thousands_of_membership_changes_do_not_grow_the_tables() -> None:
@@ -110,15 +112,18 @@ def test_thousands_of_membership_changes_do_not_grow_the_tables() -> None:
         members.append(f"10.1.{step // 250}.{step % 250}:9190")
         t.retain(members)
         for a in members:
-            t.update_reported(a, RunnerStatus(active=rng.randrange(4), warm_slots=("x",)))
+            t.update_reported(a, RunnerStatus(active=rng.randrange(4),
+                                              warm_slots=("x", f"fn-{step}-{a}")))
         a = rng.choice(members)
         t.started(a)
         inflight.append(a)
         if len(inflight) > 3:
             t.finished(inflight.pop(0))  # may hit a runner that has left: harmless
         clock.now += 0.01
-    n_inflight, n_reports = t.table_sizes()
+    n_inflight, n_reports, n_warm = t.table_sizes()
     assert n_reports <= len(members)
+    assert n_warm <= 1 + len(members)  # "x" plus each member's latest function
+    assert t.warm_runners("x") == set(members)
     assert n_inflight <= 3
     assert 0 <= t.total_load() <= 3 + 3 * len(members)
 
@@ -160,7 +165,7 @@ async def test_every_attempt_is_counted_while_it_runs(name: str) -> None:
     gate.set()
     assert (await task).address == "b"
     assert all(v == 1 for v in seen)
-    assert load.total_load() == 0 and load.table_sizes() == (0, 0)
+    assert load.total_load() == 0 and load.table_sizes() == (0, 0, 0)
 
 
 async def test_cancelled_attempt_leaves_no_count_behind() -> None:
@@ -173,7 +178,7 @@ async def test_cancelled_attempt_leaves_no_count_behind() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert load.inflight("a") == 0 and load.table_sizes() == (0, 0)
+    assert load.inflight("a") == 0 and load.table_sizes() == (0, 0, 0)
 
 
 class GatedRunner(FakeRunner):
