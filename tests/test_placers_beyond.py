@@ -18,11 +18,12 @@ from fnlb.placers import BasePlacer, make_placer
 from fnlb.placers._hash import fn_key_hash, jump_hash
 from fnlb.placers.chbl import BoundedLoadHashPlacer, HashRing, ring_hash
 from fnlb.placers.p2c import PowerOfTwoPlacer
+from fnlb.placers.warm import WarmFirstPlacer
 from fnlb.runnerpool import Attempt, PlacerConfig, Runner, RunnerCall, RunnerStatus
 from tests.fakes import FakePool, FakeRunner, make_call
 
 FAST = PlacerConfig(retry_all_delay=0.001, placer_timeout=0.2, detached_placer_timeout=0.1)
-BEYOND = ["p2c", "chbl"]
+BEYOND = ["p2c", "chbl", "warm"]
 
 
 def sample(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
@@ -163,6 +164,18 @@ def test_p2c_first_pick_is_the_less_loaded_of_two_and_the_rest_by_load() -> None
     assert 0.58 < firsts["r0"] / 600 < 0.75
 
 
+def test_p2c_weighs_load_by_reported_capacity() -> None:
+    load = LoadTracker()
+    big, small = FakeRunner("big"), FakeRunner("small")
+    load.update_reported("big", RunnerStatus(slots_total=4))
+    load.update_reported("small", RunnerStatus(slots_total=1))
+    load.started("big")
+    placer = PowerOfTwoPlacer(FAST, Metrics(), load, rng=random.Random(1))
+    # One call on four slots is less occupied than none on one slot: (1+1)/4 < (0+1)/1.
+    for _ in range(20):
+        assert next(iter(placer.order([small, big], make_call()))) is big
+
+
 async def test_p2c_spreads_concurrent_calls_evenly() -> None:
     gate = Gate(expected=400)
     runners = [GatedRunner(f"r{i}", gate) for i in range(4)]
@@ -230,13 +243,47 @@ def test_chbl_full_runners_come_last_but_are_still_tried() -> None:
     assert order[-1] is home and len(order) == 4
 
 
-def test_chbl_treats_a_fresh_report_of_no_room_as_full() -> None:
+def test_chbl_skips_a_runner_whose_fresh_report_says_draining() -> None:
     load = LoadTracker()
     runners = [FakeRunner(f"r{i}") for i in range(4)]
     placer = chbl(load)
     home = next(iter(placer.order(runners, make_call(fn_id="f"))))
+    load.update_reported(home.address, RunnerStatus(active=0, slots_total=2))
+    assert next(iter(placer.order(runners, make_call(fn_id="f")))) is home
     load.update_reported(home.address, RunnerStatus(active=0, slots_total=2, draining=True))
-    assert next(iter(placer.order(runners, make_call(fn_id="f")))) is not home
+    assert list(placer.order(runners, make_call(fn_id="f")))[-1] is home
+
+
+def test_chbl_weights_the_bound_by_reported_slot_counts() -> None:
+    runners = [FakeRunner(f"r{i}") for i in range(4)]
+    home = next(iter(chbl().order(runners, make_call(fn_id="f"))))
+    plain, weighted = LoadTracker(), LoadTracker()
+    for r in runners:  # home has 4 slots, the others 1: home weighs 4 / 1.75
+        weighted.update_reported(r.address, RunnerStatus(slots_total=4 if r is home else 1))
+    for t in (plain, weighted):
+        for r in runners:
+            for _ in range(5 if r is home else 1):
+                t.started(r.address)
+    # Home holds 5 calls, more than its 4 slots; total 8. The paper's bound is
+    # ceil(1.25 * 9 / 4) = 3: full. Weighted by capacity it is ceil(2.81 * 2.29) = 7.
+    assert next(iter(chbl(plain).order(runners, make_call(fn_id="f")))) is not home
+    assert next(iter(chbl(weighted).order(runners, make_call(fn_id="f")))) is home
+
+
+def test_chbl_bound_is_never_below_the_reported_slot_count() -> None:
+    runners = [FakeRunner(f"r{i}") for i in range(4)]
+    home = next(iter(chbl().order(runners, make_call(fn_id="f"))))
+    plain, reported = LoadTracker(), LoadTracker()
+    for r in runners:
+        reported.update_reported(r.address, RunnerStatus(slots_total=2))
+    for t in (plain, reported):
+        t.started(home.address)
+    # Bound: ceil(1.25 * 2 / 4) = 1, so by the paper home is full with one call;
+    # but it has a second slot free, and spilling would only buy a cold start.
+    assert next(iter(chbl(plain).order(runners, make_call(fn_id="f")))) is not home
+    assert next(iter(chbl(reported).order(runners, make_call(fn_id="f")))) is home
+    reported.started(home.address)
+    assert next(iter(chbl(reported).order(runners, make_call(fn_id="f")))) is not home
 
 
 async def test_chbl_concurrent_hot_function_respects_the_bound() -> None:
@@ -326,3 +373,56 @@ def test_ch_jump_hash_over_the_list_moves_far_more_when_a_mid_list_runner_leaves
     after = [rest[jump_hash(k, n - 1)] for k in keys]
     moved = sum(a != b for a, b in zip(before, after, strict=True)) / len(keys)
     assert moved > 3 / n  # every runner after the leaver was renumbered
+
+
+# -- warm ------------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_warm_without_reports_is_exactly_chbl() -> None:
+    runners = [FakeRunner(f"r{i}") for i in range(6)]
+    warm = WarmFirstPlacer(FAST, Metrics(), LoadTracker())
+    for i in range(50):
+        call = make_call(fn_id=f"f{i}")
+        assert list(warm.order(runners, call)) == list(chbl().order(runners, call))
+
+
+def test_warm_first_tries_a_fresh_warm_runner_with_room_then_chbl_order() -> None:
+    clock = Clock()
+    load = LoadTracker(fresh_for=1.0, clock=clock)
+    runners = [FakeRunner(f"r{i}") for i in range(6)]
+    warm = WarmFirstPlacer(FAST, Metrics(), load)
+    call = make_call(fn_id="f")
+    ring_order = list(chbl(LoadTracker()).order(runners, call))
+    target = ring_order[3]  # warm somewhere that is not its home
+    for r in runners:
+        load.update_reported(r.address, RunnerStatus(
+            slots_total=2, warm_slots=(call.slot_hash_id,) if r is target else ()))
+    order = list(warm.order(runners, call))
+    assert order[0] is target
+    assert order[1:] == [r for r in ring_order if r is not target]  # each once
+    load.started(target.address)
+    load.started(target.address)  # now full: no room, warmth alone is not enough
+    assert next(iter(warm.order(runners, call))) is ring_order[0]
+    load.finished(target.address)
+    clock.now += 1.5  # the report went stale: warmth is no longer known
+    assert next(iter(warm.order(runners, call))) is ring_order[0]
+
+
+def test_warm_prefers_the_least_occupied_of_several_warm_runners() -> None:
+    load = LoadTracker()
+    runners = [FakeRunner(f"r{i}") for i in range(4)]
+    call = make_call(fn_id="f")
+    for r in runners:
+        load.update_reported(r.address, RunnerStatus(slots_total=4,
+                                                     warm_slots=(call.slot_hash_id,)))
+    for r, n in zip(runners, (3, 1, 2, 3), strict=True):
+        for _ in range(n):
+            load.started(r.address)
+    assert next(iter(WarmFirstPlacer(FAST, Metrics(), load).order(runners, call))) is runners[1]

@@ -17,6 +17,7 @@ from fnlb.placers.ch import ConsistentHashPlacer
 from fnlb.placers.chbl import BoundedLoadHashPlacer
 from fnlb.placers.naive import NaivePlacer
 from fnlb.placers.p2c import PowerOfTwoPlacer
+from fnlb.placers.warm import WarmFirstPlacer
 from fnlb.runnerpool import PlacerConfig
 
 __all__ = ["BasePlacer", "PLACERS", "PlacerFactory", "make_placer", "register_placer"]
@@ -32,6 +33,7 @@ PLACERS: dict[str, PlacerFactory] = {
     "ch": ConsistentHashPlacer,
     "p2c": PowerOfTwoPlacer,
     "chbl": BoundedLoadHashPlacer,
+    "warm": WarmFirstPlacer,
 }
 
 

@@ -65,14 +65,19 @@ class HashRing:
         return self.owners[pos if pos < len(self.points) else 0]
 
     def walk(self, key: int) -> Iterator[int]:
-        """Every runner index once, clockwise from ``key``'s position. Lazy: O(log) to start."""
+        """Every runner index once, clockwise from ``key``'s position. Lazy: O(log) to start.
+
+        Ring order matters for the first few candidates (locality); once the
+        walk has stepped over 2n points, the runners not yet met follow in list
+        order from the home instead, so a full round costs O(n), not O(n·vnodes).
+        """
         points, owners, n = self.points, self.owners, self.n
         size = len(points)
         if size == 0:
             return
         pos = bisect_left(points, key)
         seen: set[int] = set()
-        for step in range(size):
+        for step in range(min(size, 2 * n)):
             idx = owners[(pos + step) % size]
             if idx in seen:
                 continue
@@ -80,6 +85,11 @@ class HashRing:
             yield idx
             if len(seen) == n:
                 return
+        home = owners[pos % size]
+        for k in range(n):
+            idx = (home + k) % n
+            if idx not in seen:
+                yield idx
 
 
 def _c_from_env() -> float:
@@ -99,9 +109,23 @@ class BoundedLoadHashPlacer(BasePlacer):
     than c times the average, so a hot function spills onward along the ring
     (onto the *same* next runners each time, which then stay warm for it)
     instead of flooding its home as ``ch`` does. Loads come from the
-    ``LoadTracker``: this LB's in-flight calls plus fresh runner reports; a
-    runner whose fresh report says it has no free slot (or is draining) also
-    counts as full.
+    ``LoadTracker``: this LB's in-flight calls plus fresh runner reports.
+
+    Without runner reports the bound is exactly the paper's. With a fresh
+    report of the runner's slot count two refinements apply, both measured in
+    bench.sim (docs/placers.md):
+
+    * the bound is weighted by capacity, ``ceil(c*(total+1)/n * slots/mean_slots)``,
+      so a 4-slot runner among 2-slot ones carries twice the calls;
+    * the bound is never below the runner's own slot count. At low load the
+      paper's bound falls under one call per runner, which would push a
+      function off a home that still has free slots and buy a cold start on
+      the next runner for nothing.
+
+    A runner reporting that it drains is always full. A runner at its slot
+    count but under the bound is still tried: runners hold a call a few ms for
+    a slot before NACKing it, and a short wait for a warm slot at home beats a
+    cold start elsewhere.
 
     ``order`` is lazy and a full permutation: non-full runners in ring order,
     then the full ones (loads are estimates; a "full" runner may still accept)
@@ -137,9 +161,13 @@ class BoundedLoadHashPlacer(BasePlacer):
         self._ring_src = runners
         return self._ring
 
-    def capacity(self, n: int) -> int:
-        """The bound: a runner with this load or more is full."""
-        return math.ceil(self.c * (self._load.total_load() + 1) / n)
+    def capacity(self, n: int, weight: float = 1.0) -> int:
+        """The bound: a runner with this load or more is full.
+
+        ``weight`` is the runner's capacity relative to the mean (from fresh
+        reports of slot counts; 1.0 when unknown, which is the paper's bound).
+        """
+        return math.ceil(self.c * (self._load.total_load() + 1) * weight / n)
 
     @staticmethod
     def key(call: RunnerCall) -> int:
@@ -150,14 +178,29 @@ class BoundedLoadHashPlacer(BasePlacer):
         if n == 0:
             return
         ring = self.ring(runners)
-        cap = self.capacity(n)
         tracker = self._load
+        # c * (total + 1) / n, before the ceiling: weighted per runner below.
+        unit = self.c * (tracker.total_load() + 1) / n
+        mean_slots = tracker.mean_slots()
         deferred: list[Runner] = []
         for idx in ring.walk(self.key(call)):
             r = runners[idx]
             address = r.address
-            if tracker.load(address) >= cap or tracker.has_room(address) is False:
+            if self._full(tracker, address, unit, mean_slots):
                 deferred.append(r)
                 continue
             yield r
         yield from deferred
+
+    @staticmethod
+    def _full(tracker: LoadTracker, address: str, unit: float, mean_slots: float) -> bool:
+        report = tracker.report(address)
+        if report is None:
+            return tracker.load(address) >= math.ceil(unit)  # the paper's bound
+        if report.draining:
+            return True
+        slots = report.slots_total
+        weight = slots / mean_slots if slots > 0 and mean_slots > 0 else 1.0
+        # Never below the runner's own slot count: a free slot at home costs
+        # nothing, while spilling costs a cold start on the next runner.
+        return tracker.load(address) >= max(slots, math.ceil(unit * weight))

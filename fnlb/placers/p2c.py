@@ -39,15 +39,21 @@ class PowerOfTwoPlacer(BasePlacer):
         if n == 1:
             yield runners[0]
             return
-        load = self._load.load
+        tracker = self._load
+        load = tracker.load
         i, j = self._rng.sample(range(n), 2)
-        li, lj = load(runners[i].address), load(runners[j].address)
-        first = i if li <= lj else j
+        # Occupancy after taking the call, relative to capacity when runners
+        # report slot counts (weight 1.0 otherwise: plain least load).
+        ai, aj = runners[i].address, runners[j].address
+        si = (load(ai) + 1) / tracker.weight(ai)
+        sj = (load(aj) + 1) / tracker.weight(aj)
+        first = i if si <= sj else j
         yield runners[first]
         # Past here the best of two was refused (NACK or down): try everyone
         # else, least loaded first, each once. A random start spreads ties so
         # that concurrent fallbacks do not all land on one idle runner.
         start = self._rng.randrange(n)
         rest = [runners[k % n] for k in range(start, start + n) if k % n != first]
-        rest.sort(key=lambda r: load(r.address))  # stable: ties keep the random rotation
+        # Stable sort: ties keep the random rotation.
+        rest.sort(key=lambda r: (load(r.address) + 1) / tracker.weight(r.address))
         yield from rest
