@@ -38,7 +38,7 @@ class Agent:
         Raises an FnlbError for every expected failure (DESIGN.md §6).
         """
         m = self.metrics
-        m.calls.labels(call.model.type).inc()
+        (m.calls_by_type.get(call.model.type) or m.calls.labels(call.model.type)).inc()
         m.calls_inflight.inc()
         call_status = "errors"
         runner_addr = ""
@@ -70,7 +70,7 @@ class Agent:
 
     def _end_of_call(self, call: LBCall, call_status: str, runner: str) -> None:
         m = self.metrics
-        m.calls_completed.labels(call_status).inc()
+        m.calls_completed_by[call_status].inc()
         latency = time.monotonic() - call.started_mono
         user = call.user_execution_time
         if user is not None:
@@ -83,8 +83,9 @@ class Agent:
                                      user_execution_s=f"{user:.6f}", runner=runner))
                 return
             latency -= user
-        m.call_latency.labels(call_status).observe(latency)
-        log.debug("call ended", extra=kv(call_id=call.model.id, fn_id=call.model.fn_id,
-                                         status=call_status, runner=runner,
-                                         attempts=call.attempts,
-                                         lb_latency_ms=f"{latency * 1000:.3f}"))
+        m.call_latency_by[call_status].observe(latency)
+        if log.isEnabledFor(logging.DEBUG):  # the fields cost more than the call
+            log.debug("call ended", extra=kv(call_id=call.model.id, fn_id=call.model.fn_id,
+                                             status=call_status, runner=runner,
+                                             attempts=call.attempts,
+                                             lb_latency_ms=f"{latency * 1000:.3f}"))

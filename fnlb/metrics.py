@@ -117,16 +117,15 @@ class Metrics:
         for seen_by in ("probe", "placement"):
             self.pool_runner_failures.labels(seen_by)
             self.pool_ejections.labels(seen_by)
-        # Pre-create label sets so dashboards see zeros instead of missing series.
-        for status in CALL_STATUSES:
-            self.call_latency.labels(status)
-            self.calls_completed.labels(status)
-        for reason in ("busy", "error"):
-            self.placer_retries.labels(reason)
-        for result in ("ok", "error", "abort"):
-            self.placer_placed.labels(result)
-        for t in ("sync", "detached"):
-            self.calls.labels(t)
+        # Pre-created label sets: dashboards see zeros instead of missing series,
+        # and the per-call path uses these children directly, since every
+        # labels() lookup takes a lock and builds a key.
+        self.call_latency_by = {s: self.call_latency.labels(s) for s in CALL_STATUSES}
+        self.calls_completed_by = {s: self.calls_completed.labels(s) for s in CALL_STATUSES}
+        self.placer_retries_by = {r: self.placer_retries.labels(r) for r in ("busy", "error")}
+        self.placer_placed_by = {r: self.placer_placed.labels(r)
+                                 for r in ("ok", "error", "abort")}
+        self.calls_by_type = {t: self.calls.labels(t) for t in ("sync", "detached")}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

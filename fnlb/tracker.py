@@ -92,29 +92,30 @@ class PlacerTracker:
             # ours fires: a cancel that close to the deadline is the deadline.
             self.canceled = not self.client_expired(DEADLINE_SLACK)
             self.placed = True
-            self._metrics.placer_placed.labels("abort").inc()
+            self._metrics.placer_placed_by["abort"].inc()
             self.committed_duration = self._clock() - t0
             raise
         m = self._metrics
         if not result.placed:
             if isinstance(result.error, ServerTooBusy):
-                m.placer_retries.labels("busy").inc()
+                m.placer_retries_by["busy"].inc()
             elif not self.client_expired():
                 # Only a retry caused by the runner, not by the client's clock.
-                m.placer_retries.labels("error").inc()
-            log.debug("runner did not take call",
-                      extra=kv(call_id=call.model.id, runner=runner.address,
-                               error=str(result.error)))
+                m.placer_retries_by["error"].inc()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("runner did not take call",
+                          extra=kv(call_id=call.model.id, runner=runner.address,
+                                   error=str(result.error)))
             return result
         self.placed = True
         self.committed_runner = runner
         self.committed_duration = self._clock() - t0
         if result.error is None:
-            m.placer_placed.labels("ok").inc()
+            m.placer_placed_by["ok"].inc()
         elif isinstance(result.error, ClientTimeout | ClientCanceled):
-            m.placer_placed.labels("abort").inc()
+            m.placer_placed_by["abort"].inc()
         else:
-            m.placer_placed.labels("error").inc()
+            m.placer_placed_by["error"].inc()
         return result
 
     # -- fn: RetryAllBackoff ---------------------------------------------------
