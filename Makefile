@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/fnlb/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement clean
+.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-mtls clean
 
 help:
 	@echo "make demo             start an LB and 3 runner stubs, send calls, show results and metrics"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-fast        the suite without end-to-end tests marked slow"
 	@echo "make bench            data-path benchmark: direct-to-runner vs through the LB"
 	@echo "make bench-placement  placement benchmark: every placer on the same workload"
+	@echo "make bench-mtls       the same cluster plaintext vs mutual TLS, side by side"
 	@echo "make lint             ruff and mypy"
 	@echo "make proto            regenerate fnlb/v1 from protos/"
 	@echo "make clean            remove .venv and caches"
@@ -50,7 +51,7 @@ test-fast: check-proto
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check fnlb runner_stub tests
+	$(BIN)/ruff check fnlb runner_stub tests bench
 	$(BIN)/mypy
 
 demo: $(STAMP)
@@ -61,6 +62,9 @@ bench: $(STAMP)
 
 bench-placement: $(STAMP)
 	$(BIN)/python -m bench.placement
+
+bench-mtls: $(STAMP)
+	$(BIN)/python -m bench.mtls
 
 clean:
 	rm -rf $(VENV) build bench-results .pytest_cache .mypy_cache .ruff_cache *.egg-info
