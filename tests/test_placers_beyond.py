@@ -16,7 +16,7 @@ from fnlb.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers import BasePlacer, make_placer
 from fnlb.placers._hash import fn_key_hash, jump_hash
-from fnlb.placers.chbl import BoundedLoadHashPlacer, HashRing, ring_hash
+from fnlb.placers.chbl import DEFAULT_C, BoundedLoadHashPlacer, HashRing, ring_hash
 from fnlb.placers.p2c import PowerOfTwoPlacer
 from fnlb.placers.warm import WarmFirstPlacer
 from fnlb.runnerpool import Attempt, PlacerConfig, Runner, RunnerCall, RunnerStatus
@@ -306,7 +306,7 @@ def test_chbl_c_comes_from_the_environment_and_is_validated(
     with pytest.raises(ConfigError, match="FNLB_CHBL_C"):
         make_placer("chbl")
     monkeypatch.delenv("FNLB_CHBL_C")
-    assert make_placer("chbl").c == 1.25  # type: ignore[attr-defined]
+    assert make_placer("chbl").c == DEFAULT_C  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=">= 1"):
         BoundedLoadHashPlacer(c=0.9)
 
