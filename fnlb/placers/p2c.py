@@ -21,6 +21,10 @@ class PowerOfTwoPlacer(BasePlacer):
     loaded of all", many LBs reading slightly stale loads do not all pick the
     same runner. Ignores locality: use ``chbl`` when cold starts are expensive.
 
+    "Load" is occupancy after taking the call, ``(load + 1) / weight``, where the
+    weight is the runner's reported slot count over the mean (1.0 without
+    reports): among unequal runners the bigger one takes proportionally more.
+
     ``order`` is lazy: the first candidate costs O(1); the rest of the
     permutation (sorted by load, O(n log n)) is built only after a NACK.
     """
