@@ -111,6 +111,16 @@ async def _bench(addr: str, shape: str, calls: int, conc: int,
                 await call.write(_FRAME)
                 await call.done_writing()
                 await _drain(call)
+            elif shape == "stream-rw-code":
+                # Read the three answers, then wait for the status instead of
+                # a fourth read returning EOF.
+                call = s3()
+                await call.write(_FRAME)
+                await call.write(_FRAME)
+                await call.done_writing()
+                for _ in range(3):
+                    await call.read()
+                await call.code()
             elif shape == "stream-rw-noclose":
                 call = s3e()
                 await call.write(_FRAME)

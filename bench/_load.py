@@ -79,9 +79,8 @@ def _call_json(fn_id: str, memory_mb: int, config: dict[str, str]) -> tuple[str,
 async def _run(spec: LoadSpec) -> dict[str, Any]:
     import grpc
 
-    from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2, runner_pb2_grpc
-
     from fnlb.grpc_runner import CHUNK_SIZE
+    from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2, runner_pb2_grpc
 
     EOF = grpc.aio.EOF
     chunk_size = spec.chunk_size or CHUNK_SIZE
