@@ -144,6 +144,8 @@ def _add_serve(sub: Any) -> None:
          help="when set, clients must present a certificate signed by this CA")
     _add(p, "--log-level", "info", choices=("debug", "info", "warning", "error"),
          help="log verbosity (debug logs one line per call)")
+    _add(p, "--event-loop", "auto", choices=("auto", "uvloop", "asyncio"),
+         help="event loop: uvloop costs less CPU per call; auto = uvloop when installed")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -202,6 +204,8 @@ async def _serve(cfg: Any) -> int:
 
     log = logging.getLogger("fnlb.cli")
     make_placer(cfg.placer)  # unknown placer: fail before binding anything
+    log.info("event loop", extra={"kv": {
+        "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}})
     server = LBServer(cfg)
     await server.start()
     loop = asyncio.get_running_loop()
@@ -238,7 +242,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("no runners: give --runners A,B (or FN_RUNNER_ADDRESSES), "
                           "--runners-file PATH, --discovery dns:///NAME:PORT, or "
                           "--discovery registration for runners that register themselves")
-    return asyncio.run(_serve(cfg))
+    return _run(_serve(cfg), args.event_loop)
+
+
+def _run(coro: Any, event_loop: str) -> int:
+    """asyncio.run on the chosen loop (uvloop cuts the LB's CPU per call)."""
+    factory = None
+    if event_loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise ConfigError("--event-loop uvloop: uvloop is not installed") from None
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return int(runner.run(coro))
 
 
 def _add_invoke(sub: Any) -> None:
