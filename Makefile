@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.datapath
 
 bench-placement: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.placement
 
 bench-mtls: $(STAMP)

@@ -26,4 +26,5 @@ class ConsistentHashPlacer(BasePlacer):
         if n == 0:
             return ()
         i = jump_hash(fn_key_hash(call.model.fn_id), n)
-        return [runners[(i + j) % n] for j in range(n)]
+        # Lazy: the home runner costs O(log n) (jump hash), not a list of n.
+        return (runners[(i + j) % n] for j in range(n))

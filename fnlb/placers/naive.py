@@ -28,4 +28,5 @@ class NaivePlacer(BasePlacer):
         if n == 0:
             return ()
         start = next(self._next)
-        return [runners[(start + j) % n] for j in range(n)]
+        # Lazy: the first pick costs O(1) however large the pool.
+        return (runners[(start + j) % n] for j in range(n))
