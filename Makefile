@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/fnlb/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-mtls clean
+.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-mtls bench-sim clean
 
 help:
 	@echo "make demo             start an LB and 3 runner stubs, send calls, show results and metrics"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench            data-path benchmark: direct-to-runner vs through the LB"
 	@echo "make bench-placement  placement benchmark: every placer on the same workload"
 	@echo "make bench-mtls       the same cluster plaintext vs mutual TLS, side by side"
+	@echo "make bench-sim        placement simulation at 1,000 runners (no processes)"
 	@echo "make lint             ruff and mypy"
 	@echo "make proto            regenerate fnlb/v1 from protos/"
 	@echo "make clean            remove .venv and caches"
@@ -63,6 +64,9 @@ bench: $(STAMP)
 bench-placement: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.placement
+
+bench-sim: $(STAMP)
+	$(BIN)/python -m bench.sim
 
 bench-mtls: $(STAMP)
 	$(BIN)/python -m bench.mtls
