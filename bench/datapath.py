@@ -48,6 +48,7 @@ MIB = 1024 * 1024
 # name, body bytes, concurrency
 SCENARIOS: dict[str, tuple[int, int]] = {
     "echo15-c1": (15, 1),
+    "echo15-c16": (15, 16),  # not in the default set: issue 3's comparison point
     "echo15-c32": (15, 32),
     "1MiB-c1": (MIB, 1),
     "1MiB-c8": (MIB, 8),
