@@ -30,7 +30,8 @@ from grpc_reflection.v1alpha import reflection
 from fnlb.logs import kv
 from fnlb.timefmt import format_duration, now_rfc3339, rfc3339_ms
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
-from runner_stub.calls import Call, parse_call
+from runner_stub.calls import Call as ParsedCall
+from runner_stub.calls import parse_call
 from runner_stub.config import StubConfig, split_host_port
 from runner_stub.errors import (
     BadCall,
@@ -48,10 +49,14 @@ log = logging.getLogger("runner_stub")
 
 MAX_DATA_CHUNK = 10 * 1024  # fn's MaxDataChunk: body frames in both directions
 TOO_BUSY = "Timed out - server too busy"  # fn's ErrCallTimeoutServerBusy text
+FEATURES = ("call",)  # RunnerStatus.features: Runner/Call is served
 RUNNER_SERVICE = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Bodies are streamed in 10 KiB frames, but other clients may not chunk.
 _MESSAGE_LIMIT = 64 * 1024 * 1024
+# A Call reply is one message: the response body plus at most a few KiB of
+# meta and finished must fit under the limit.
+_REPLY_BODY_LIMIT = _MESSAGE_LIMIT - 64 * 1024
 _DISCARD_LIMIT_S = 2.0
 _CRASH_LINGER_S = 0.1
 _CANCEL_GRACE_S = 0.1
@@ -139,6 +144,100 @@ class _Requests:
             log.debug("client still sending; ending the stream anyway")
 
 
+class _StreamIO:
+    """A call's input and output as TryExec messages: body frames in, RunnerMsgs out."""
+
+    __slots__ = ("_requests", "_context")
+    streams = True
+
+    def __init__(self, requests: _Requests, context: Any) -> None:
+        self._requests = requests
+        self._context = context
+
+    async def read_body(self, limit: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await self._requests.read()
+            kind = _kind(msg)
+            if kind != "data":
+                if kind == "try":
+                    raise ProtocolError("second try on one stream: expected data frames")
+                raise ProtocolError(f"expected data frames ending with eof, got {kind}")
+            frame = msg.data
+            size += len(frame.data)
+            if size > limit:
+                raise CallRejected(413, f"request body exceeds {limit} bytes", user_error=True)
+            if frame.data:
+                chunks.append(frame.data)
+            if frame.eof:
+                return b"".join(chunks)
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        await self._context.write(runner_pb2.RunnerMsg(result_start=runner_pb2.CallResultStart(
+            http=_http_meta(status, headers))))
+
+    async def send_body(self, body: bytes) -> None:
+        context = self._context
+        if not body:
+            await context.write(runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(eof=True)))
+            return
+        view = memoryview(body)
+        for offset in range(0, len(body), MAX_DATA_CHUNK):
+            chunk = view[offset:offset + MAX_DATA_CHUNK]
+            await context.write(runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(
+                data=bytes(chunk), eof=offset + MAX_DATA_CHUNK >= len(body))))
+
+    async def finish(self, finished: runner_pb2.CallFinished) -> None:
+        await self._context.write(runner_pb2.RunnerMsg(finished=finished))
+
+    async def discard_rest(self) -> None:
+        await self._requests.discard_rest()
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        await self._context.abort(code, details)
+
+
+class _UnaryIO:
+    """A call's input and output as one Call: the whole body in, one CallReply out."""
+
+    __slots__ = ("_body", "_context", "reply")
+    streams = False
+
+    def __init__(self, body: bytes, context: Any) -> None:
+        self._body = body
+        self._context = context
+        self.reply = runner_pb2.CallReply()
+
+    async def read_body(self, limit: int) -> bytes:
+        if len(self._body) > limit:
+            raise CallRejected(413, f"request body exceeds {limit} bytes", user_error=True)
+        return self._body
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.reply.http.CopyFrom(_http_meta(status, headers))
+
+    async def send_body(self, body: bytes) -> None:
+        self.reply.body = body
+
+    async def finish(self, finished: runner_pb2.CallFinished) -> None:
+        self.reply.finished.CopyFrom(finished)
+
+    async def discard_rest(self) -> None:
+        pass
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        await self._context.abort(code, details)
+
+
+_IO = _StreamIO | _UnaryIO
+
+
+def _http_meta(status: int, headers: list[tuple[str, str]]) -> runner_pb2.HttpRespMeta:
+    return runner_pb2.HttpRespMeta(status_code=status, headers=[
+        runner_pb2.HttpHeader(key=k, value=v) for k, v in headers])
+
+
 def _kind(msg: Any) -> str:
     if msg is grpc.aio.EOF:
         return "end of stream"
@@ -147,7 +246,7 @@ def _kind(msg: Any) -> str:
 
 
 class RunnerService(runner_pb2_grpc.RunnerServicer):
-    """TryExec / Status / Close over a SlotPool and a WarmCache.
+    """TryExec / Call / Status / Close over a SlotPool and a WarmCache.
 
     TryExec answers, in order of checks:
 
@@ -173,6 +272,12 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     call gets ``result_start{202}`` and an empty eof frame as soon as its body
     is read, then ``finished`` once the function ran. A client cancel stops
     the function at once and frees its slot.
+
+    Call (the unary fast path) runs the same steps through ``_serve`` and
+    answers what TryExec would have sent, in one ``CallReply``: ``http`` (the
+    result_start meta), the whole ``body`` and ``finished`` (a NACK is a reply
+    with only ``finished{503}``); bad input is INVALID_ARGUMENT, and so is a
+    detached call (it is acknowledged before it runs: TryExec only).
     """
 
     def __init__(self, config: StubConfig, health_servicer: health.aio.HealthServicer, *,
@@ -233,6 +338,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             memory_mb_total=self.pool.memory_mb_total,
             memory_mb_free=self.pool.memory_mb_free,
             warm_slots=self.warm.keys(),
+            features=FEATURES,
             customStatus={
                 "cold_starts": str(c.cold_starts),
                 "warm_hits": str(c.warm_hits),
@@ -259,18 +365,48 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             created = _now()  # fn: createdAt is when the runner got the call
             if _kind(first) != "try":
                 raise ProtocolError(f"first message must be try, got {_kind(first)}")
+        except ProtocolError as e:
+            await self._bad_request(e, _StreamIO(requests, context))
+            return
+        await self._serve(_try_of(first), created, _StreamIO(requests, context))
+
+    async def Call(self, request: runner_pb2.CallRequest, context: Any) -> runner_pb2.CallReply:
+        """The unary fast path: TryExec's logic, the whole call in one message each way."""
+        created = _now()
+        io = _UnaryIO(request.body, context)
+        # `try` is a Python keyword, hence getattr.
+        await self._serve(getattr(request, "try"), created, io)
+        reply = io.reply
+        if len(reply.body) > _REPLY_BODY_LIMIT:
+            # The function ran (committed), but its answer cannot travel in one
+            # message: fail clearly rather than with gRPC's RESOURCE_EXHAUSTED.
+            self.counters.failed += 1
+            fin = reply.finished
+            fin.success, fin.errorCode, fin.errorUser = False, 502, False
+            fin.errorStr = (f"response body of {len(reply.body)} bytes does not fit in one "
+                            f"Call reply ({_REPLY_BODY_LIMIT} bytes at most); use TryExec")
+            reply.ClearField("http")
+            reply.ClearField("body")
+        return reply
+
+    # -- one call, whatever the RPC shape -----------------------------------
+
+    async def _serve(self, tc: runner_pb2.TryCall, created: _Instant, io: _IO) -> None:
+        try:
             if self._cfg.hang_ms:
                 await asyncio.sleep(self._cfg.hang_ms / 1000)
-            tc = _try_of(first)
             call = parse_call(tc.models_call_json, tc.slot_hash_id)
-        except (ProtocolError, BadCall) as e:
-            await self._bad_request(e, requests, context)
+            if call.detached and not io.streams:
+                # A detached call is acknowledged (202) before it runs: only a stream can.
+                raise BadCall("detached calls are served by TryExec only, not Call")
+        except BadCall as e:
+            await self._bad_request(e, io)
             return
         if call.memory_mb > self.pool.memory_mb_total:
             # Not a NACK: no retry can make it fit on this runner.
             await self._refuse(call, created, CallRejected(
                 400, f"call asks for {call.memory_mb} MiB of memory, this runner has "
-                     f"{self.pool.memory_mb_total} MiB in total"), requests, context)
+                     f"{self.pool.memory_mb_total} MiB in total"), io)
             return
 
         self.counters.received += 1
@@ -278,7 +414,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             lease = await self._admit(call)
             if lease is not None:
                 with lease:
-                    await self._accepted(call, created, requests, context)
+                    await self._accepted(call, created, io)
                 return
         except asyncio.CancelledError:
             # The client went away (cancel, deadline) or the server is stopping:
@@ -286,11 +422,11 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             self.counters.canceled += 1
             log.info("call canceled", extra=kv(call_id=call.id, fn_id=call.fn_id))
             raise
-        await self._nack(call, requests, context)
+        await self._nack(call, io)
 
-    # -- TryExec steps -------------------------------------------------------
+    # -- call steps ----------------------------------------------------------
 
-    async def _admit(self, call: Call) -> Lease | None:
+    async def _admit(self, call: ParsedCall) -> Lease | None:
         if self.draining:
             return None
         lease = await self.pool.acquire(call.memory_mb, self._cfg.nack_after_ms / 1000)
@@ -300,30 +436,29 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             return None
         return lease
 
-    async def _nack(self, call: Call, requests: _Requests, context: Any) -> None:
+    async def _nack(self, call: ParsedCall, io: _IO) -> None:
         self.counters.nacked += 1
         log.debug("nack", extra=kv(call_id=call.id, draining=self.draining))
         if self._cfg.nack_delay_ms:
             await asyncio.sleep(self._cfg.nack_delay_ms / 1000)
-        await context.write(runner_pb2.RunnerMsg(finished=runner_pb2.CallFinished(
-            success=False, errorCode=503, errorStr=TOO_BUSY, details=call.id)))
-        await requests.discard_rest()
+        await io.finish(runner_pb2.CallFinished(
+            success=False, errorCode=503, errorStr=TOO_BUSY, details=call.id))
+        await io.discard_rest()
 
-    async def _bad_request(self, error: Exception, requests: _Requests, context: Any) -> None:
+    async def _bad_request(self, error: Exception, io: _IO) -> None:
         self.counters.bad_requests += 1
         log.info("bad request", extra=kv(error=str(error)))
-        await requests.discard_rest()
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        await io.discard_rest()
+        await io.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
-    async def _refuse(self, call: Call, created: _Instant, error: CallRejected,
-                      requests: _Requests, context: Any) -> None:
+    async def _refuse(self, call: ParsedCall, created: _Instant, error: CallRejected,
+                      io: _IO) -> None:
         self.counters.bad_requests += 1
         log.info("call refused", extra=kv(call_id=call.id, code=error.code, error=error.message))
-        await context.write(self._finished(call, created, error=error))
-        await requests.discard_rest()
+        await io.finish(self._finished(call, created, error=error))
+        await io.discard_rest()
 
-    async def _accepted(self, call: Call, created: _Instant, requests: _Requests,
-                        context: Any) -> None:
+    async def _accepted(self, call: ParsedCall, created: _Instant, io: _IO) -> None:
         self.counters.handled += 1
         nth = self.counters.handled
         self.active += 1
@@ -331,51 +466,31 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         log.debug("call accepted", extra=kv(call_id=call.id, fn_id=call.fn_id, slot=call.slot_key))
         try:
             try:
-                body = await self._read_body(requests)
+                body = await io.read_body(self._cfg.max_body_bytes)
             except ProtocolError as e:
-                await self._bad_request(e, requests, context)
+                await self._bad_request(e, io)
                 return
             except CallRejected as e:
-                await self._refuse(call, created, e, requests, context)
+                await self._refuse(call, created, e, io)
                 return
-            await self._execute(call, created, body, nth, context)
+            await self._execute(call, created, body, nth, io)
         finally:
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
 
-    async def _read_body(self, requests: _Requests) -> bytes:
-        limit = self._cfg.max_body_bytes
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await requests.read()
-            kind = _kind(msg)
-            if kind != "data":
-                if kind == "try":
-                    raise ProtocolError("second try on one stream: expected data frames")
-                raise ProtocolError(f"expected data frames ending with eof, got {kind}")
-            frame = msg.data
-            size += len(frame.data)
-            if size > limit:
-                raise CallRejected(413, f"request body exceeds {limit} bytes", user_error=True)
-            if frame.data:
-                chunks.append(frame.data)
-            if frame.eof:
-                return b"".join(chunks)
-
-    async def _execute(self, call: Call, created: _Instant, body: bytes, nth: int,
-                       context: Any) -> None:
+    async def _execute(self, call: ParsedCall, created: _Instant, body: bytes, nth: int,
+                       io: _IO) -> None:
         if self._cfg.fail_rate and self._rng.random() < self._cfg.fail_rate:
             self.counters.failed += 1
             now = _now()
-            await context.write(self._finished(
+            await io.finish(self._finished(
                 call, created, now, now, error=CallRejected(500, "injected failure")))
             return
         if call.detached:
             # fn acknowledges a detached call as soon as it is taken (202), then runs it.
-            await context.write(self._result_start(202, []))
-            await context.write(runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(eof=True)))
+            await io.start(202, [])
+            await io.send_body(b"")
             await self._maybe_crash(call, nth)
         await self._warm_up(call)
         started = _now()
@@ -392,18 +507,18 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if error is not None or result is None:
             self.counters.failed += 1
             await self._maybe_crash(call, nth)
-            await context.write(self._finished(call, created, started, _now(), error=error))
+            await io.finish(self._finished(call, created, started, _now(), error=error))
             return
         if not call.detached:
             headers = [("x-runner-id", self.runner_id)]
             if result.content_type:
                 headers.append(("content-type", result.content_type))
-            await context.write(self._result_start(result.status, headers))
+            await io.start(result.status, headers)
             await self._maybe_crash(call, nth)
-            await self._send_body(result.body, context)
-        await context.write(self._finished(call, created, started, _now()))
+            await io.send_body(result.body)
+        await io.finish(self._finished(call, created, started, _now()))
 
-    async def _warm_up(self, call: Call) -> None:
+    async def _warm_up(self, call: ParsedCall) -> None:
         if self.warm.hit(call.slot_key):
             self.counters.warm_hits += 1
             return
@@ -414,7 +529,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         for evicted in self.warm.add(call.slot_key):
             log.debug("evicted warm function", extra=kv(slot=evicted))
 
-    async def _maybe_crash(self, call: Call, nth: int) -> None:
+    async def _maybe_crash(self, call: ParsedCall, nth: int) -> None:
         if call.spec.crash or nth == self._cfg.crash_after:
             log.warning("crashing on purpose", extra=kv(call_id=call.id, nth_call=nth))
             # A gRPC client drops messages it has received but not yet read once
@@ -425,26 +540,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             self._exit_process(3)
 
     @staticmethod
-    async def _send_body(body: bytes, context: Any) -> None:
-        if not body:
-            await context.write(runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(eof=True)))
-            return
-        view = memoryview(body)
-        for offset in range(0, len(body), MAX_DATA_CHUNK):
-            chunk = view[offset:offset + MAX_DATA_CHUNK]
-            await context.write(runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(
-                data=bytes(chunk), eof=offset + MAX_DATA_CHUNK >= len(body))))
-
-    @staticmethod
-    def _result_start(status: int, headers: list[tuple[str, str]]) -> runner_pb2.RunnerMsg:
-        return runner_pb2.RunnerMsg(result_start=runner_pb2.CallResultStart(
-            http=runner_pb2.HttpRespMeta(status_code=status, headers=[
-                runner_pb2.HttpHeader(key=k, value=v) for k, v in headers])))
-
-    @staticmethod
-    def _finished(call: Call, created: _Instant, started: _Instant | None = None,
+    def _finished(call: ParsedCall, created: _Instant, started: _Instant | None = None,
                   completed: _Instant | None = None, *,
-                  error: CallRejected | None = None) -> runner_pb2.RunnerMsg:
+                  error: CallRejected | None = None) -> runner_pb2.CallFinished:
         fin = runner_pb2.CallFinished(
             success=error is None, details=call.id, image=call.image,
             createdAt=rfc3339_ms(created.wall))
@@ -458,7 +556,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             if completed is not None:
                 fin.completedAt = rfc3339_ms(completed.wall)
                 fin.executionDuration = completed.mono_ns - started.mono_ns
-        return runner_pb2.RunnerMsg(finished=fin)
+        return fin
 
 
 class StubServer:

@@ -106,7 +106,7 @@ class RunnerMsg(_message.Message):
     def __init__(self, result_start: _Optional[_Union[CallResultStart, _Mapping]] = ..., data: _Optional[_Union[DataFrame, _Mapping]] = ..., finished: _Optional[_Union[CallFinished, _Mapping]] = ...) -> None: ...
 
 class RunnerStatus(_message.Message):
-    __slots__ = ("active", "failed", "id", "details", "errorCode", "errorStr", "createdAt", "startedAt", "completedAt", "cached", "requestsReceived", "requestsHandled", "kdumpsOnDisk", "schedulerDuration", "executionDuration", "isNetworkDisabled", "customStatus", "imagePullWaitDuration", "ctrPrepDuration", "ctrCreateDuration", "initStartTime", "draining", "drained", "slots_total", "slots_free", "memory_mb_total", "memory_mb_free", "warm_slots", "runner_id", "requestsNacked")
+    __slots__ = ("active", "failed", "id", "details", "errorCode", "errorStr", "createdAt", "startedAt", "completedAt", "cached", "requestsReceived", "requestsHandled", "kdumpsOnDisk", "schedulerDuration", "executionDuration", "isNetworkDisabled", "customStatus", "imagePullWaitDuration", "ctrPrepDuration", "ctrCreateDuration", "initStartTime", "draining", "drained", "slots_total", "slots_free", "memory_mb_total", "memory_mb_free", "warm_slots", "runner_id", "requestsNacked", "features")
     class CustomStatusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class RunnerStatus(_message.Message):
     WARM_SLOTS_FIELD_NUMBER: _ClassVar[int]
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTSNACKED_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     active: int
     failed: bool
     id: str
@@ -174,7 +175,25 @@ class RunnerStatus(_message.Message):
     warm_slots: _containers.RepeatedScalarFieldContainer[str]
     runner_id: str
     requestsNacked: int
-    def __init__(self, active: _Optional[int] = ..., failed: _Optional[bool] = ..., id: _Optional[str] = ..., details: _Optional[str] = ..., errorCode: _Optional[int] = ..., errorStr: _Optional[str] = ..., createdAt: _Optional[str] = ..., startedAt: _Optional[str] = ..., completedAt: _Optional[str] = ..., cached: _Optional[bool] = ..., requestsReceived: _Optional[int] = ..., requestsHandled: _Optional[int] = ..., kdumpsOnDisk: _Optional[int] = ..., schedulerDuration: _Optional[int] = ..., executionDuration: _Optional[int] = ..., isNetworkDisabled: _Optional[bool] = ..., customStatus: _Optional[_Mapping[str, str]] = ..., imagePullWaitDuration: _Optional[int] = ..., ctrPrepDuration: _Optional[int] = ..., ctrCreateDuration: _Optional[int] = ..., initStartTime: _Optional[int] = ..., draining: _Optional[bool] = ..., drained: _Optional[bool] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., memory_mb_total: _Optional[int] = ..., memory_mb_free: _Optional[int] = ..., warm_slots: _Optional[_Iterable[str]] = ..., runner_id: _Optional[str] = ..., requestsNacked: _Optional[int] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, active: _Optional[int] = ..., failed: _Optional[bool] = ..., id: _Optional[str] = ..., details: _Optional[str] = ..., errorCode: _Optional[int] = ..., errorStr: _Optional[str] = ..., createdAt: _Optional[str] = ..., startedAt: _Optional[str] = ..., completedAt: _Optional[str] = ..., cached: _Optional[bool] = ..., requestsReceived: _Optional[int] = ..., requestsHandled: _Optional[int] = ..., kdumpsOnDisk: _Optional[int] = ..., schedulerDuration: _Optional[int] = ..., executionDuration: _Optional[int] = ..., isNetworkDisabled: _Optional[bool] = ..., customStatus: _Optional[_Mapping[str, str]] = ..., imagePullWaitDuration: _Optional[int] = ..., ctrPrepDuration: _Optional[int] = ..., ctrCreateDuration: _Optional[int] = ..., initStartTime: _Optional[int] = ..., draining: _Optional[bool] = ..., drained: _Optional[bool] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., memory_mb_total: _Optional[int] = ..., memory_mb_free: _Optional[int] = ..., warm_slots: _Optional[_Iterable[str]] = ..., runner_id: _Optional[str] = ..., requestsNacked: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CallRequest(_message.Message):
+    __slots__ = ("body",)
+    TRY_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    def __init__(self, body: _Optional[bytes] = ..., **kwargs) -> None: ...
+
+class CallReply(_message.Message):
+    __slots__ = ("finished", "http", "body")
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    HTTP_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    finished: CallFinished
+    http: HttpRespMeta
+    body: bytes
+    def __init__(self, finished: _Optional[_Union[CallFinished, _Mapping]] = ..., http: _Optional[_Union[HttpRespMeta, _Mapping]] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class CloseRequest(_message.Message):
     __slots__ = ("wait",)

@@ -50,6 +50,11 @@ class RunnerStub:
                 request_serializer=fnlb_dot_v1_dot_runner__pb2.CloseRequest.SerializeToString,
                 response_deserializer=fnlb_dot_v1_dot_runner__pb2.CloseResponse.FromString,
                 _registered_method=True)
+        self.Call = channel.unary_unary(
+                '/fnlb.v1.Runner/Call',
+                request_serializer=fnlb_dot_v1_dot_runner__pb2.CallRequest.SerializeToString,
+                response_deserializer=fnlb_dot_v1_dot_runner__pb2.CallReply.FromString,
+                _registered_method=True)
 
 
 class RunnerServicer:
@@ -77,6 +82,14 @@ class RunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Call(self, request, context):
+        """Optional: one whole sync call (body <= 1 MiB) in one message each way;
+        same commit rule as TryExec. UNIMPLEMENTED = never ran: use TryExec.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.Close,
                     request_deserializer=fnlb_dot_v1_dot_runner__pb2.CloseRequest.FromString,
                     response_serializer=fnlb_dot_v1_dot_runner__pb2.CloseResponse.SerializeToString,
+            ),
+            'Call': grpc.unary_unary_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=fnlb_dot_v1_dot_runner__pb2.CallRequest.FromString,
+                    response_serializer=fnlb_dot_v1_dot_runner__pb2.CallReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +195,33 @@ class Runner:
             '/fnlb.v1.Runner/Close',
             fnlb_dot_v1_dot_runner__pb2.CloseRequest.SerializeToString,
             fnlb_dot_v1_dot_runner__pb2.CloseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Call(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fnlb.v1.Runner/Call',
+            fnlb_dot_v1_dot_runner__pb2.CallRequest.SerializeToString,
+            fnlb_dot_v1_dot_runner__pb2.CallReply.FromString,
             options,
             channel_credentials,
             insecure,
