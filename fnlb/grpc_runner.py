@@ -1,7 +1,8 @@
 """GrpcRunner: the ``Runner`` backed by a ``fnlb.v1.Runner`` stub, and its factories.
 
-The commit rule (protos/fnlb/v1/runner.proto) is implemented in ``try_exec``:
-only a NACK, or a failure that proves the runner never got the call, returns
+The commit rule (protos/fnlb/v1/runner.proto) is implemented in ``try_exec``,
+over Runner/Call (small sync calls, runners that serve it) or TryExec: only a
+NACK, or a failure that proves the runner never got the call, returns
 ``placed=False``. Everything else is committed and never re-sent.
 """
 
@@ -26,6 +27,7 @@ from fnlb.v1 import runner_pb2, runner_pb2_grpc
 __all__ = [
     "GrpcRunner",
     "CHUNK_SIZE",
+    "UNARY_MAX_BODY",
     "CHANNEL_OPTIONS",
     "plaintext_runner_factory",
     "make_runner_factory",
@@ -41,6 +43,12 @@ log = logging.getLogger(__name__)
 # the bound is the runner's gRPC receive limit (Go's default 4 MiB, the stub's
 # 64 MiB).
 CHUNK_SIZE = 256 * 1024
+
+# Sync calls with a request body up to this size go over the unary Runner/Call
+# (one message each way: about half the LB's CPU per call of a TryExec stream,
+# make bench) to runners that serve it; bigger bodies and detached calls use
+# TryExec, which streams them.
+UNARY_MAX_BODY = 1024 * 1024
 
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -94,11 +102,11 @@ def status_from_pb(s: runner_pb2.RunnerStatus) -> RunnerStatus:
 
 
 class GrpcRunner:
-    """One runner, one long-lived channel; ``try_exec`` is one TryExec stream."""
+    """One runner, one long-lived channel; ``try_exec`` is one Call or one TryExec stream."""
 
     def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None, *,
                  metrics: Metrics | None = None, connect_timeout: float = 1.0,
-                 server_name: str | None = None) -> None:
+                 server_name: str | None = None, unary: bool = True) -> None:
         self._address = address
         options = list(CHANNEL_OPTIONS)
         if server_name:
@@ -113,6 +121,9 @@ class GrpcRunner:
         self._metrics = metrics if metrics is not None else Metrics()
         self._connect_timeout = connect_timeout
         self._closed = False
+        # Use Runner/Call for small sync calls until the runner says it has none
+        # (UNIMPLEMENTED): from then on this runner is stream-only.
+        self._unary = unary
         self._background: set[asyncio.Task[None]] = set()
         self._last_explained = -1e9
         self.tls = credentials is not None
@@ -197,6 +208,11 @@ class GrpcRunner:
             # reader sees why.
             pass
 
+    @property
+    def unary(self) -> bool:
+        """False once the runner is known stream-only (it answered Call UNIMPLEMENTED)."""
+        return self._unary
+
     async def try_exec(self, call: RunnerCall) -> Attempt:
         if self._closed:
             return Attempt(False, RunnerUnreachable(f"runner {self._address} is closed"))
@@ -205,6 +221,74 @@ class GrpcRunner:
             self._explain_unreachable()
             return Attempt(False, RunnerUnreachable(
                 f"runner {self._address} unreachable (channel {state})"))
+        if (self._unary and call.model.type != DETACHED
+                and len(call.request_body()) <= UNARY_MAX_BODY):
+            attempt = await self._call(call)
+            if attempt is not None:
+                return attempt
+            # UNIMPLEMENTED: the runner never ran it; same attempt, over TryExec.
+        return await self._stream(call)
+
+    async def _call(self, call: RunnerCall) -> Attempt | None:
+        """One Runner/Call; None when the runner does not serve Call (it never ran the call).
+
+        The commit rule as in ``_stream``: only a NACK reply (finished 503, no
+        http), a "too busy" status or a failure that proves the runner never got
+        the request is "not placed"; anything else is committed.
+        """
+        # `try` is a Python keyword, hence the dict (the stubs cannot type it).
+        request = runner_pb2.CallRequest(**{"try": runner_pb2.TryCall(
+            models_call_json=call.model_json, slot_hash_id=call.slot_hash_id,
+            extensions=call.extensions)}, body=call.request_body())
+        try:
+            reply: runner_pb2.CallReply = await self._stub.Call(request)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._unary = False
+                log.info("runner does not serve Call; using TryExec",
+                         extra=kv(runner=self._address, error=e.details()))
+                return None
+            return self._rpc_failed(e, call, committed=False)
+        f = reply.finished
+        has_http = reply.HasField("http")
+        if not has_http and not f.success and f.errorCode == 503:
+            return Attempt(False, ServerTooBusy(f.errorStr or "Timed out - server too busy"))
+        if has_http:
+            sink = call.response
+            sink.start(reply.http.status_code or 200,
+                       [(h.key, h.value) for h in reply.http.headers])
+            sink.write(reply.body)
+        if not reply.HasField("finished"):
+            return Attempt(True, RunnerError(
+                f"runner {self._address} answered the call without a finished message",
+                runner=self._address, error_code=502))
+        self._record_finish(f, call)
+        if not f.success:
+            return Attempt(True, RunnerError(
+                f.errorStr or "unknown error from runner", runner=self._address,
+                error_code=f.errorCode or 500, user_error=f.errorUser))
+        return Attempt(True, None)
+
+    def _rpc_failed(self, e: grpc.aio.AioRpcError, call: RunnerCall, *,
+                    committed: bool) -> Attempt:
+        """An RPC ended with an error status: NACK, never reached, canceled or committed."""
+        if not committed and _is_too_busy(e):
+            return Attempt(False, ServerTooBusy(e.details() or "server too busy"))
+        if not committed and _never_reached(e):
+            return Attempt(False, RunnerUnreachable(
+                f"runner {self._address}: {e.details()}"))
+        if e.code() == grpc.StatusCode.CANCELLED:
+            return Attempt(True, ClientCanceled())
+        # Committed (or could have been): the call may have run; never re-send.
+        log.warning("runner failed call after commit",
+                    extra=kv(call_id=call.model.id, runner=self._address,
+                             code=e.code().name, error=e.details()))
+        return Attempt(True, RunnerError(
+            f"runner {self._address} failed the call: {e.code().name}: {e.details()}",
+            runner=self._address, error_code=502))
+
+    async def _stream(self, call: RunnerCall) -> Attempt:
+        """One TryExec stream (the fn protocol): every call a Call cannot take."""
         # Reader/writer style, not a request iterator: for one the iterator
         # grpc.aio runs an extra task per stream (measured: ~5% of LB CPU).
         stream = self._stub.TryExec()
@@ -251,20 +335,7 @@ class GrpcRunner:
                 elif kind == "data":
                     sink.write(msg.data.data)
         except grpc.aio.AioRpcError as e:
-            if not committed and _is_too_busy(e):
-                return Attempt(False, ServerTooBusy(e.details() or "server too busy"))
-            if not committed and _never_reached(e):
-                return Attempt(False, RunnerUnreachable(
-                    f"runner {self._address}: {e.details()}"))
-            if e.code() == grpc.StatusCode.CANCELLED:
-                return Attempt(True, ClientCanceled())
-            # Committed (or could have been): the call may have run; never re-send.
-            log.warning("runner failed call after commit",
-                        extra=kv(call_id=call.model.id, runner=self._address,
-                                 code=e.code().name, error=e.details()))
-            return Attempt(True, RunnerError(
-                f"runner {self._address} failed the call: {e.code().name}: {e.details()}",
-                runner=self._address, error_code=502))
+            return self._rpc_failed(e, call, committed=committed)
         finally:
             if not stream.done() and not (detached and committed):
                 if sender is not None:

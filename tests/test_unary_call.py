@@ -1,0 +1,333 @@
+"""The negotiated unary fast path, Runner/Call: the stub serves it, the LB uses it.
+
+Against real stub processes (and a real LB for the crash case), plus a tiny
+in-process TryExec-only runner standing in for fn-compatible runners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+
+from fnlb.calls import BufferSink, CallModel, LBCall
+from fnlb.errors import ClientCanceled, RunnerError, ServerTooBusy
+from fnlb.grpc_runner import UNARY_MAX_BODY, GrpcRunner
+from fnlb.v1 import lb_pb2, runner_pb2, runner_pb2_grpc
+from tests import procs
+from tests.test_lb_e2e import invoke_req, lb, lb_stub, runner_status
+
+MiB = 1024 * 1024
+
+
+def call_json(fn_id: str = "echo", **fields: Any) -> str:
+    return json.dumps({"id": uuid.uuid4().hex, "fn_id": fn_id, "app_id": "app", "type": "sync",
+                       "image": "fake/" + fn_id, **fields})
+
+
+def call_request(body: bytes = b"", **fields: Any) -> runner_pb2.CallRequest:
+    return runner_pb2.CallRequest(**{"try": runner_pb2.TryCall(  # type: ignore[arg-type]
+        models_call_json=call_json(**fields))}, body=body)
+
+
+def lb_call(body: bytes = b"hello", call_type: str = "sync",
+            config: dict[str, str] | None = None) -> LBCall:
+    return LBCall(CallModel(id=uuid.uuid4().hex, fn_id="echo", app_id="app", type=call_type,
+                            image="fake/echo", config=dict(config or {})), body)
+
+
+def stub_proc(*args: str) -> Any:
+    return procs.running("runner_stub", ["--listen", "127.0.0.1:0", "--log-level", "debug", *args])
+
+
+@pytest.fixture
+async def runners() -> AsyncIterator[Callable[..., GrpcRunner]]:
+    made: list[GrpcRunner] = []
+
+    def make(addr: str, **kw: Any) -> GrpcRunner:
+        r = GrpcRunner(addr, **kw)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        await r.close()
+
+
+@pytest.fixture
+async def channel_to() -> AsyncIterator[Callable[[str], runner_pb2_grpc.RunnerStub]]:
+    channels: list[grpc.aio.Channel] = []
+
+    def make(addr: str) -> runner_pb2_grpc.RunnerStub:
+        ch = grpc.aio.insecure_channel(addr, options=[
+            ("grpc.max_receive_message_length", 64 * MiB)])
+        channels.append(ch)
+        return runner_pb2_grpc.RunnerStub(ch)
+
+    yield make
+    for ch in channels:
+        await ch.close()
+
+
+def forbid_stream(runner: GrpcRunner) -> None:
+    """Make the runner's TryExec fail the test: the call must go over Call."""
+
+    def no_stream(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("TryExec used")
+
+    runner._stub.TryExec = no_stream  # type: ignore[method-assign]
+
+
+# -- the stub serves Call -----------------------------------------------------
+
+
+async def test_call_echo_on_the_stub(channel_to: Any) -> None:
+    with stub_proc() as proc:
+        runner = channel_to(proc.addr)
+        st = await runner.Status(empty_pb2.Empty(), timeout=10)
+        assert "call" in st.features
+        reply = await runner.Call(call_request(b"ping"), timeout=10)
+        assert reply.http.status_code == 200
+        assert {h.key: h.value for h in reply.http.headers}["x-runner-id"] == proc.addr
+        assert reply.body == b"ping"
+        f = reply.finished
+        assert f.success and f.details and f.createdAt and f.startedAt and f.completedAt
+        assert f.executionDuration > 0
+        # The function's own status and a big answer fit in one reply.
+        reply = await runner.Call(call_request(b"", config={"status": "404"}), timeout=10)
+        assert reply.http.status_code == 404 and reply.finished.success
+        big = bytes(range(256)) * 4096 * 2  # 2 MiB answer
+        reply = await runner.Call(call_request(big), timeout=30)
+        assert reply.body == big
+        st = await runner.Status(empty_pb2.Empty(), timeout=10)
+        assert (st.requestsReceived, st.requestsHandled, st.requestsNacked) == (3, 3, 0)
+
+
+async def test_call_errors_on_the_stub(channel_to: Any) -> None:
+    with stub_proc("--max-body-bytes", "100") as proc:
+        runner = channel_to(proc.addr)
+        # A detached call is acknowledged before it runs: TryExec only.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await runner.Call(call_request(b"x", type="detached"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await runner.Call(runner_pb2.CallRequest(body=b"x"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        reply = await runner.Call(call_request(b"x" * 101), timeout=10)
+        assert not reply.HasField("http")
+        assert (reply.finished.success, reply.finished.errorCode) == (False, 413)
+        reply = await runner.Call(call_request(b"x", config={"fail": "boom"}), timeout=10)
+        assert not reply.HasField("http")
+        assert (reply.finished.errorCode, reply.finished.errorUser) == (502, True)
+        # An answer too big for one reply: a clear committed error, not RESOURCE_EXHAUSTED.
+        reply = await runner.Call(call_request(b"", config={"response_size": str(70 * MiB)}),
+                                  timeout=30)
+        assert not reply.HasField("http") and reply.body == b""
+        assert reply.finished.errorCode == 502 and "use TryExec" in reply.finished.errorStr
+
+
+async def test_call_nack_when_the_slots_are_full(channel_to: Any, runners: Any) -> None:
+    with stub_proc("--slots", "1", "--nack-after-ms", "50") as proc:
+        runner = channel_to(proc.addr)
+        hold = asyncio.ensure_future(
+            runner.Call(call_request(b"", config={"sleep_ms": "1500"}), timeout=10))
+        await asyncio.to_thread(proc.wait_for_line, r'msg="function started"')
+        reply = await runner.Call(call_request(b"x"), timeout=10)
+        assert not reply.HasField("http")
+        assert (reply.finished.success, reply.finished.errorCode) == (False, 503)
+        # The LB reads that as a NACK: not placed, try elsewhere.
+        gr = runners(proc.addr)
+        forbid_stream(gr)
+        attempt = await gr.try_exec(lb_call(b"x"))
+        assert not attempt.placed and isinstance(attempt.error, ServerTooBusy)
+        assert gr.unary
+        assert (await hold).finished.success
+        st = await runner.Status(empty_pb2.Empty(), timeout=10)
+        assert (st.requestsReceived, st.requestsHandled, st.requestsNacked) == (3, 1, 2)
+
+
+async def test_grpc_runner_uses_call_with_the_commit_rule(runners: Any) -> None:
+    with stub_proc() as proc:
+        gr = runners(proc.addr)
+        forbid_stream(gr)
+        call = lb_call(b"x" * UNARY_MAX_BODY)  # the biggest body that goes unary
+        attempt = await gr.try_exec(call)
+        assert attempt.placed and attempt.error is None
+        sink = call.response
+        assert isinstance(sink, BufferSink)
+        assert sink.status_code == 200 and sink.body() == b"x" * UNARY_MAX_BODY
+        assert call.user_execution_time is not None and call.user_execution_time > 0
+        # A failed function: committed, the runner's code and errorUser.
+        attempt = await gr.try_exec(lb_call(config={"fail": "boom"}))
+        assert attempt.placed and isinstance(attempt.error, RunnerError)
+        assert attempt.error.error_code == 502 and attempt.error.user_error
+        # A client cancel stops the function on the runner.
+        slow = lb_call(config={"sleep_ms": "10000"})
+        task = asyncio.ensure_future(gr.try_exec(slow))
+        await asyncio.to_thread(proc.wait_for_line,
+                                rf'msg="function started" call_id={slow.model.id}')
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(proc.wait_for_line, rf'msg="call canceled" call_id={slow.model.id}')
+        st = await gr.status()
+        assert st.active == 0 and st.slots_free == st.slots_total
+
+
+async def test_crash_mid_call_via_call_is_an_error_not_a_retry(runners: Any) -> None:
+    with stub_proc() as proc:
+        gr = runners(proc.addr)
+        forbid_stream(gr)
+        attempt = await gr.try_exec(lb_call(config={"crash": "yes"}))
+        assert attempt.placed and isinstance(attempt.error, RunnerError)
+        assert not isinstance(attempt.error, ClientCanceled)
+        assert await asyncio.to_thread(proc.wait) == 3
+
+
+@pytest.mark.slow
+async def test_crash_through_the_lb_is_not_rerun_elsewhere() -> None:
+    with procs.running_stubs(2) as stubs, lb([s.addr for s in stubs]) as front:
+        async with lb_stub(front) as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.Invoke(invoke_req(crash="1"), timeout=20)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            for _ in range(200):
+                if any(s.popen.poll() is not None for s in stubs):
+                    break
+                await asyncio.sleep(0.05)
+            crashed = [s for s in stubs if s.popen.poll() is not None]
+            assert len(crashed) == 1
+            alive = next(s for s in stubs if s is not crashed[0])
+            assert (await runner_status(alive.addr)).requestsReceived == 0  # type: ignore[attr-defined]
+            resp = await stub.Invoke(invoke_req(body=b"again"), timeout=10)
+            assert resp.runner == alive.addr and resp.body == b"again"
+
+
+# -- runners without Call ------------------------------------------------------
+
+
+class _Counting(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self.methods: Counter[str] = Counter()
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        self.methods[handler_call_details.method.rsplit("/", 1)[-1]] += 1
+        return await continuation(handler_call_details)
+
+
+class StreamOnlyRunner(runner_pb2_grpc.RunnerServicer):
+    """An fn-compatible runner: TryExec (echo) and Status; Call is UNIMPLEMENTED."""
+
+    def __init__(self, with_call: bool = False) -> None:
+        self.addr = ""
+        self.with_call = with_call
+
+    async def TryExec(self, request_iterator: Any, context: Any) -> None:
+        body = b""
+        async for msg in request_iterator:
+            if msg.WhichOneof("body") == "data":
+                body += msg.data.data
+                if msg.data.eof:
+                    break
+        yield runner_pb2.RunnerMsg(result_start=runner_pb2.CallResultStart(
+            http=runner_pb2.HttpRespMeta(status_code=200)))
+        yield runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(data=body, eof=True))
+        yield runner_pb2.RunnerMsg(finished=runner_pb2.CallFinished(success=True))
+
+    async def Status(self, request: Any, context: Any) -> runner_pb2.RunnerStatus:
+        return runner_pb2.RunnerStatus(runner_id=self.addr, id=self.addr, slots_total=8,
+                                       slots_free=8, memory_mb_total=8192,
+                                       memory_mb_free=8192)
+
+
+class EchoBothRunner(StreamOnlyRunner):
+    async def Call(self, request: Any, context: Any) -> runner_pb2.CallReply:
+        return runner_pb2.CallReply(
+            http=runner_pb2.HttpRespMeta(status_code=200), body=request.body,
+            finished=runner_pb2.CallFinished(success=True))
+
+
+@pytest.fixture
+async def in_process() -> AsyncIterator[Callable[[StreamOnlyRunner], Awaitable[_Counting]]]:
+    servers: list[grpc.aio.Server] = []
+
+    async def serve(servicer: StreamOnlyRunner) -> _Counting:
+        counting = _Counting()
+        server = grpc.aio.server(interceptors=[counting], options=[
+            ("grpc.max_receive_message_length", 64 * MiB)])
+        runner_pb2_grpc.add_RunnerServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        servicer.addr = f"127.0.0.1:{port}"
+        await server.start()
+        servers.append(server)
+        return counting
+
+    yield serve
+    for s in servers:
+        await s.stop(0)
+
+
+async def test_stream_only_runner_falls_back_once(in_process: Any, runners: Any) -> None:
+    servicer = StreamOnlyRunner()
+    counting = await in_process(servicer)
+    gr = runners(servicer.addr)
+    call = lb_call(b"first")
+    attempt = await gr.try_exec(call)
+    assert attempt.placed and attempt.error is None
+    assert call.response.body() == b"first"  # type: ignore[attr-defined]
+    assert not gr.unary
+    call = lb_call(b"second")
+    assert (await gr.try_exec(call)).error is None
+    assert call.response.body() == b"second"  # type: ignore[attr-defined]
+    assert counting.methods["Call"] == 1 and counting.methods["TryExec"] == 2
+
+
+async def test_unary_false_never_probes(in_process: Any, runners: Any) -> None:
+    servicer = EchoBothRunner()
+    counting = await in_process(servicer)
+    gr = runners(servicer.addr, unary=False)
+    assert (await gr.try_exec(lb_call(b"x"))).error is None
+    assert counting.methods["Call"] == 0 and counting.methods["TryExec"] == 1
+
+
+async def test_big_bodies_and_detached_calls_go_over_tryexec(in_process: Any,
+                                                            runners: Any) -> None:
+    servicer = EchoBothRunner()
+    counting = await in_process(servicer)
+    gr = runners(servicer.addr)
+    big = b"y" * (2 * MiB)
+    call = lb_call(big)
+    assert (await gr.try_exec(call)).error is None
+    assert call.response.body() == big  # type: ignore[attr-defined]
+    assert counting.methods == Counter({"TryExec": 1})
+    assert (await gr.try_exec(lb_call(b"d", call_type="detached"))).error is None
+    assert counting.methods == Counter({"TryExec": 2})
+    call = lb_call(b"small")
+    assert (await gr.try_exec(call)).error is None
+    assert call.response.body() == b"small"  # type: ignore[attr-defined]
+    assert counting.methods == Counter({"TryExec": 2, "Call": 1})
+    assert gr.unary
+
+
+@pytest.mark.slow
+async def test_lb_serves_a_stream_only_runner(in_process: Any) -> None:
+    servicer = StreamOnlyRunner()
+    counting = await in_process(servicer)
+    with lb([servicer.addr]) as front:
+        async with lb_stub(front) as stub:
+            for body in (b"one", b"two", b"three"):
+                resp = await stub.Invoke(lb_pb2.InvokeRequest(fn_id="echo", body=body),
+                                         timeout=10)
+                assert resp.body == body and resp.runner == servicer.addr
+    assert counting.methods["Call"] == 1
+    assert counting.methods["TryExec"] == 3
