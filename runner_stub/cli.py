@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from fnlb.logs import kv, setup_logging
@@ -194,8 +195,16 @@ async def _serve(cfg: StubConfig) -> int:
     if cfg.register_with:
         from fnlb.registration import register_loop
 
-        registration = asyncio.create_task(
-            register_loop(cfg.register_with, server.addr, cfg.register_ttl, stop))
+        creds = None
+        if cfg.tls:
+            # With --tls-*, register over mTLS with the same certificate: an LB
+            # whose admin API demands client certificates accepts it.
+            from fnlb.tls import ClientTLS, TLSFiles
+
+            creds = ClientTLS(TLSFiles(Path(cfg.tls_cert), Path(cfg.tls_key),
+                                       Path(cfg.tls_ca))).credentials()
+        registration = asyncio.create_task(register_loop(
+            cfg.register_with, server.addr, cfg.register_ttl, stop, credentials=creds))
     stop_wait = asyncio.ensure_future(stop.wait())
     closed = asyncio.ensure_future(server.wait_closed())
     try:

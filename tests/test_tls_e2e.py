@@ -221,3 +221,17 @@ async def test_runner_certificate_reload_fails_no_call(pki: Path, tmp_path: Path
         assert new != old
         assert failures == []
         assert served > 0
+
+
+async def test_runner_registers_over_mtls_and_serves(pki: Path) -> None:
+    front_tls = ["--front-tls-cert", str(pki / "lb.crt"), "--front-tls-key", str(pki / "lb.key"),
+                 "--front-tls-ca", str(pki / "ca" / "ca.crt")]
+    with running("fnlb", ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
+                          "--admin-listen", "127.0.0.1:0", "--discovery", "registration",
+                          "--placer-timeout", "5s", *lb_tls(pki), *front_tls]) as front, \
+            running("runner_stub", ["--listen", "127.0.0.1:0", *stub_tls(pki, "runner"),
+                                    "--register-with", front.fields["admin_addr"],
+                                    "--register-ttl", "2s"]) as runner:
+        runner.wait_for_line("registered with LB")
+        results = await invoke(pki, front.addr, 2)
+        assert {r.runner for r in results} == {runner.addr}
