@@ -29,7 +29,6 @@ __all__ = [
     "CHUNK_SIZE",
     "UNARY_MAX_BODY",
     "CHANNEL_OPTIONS",
-    "plaintext_runner_factory",
     "make_runner_factory",
     "status_from_pb",
 ]
@@ -181,12 +180,15 @@ class GrpcRunner:
         task.add_done_callback(self._background.discard)
 
     @staticmethod
-    async def _send(stream: Any, call: RunnerCall) -> None:
+    def _try_call(call: RunnerCall) -> runner_pb2.TryCall:
+        return runner_pb2.TryCall(models_call_json=call.model_json,
+                                  slot_hash_id=call.slot_hash_id, extensions=call.extensions)
+
+    @classmethod
+    async def _send(cls, stream: Any, call: RunnerCall) -> None:
         """Write ``try``, the body frames (last with eof) and half-close."""
         # `try` is a Python keyword, hence the dict (the stubs cannot type it).
-        await stream.write(runner_pb2.ClientMsg(**{"try": runner_pb2.TryCall(  # type: ignore[arg-type]
-            models_call_json=call.model_json, slot_hash_id=call.slot_hash_id,
-            extensions=call.extensions)}))
+        await stream.write(runner_pb2.ClientMsg(**{"try": cls._try_call(call)}))  # type: ignore[arg-type]
         body = call.request_body()
         n = len(body)
         if n <= CHUNK_SIZE:
@@ -237,9 +239,8 @@ class GrpcRunner:
         the request is "not placed"; anything else is committed.
         """
         # `try` is a Python keyword, hence the dict (the stubs cannot type it).
-        request = runner_pb2.CallRequest(**{"try": runner_pb2.TryCall(
-            models_call_json=call.model_json, slot_hash_id=call.slot_hash_id,
-            extensions=call.extensions)}, body=call.request_body())
+        request = runner_pb2.CallRequest(**{"try": self._try_call(call)},
+                                         body=call.request_body())
         try:
             reply: runner_pb2.CallReply = await self._stub.Call(request)
         except grpc.aio.AioRpcError as e:
@@ -262,6 +263,10 @@ class GrpcRunner:
             return Attempt(True, RunnerError(
                 f"runner {self._address} answered the call without a finished message",
                 runner=self._address, error_code=502))
+        return self._finished(f, call)
+
+    def _finished(self, f: runner_pb2.CallFinished, call: RunnerCall) -> Attempt:
+        """A committed call's ``finished``: record its timings, map its outcome."""
         self._record_finish(f, call)
         if not f.success:
             return Attempt(True, RunnerError(
@@ -349,14 +354,10 @@ class GrpcRunner:
             return Attempt(True, RunnerError(
                 f"runner {self._address} ended the call without a finished message",
                 runner=self._address, error_code=502))
-        self._record_finish(finished, call)
-        if not finished.success:
-            return Attempt(True, RunnerError(
-                finished.errorStr or "unknown error from runner", runner=self._address,
-                error_code=finished.errorCode or 500, user_error=finished.errorUser))
-        if detached and not getattr(sink, "started", True):
+        attempt = self._finished(finished, call)
+        if attempt.error is None and detached and not getattr(sink, "started", True):
             sink.start(202, [])
-        return Attempt(True, None)
+        return attempt
 
     async def _drain_detached(self, stream: Any, call: RunnerCall) -> None:
         try:
@@ -410,16 +411,6 @@ class GrpcRunner:
             await self._channel.close(grace=None)
 
 
-def plaintext_runner_factory(metrics: Metrics | None = None,
-                             connect_timeout: float = 1.0) -> Any:
-    """An MTLSRunnerFactory that ignores TLS (for tests and plaintext pools)."""
-
-    def factory(address: str, tls: object | None = None) -> GrpcRunner:
-        return GrpcRunner(address, None, metrics=metrics, connect_timeout=connect_timeout)
-
-    return factory
-
-
 def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
                         server_name: str | None = None) -> Any:
     """fn's MTLSRunnerFactory: mTLS when given TLS material, plaintext otherwise."""
@@ -432,9 +423,9 @@ def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
             if hasattr(tls, "credentials"):
                 creds = tls.credentials()
             else:
-                creds = grpc.ssl_channel_credentials(
-                    root_certificates=tls.ca_pem, private_key=tls.key_pem,
-                    certificate_chain=tls.cert_pem)
+                from fnlb.tls import channel_credentials
+
+                creds = channel_credentials(tls)
         return GrpcRunner(address, creds, metrics=metrics, connect_timeout=connect_timeout,
                           server_name=server_name)
 
