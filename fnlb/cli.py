@@ -199,11 +199,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 async def _serve(cfg: Any) -> int:
     import logging
 
-    from fnlb.placers import make_placer
     from fnlb.server import LBServer
 
     log = logging.getLogger("fnlb.cli")
-    make_placer(cfg.placer)  # unknown placer: fail before binding anything
     log.info("event loop", extra={"kv": {
         "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}})
     server = LBServer(cfg)

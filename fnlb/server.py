@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fnlb.admin import AdminServicer
 from fnlb.agent import Agent
-from fnlb.calls import DETACHED, SYNC, CallModel, LBCall, new_call_id
+from fnlb.calls import DETACHED, SYNC, BufferSink, CallModel, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
 from fnlb.errors import ConfigError, FnlbError, InvalidRequest
 from fnlb.grpc_runner import make_runner_factory
@@ -86,6 +86,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _buffer(call: LBCall) -> BufferSink:
+    """The front door's calls are built by ``build_call`` with a BufferSink."""
+    sink = call.response
+    assert isinstance(sink, BufferSink)
+    return sink
+
+
 def _client_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -108,15 +115,14 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         return runner.address
 
     def _response(self, call: LBCall, runner: str, with_body: bool) -> lb_pb2.InvokeResponse:
-        sink = call.response
-        status = getattr(sink, "status_code", 0) or (202 if call.model.type == DETACHED else 200)
+        sink = _buffer(call)
+        status = sink.status_code or (202 if call.model.type == DETACHED else 200)
         headers: dict[str, str] = {}
-        for k, v in getattr(sink, "headers", []):
+        for k, v in sink.headers:
             headers[k] = f"{headers[k]}, {v}" if k in headers else v
         return lb_pb2.InvokeResponse(
             call_id=call.model.id, status_code=status, headers=headers,
-            body=sink.body() if with_body else b"",  # type: ignore[attr-defined]
-            runner=runner, attempts=call.attempts)
+            body=sink.body() if with_body else b"", runner=runner, attempts=call.attempts)
 
     async def Invoke(self, request: lb_pb2.InvokeRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.InvokeResponse:
@@ -163,7 +169,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
             await context.abort(e.code, str(e))
         runner = await self._run(call, context)
         yield lb_pb2.InvokeStreamResponse(response=self._response(call, runner, with_body=False))
-        body = call.response.body()  # type: ignore[attr-defined]
+        body = _buffer(call).body()
         view = memoryview(body)
         for off in range(0, len(body), _STREAM_CHUNK):
             yield lb_pb2.InvokeStreamResponse(data=bytes(view[off:off + _STREAM_CHUNK]))
