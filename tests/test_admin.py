@@ -19,7 +19,8 @@ from fnlb.metrics import Metrics
 from fnlb.registration import register_loop
 from fnlb.server import LBServer
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.test_pools import FakeFactory, wait_until
+from tests.procs import wait_until
+from tests.test_pools import FakeFactory
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,8 @@ from fnlb.pools import DynamicRunnerPool, make_sources
 from fnlb.pools.dns import DnsPythonLookup, DnsSource, DnsTarget, parse_discovery
 from fnlb.pools.file import FileSource, parse_runners_file
 from tests.fakes import make_call
-from tests.test_pools import FakeFactory, wait_until
+from tests.procs import wait_until
+from tests.test_pools import FakeFactory
 
 
 def new_pool(*sources: Any) -> tuple[DynamicRunnerPool, FakeFactory]:

