@@ -49,7 +49,7 @@ log = logging.getLogger("runner_stub")
 
 MAX_DATA_CHUNK = 10 * 1024  # fn's MaxDataChunk: body frames in both directions
 TOO_BUSY = "Timed out - server too busy"  # fn's ErrCallTimeoutServerBusy text
-FEATURES = ("call",)  # RunnerStatus.features: Runner/Call is served
+FEATURES = ("call", "calls")  # RunnerStatus.features: Runner/Call and Runner/Calls
 RUNNER_SERVICE = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Bodies are streamed in 10 KiB frames, but other clients may not chunk.
@@ -57,6 +57,9 @@ _MESSAGE_LIMIT = 64 * 1024 * 1024
 # A Call reply is one message: the response body plus at most a few KiB of
 # meta and finished must fit under the limit.
 _REPLY_BODY_LIMIT = _MESSAGE_LIMIT - 64 * 1024
+# Response bodies per ReplyBatch, at most, unless one reply alone is bigger:
+# a batch must stay under the LB's message limit.
+_BATCH_BYTES = 1024 * 1024
 _DISCARD_LIMIT_S = 2.0
 _CRASH_LINGER_S = 0.1
 _CANCEL_GRACE_S = 0.1
@@ -199,12 +202,17 @@ class _StreamIO:
 
 
 class _UnaryIO:
-    """A call's input and output as one Call: the whole body in, one CallReply out."""
+    """A call's input and output as one CallReply: the whole body in, one reply out.
+
+    For Call ``context`` is the RPC's (a bad request aborts it); on the Calls
+    stream it is None and a bad request is a ``finished`` with code 400, since
+    a status would end the stream for every other call on it.
+    """
 
     __slots__ = ("_body", "_context", "reply")
     streams = False
 
-    def __init__(self, body: bytes, context: Any) -> None:
+    def __init__(self, body: bytes, context: Any | None) -> None:
         self._body = body
         self._context = context
         self.reply = runner_pb2.CallReply()
@@ -227,7 +235,13 @@ class _UnaryIO:
         pass
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        await self._context.abort(code, details)
+        if self._context is not None:
+            await self._context.abort(code, details)
+            return
+        self.reply.ClearField("http")
+        self.reply.ClearField("body")
+        self.reply.finished.CopyFrom(runner_pb2.CallFinished(
+            success=False, errorCode=400, errorStr=f"{code.name}: {details}"))
 
 
 _IO = _StreamIO | _UnaryIO
@@ -294,6 +308,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self.active = 0
         self.draining = False
         self._idle = asyncio.Event()
+        self._call_streams: set[_CallStream] = set()
         self._idle.set()
 
     # -- drain ---------------------------------------------------------------
@@ -372,6 +387,24 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
 
     async def Call(self, request: runner_pb2.CallRequest, context: Any) -> runner_pb2.CallReply:
         """The unary fast path: TryExec's logic, the whole call in one message each way."""
+        return await self._call(request, context)
+
+    async def Calls(self, request_iterator: Any, context: Any) -> None:
+        """The call stream: many Calls on one stream, replies batched as they are ready."""
+        stream = _CallStream(self, context)
+        self._call_streams.add(stream)
+        try:
+            await stream.run()
+        finally:
+            self._call_streams.discard(stream)
+
+    def end_call_streams(self) -> None:
+        """Let every Calls stream end with OK once its calls are answered (server stopping)."""
+        for stream in self._call_streams:
+            stream.end()
+
+    async def _call(self, request: runner_pb2.CallRequest,
+                    context: Any | None) -> runner_pb2.CallReply:
         created = _now()
         io = _UnaryIO(request.body, context)
         # `try` is a Python keyword, hence getattr.
@@ -664,6 +697,7 @@ class StubServer:
         self._stopping = True
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        self.service.end_call_streams()
         await self._server.stop(grace)
         if first:
             log.info("stopped", extra=kv(addr=self._addr))
@@ -680,3 +714,100 @@ class StubServer:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.stop(0)
+
+
+class _CallStream:
+    """One Runner/Calls stream: a task per call, replies written in batches.
+
+    The reader starts a task for every CallRequest (and cancels those the LB
+    gives up on); the writer sends whatever replies are ready as one
+    ReplyBatch, so under load one message carries many replies. When the LB
+    ends the stream, the calls still running finish and are answered; when
+    the stream breaks, they are cancelled like any call whose client left.
+    ``end()`` (server stopping): once every call read so far is answered the
+    stream ends with OK, which tells the LB that what it wrote after that was
+    never read and never run.
+    """
+
+    def __init__(self, service: RunnerService, context: Any) -> None:
+        self._service = service
+        self._context = context
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._ready: list[runner_pb2.CallReply] = []
+        self._wake = asyncio.Event()
+        self._reading = True
+        self._ending = False
+
+    def end(self) -> None:
+        self._ending = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read())
+        try:
+            while (self._reading and not self._ending) or self._tasks or self._ready:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._ready:
+                    await self._context.write(runner_pb2.ReplyBatch(replies=self._take()))
+            if reader.done():
+                await reader  # surfaces a read error as the stream's status
+        finally:
+            reader.cancel()
+            for task in list(self._tasks.values()):
+                task.cancel()
+
+    def _take(self) -> list[runner_pb2.CallReply]:
+        """Ready replies for one ReplyBatch: up to _BATCH_BYTES of bodies (at least one reply)."""
+        n, size = 0, 0
+        for reply in self._ready:
+            size += len(reply.body)
+            if n and size > _BATCH_BYTES:
+                break
+            n += 1
+        batch, self._ready = self._ready[:n], self._ready[n:]
+        return batch
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                batch = await self._context.read()
+                if batch is grpc.aio.EOF:
+                    return
+                for seq in batch.cancel:
+                    task = self._tasks.pop(seq, None)
+                    if task is not None:
+                        task.cancel()
+                for request in batch.calls:
+                    if not self._ending:
+                        self._start(request)
+        finally:
+            self._reading = False
+            self._wake.set()
+
+    def _start(self, request: runner_pb2.CallRequest) -> None:
+        seq = request.seq
+        if seq in self._tasks:
+            self._service.counters.bad_requests += 1
+            self._reply(seq, runner_pb2.CallReply(finished=runner_pb2.CallFinished(
+                success=False, errorCode=400,
+                errorStr=f"seq {seq} is already in flight on this stream")))
+            return
+        task = asyncio.create_task(self._one(request))
+        self._tasks[seq] = task
+
+    async def _one(self, request: runner_pb2.CallRequest) -> None:
+        seq = request.seq
+        try:
+            reply = await self._service._call(request, None)
+        except asyncio.CancelledError:
+            return  # the LB cancelled it: no reply
+        finally:
+            self._tasks.pop(seq, None)
+            self._wake.set()
+        self._reply(seq, reply)
+
+    def _reply(self, seq: int, reply: runner_pb2.CallReply) -> None:
+        reply.seq = seq
+        self._ready.append(reply)
+        self._wake.set()

@@ -179,21 +179,39 @@ class RunnerStatus(_message.Message):
     def __init__(self, active: _Optional[int] = ..., failed: _Optional[bool] = ..., id: _Optional[str] = ..., details: _Optional[str] = ..., errorCode: _Optional[int] = ..., errorStr: _Optional[str] = ..., createdAt: _Optional[str] = ..., startedAt: _Optional[str] = ..., completedAt: _Optional[str] = ..., cached: _Optional[bool] = ..., requestsReceived: _Optional[int] = ..., requestsHandled: _Optional[int] = ..., kdumpsOnDisk: _Optional[int] = ..., schedulerDuration: _Optional[int] = ..., executionDuration: _Optional[int] = ..., isNetworkDisabled: _Optional[bool] = ..., customStatus: _Optional[_Mapping[str, str]] = ..., imagePullWaitDuration: _Optional[int] = ..., ctrPrepDuration: _Optional[int] = ..., ctrCreateDuration: _Optional[int] = ..., initStartTime: _Optional[int] = ..., draining: _Optional[bool] = ..., drained: _Optional[bool] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., memory_mb_total: _Optional[int] = ..., memory_mb_free: _Optional[int] = ..., warm_slots: _Optional[_Iterable[str]] = ..., runner_id: _Optional[str] = ..., requestsNacked: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallRequest(_message.Message):
-    __slots__ = ("body",)
+    __slots__ = ("body", "seq")
     TRY_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     body: bytes
-    def __init__(self, body: _Optional[bytes] = ..., **kwargs) -> None: ...
+    seq: int
+    def __init__(self, body: _Optional[bytes] = ..., seq: _Optional[int] = ..., **kwargs) -> None: ...
 
 class CallReply(_message.Message):
-    __slots__ = ("finished", "http", "body")
+    __slots__ = ("finished", "http", "body", "seq")
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     finished: CallFinished
     http: HttpRespMeta
     body: bytes
-    def __init__(self, finished: _Optional[_Union[CallFinished, _Mapping]] = ..., http: _Optional[_Union[HttpRespMeta, _Mapping]] = ..., body: _Optional[bytes] = ...) -> None: ...
+    seq: int
+    def __init__(self, finished: _Optional[_Union[CallFinished, _Mapping]] = ..., http: _Optional[_Union[HttpRespMeta, _Mapping]] = ..., body: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class CallBatch(_message.Message):
+    __slots__ = ("calls", "cancel")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[CallRequest]
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, calls: _Optional[_Iterable[_Union[CallRequest, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ReplyBatch(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[CallReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[CallReply, _Mapping]]] = ...) -> None: ...
 
 class CloseRequest(_message.Message):
     __slots__ = ("wait",)

@@ -55,6 +55,11 @@ class RunnerStub:
                 request_serializer=fnlb_dot_v1_dot_runner__pb2.CallRequest.SerializeToString,
                 response_deserializer=fnlb_dot_v1_dot_runner__pb2.CallReply.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/fnlb.v1.Runner/Calls',
+                request_serializer=fnlb_dot_v1_dot_runner__pb2.CallBatch.SerializeToString,
+                response_deserializer=fnlb_dot_v1_dot_runner__pb2.ReplyBatch.FromString,
+                _registered_method=True)
 
 
 class RunnerServicer:
@@ -90,6 +95,13 @@ class RunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Optional: many sync calls over one stream (see THE CALL STREAM).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +124,11 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.Call,
                     request_deserializer=fnlb_dot_v1_dot_runner__pb2.CallRequest.FromString,
                     response_serializer=fnlb_dot_v1_dot_runner__pb2.CallReply.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=fnlb_dot_v1_dot_runner__pb2.CallBatch.FromString,
+                    response_serializer=fnlb_dot_v1_dot_runner__pb2.ReplyBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class Runner:
             '/fnlb.v1.Runner/Call',
             fnlb_dot_v1_dot_runner__pb2.CallRequest.SerializeToString,
             fnlb_dot_v1_dot_runner__pb2.CallReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fnlb.v1.Runner/Calls',
+            fnlb_dot_v1_dot_runner__pb2.CallBatch.SerializeToString,
+            fnlb_dot_v1_dot_runner__pb2.ReplyBatch.FromString,
             options,
             channel_credentials,
             insecure,
