@@ -1,9 +1,10 @@
 """GrpcRunner: the ``Runner`` backed by a ``fnlb.v1.Runner`` stub, and its factories.
 
 The commit rule (protos/fnlb/v1/runner.proto) is implemented in ``try_exec``,
-over Runner/Call (small sync calls, runners that serve it) or TryExec: only a
-NACK, or a failure that proves the runner never got the call, returns
-``placed=False``. Everything else is committed and never re-sent.
+over Runner/Calls (small sync calls, shared stream), Runner/Call (sync calls
+up to 1 MiB) or TryExec (everything, and fn's runners): only a NACK, or a
+failure that proves the runner never got the call, returns ``placed=False``.
+Everything else is committed and never re-sent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from fnlb.calls import DETACHED
+from fnlb.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.errors import ClientCanceled, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
@@ -28,6 +30,7 @@ __all__ = [
     "GrpcRunner",
     "CHUNK_SIZE",
     "UNARY_MAX_BODY",
+    "STREAM_MAX_BODY",
     "CHANNEL_OPTIONS",
     "make_runner_factory",
     "status_from_pb",
@@ -105,7 +108,8 @@ class GrpcRunner:
 
     def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None, *,
                  metrics: Metrics | None = None, connect_timeout: float = 1.0,
-                 server_name: str | None = None, unary: bool = True) -> None:
+                 server_name: str | None = None, unary: bool = True,
+                 calls: bool = True) -> None:
         self._address = address
         options = list(CHANNEL_OPTIONS)
         if server_name:
@@ -120,9 +124,13 @@ class GrpcRunner:
         self._metrics = metrics if metrics is not None else Metrics()
         self._connect_timeout = connect_timeout
         self._closed = False
-        # Use Runner/Call for small sync calls until the runner says it has none
-        # (UNIMPLEMENTED): from then on this runner is stream-only.
-        self._unary = unary
+        # Runner/Calls and Runner/Call are tried until the runner shows it has
+        # them not: it answers UNIMPLEMENTED, or its Status lists features
+        # without them (fn's runners list none). ``unary``/``calls`` False:
+        # never use them.
+        self._unary = self._allow_unary = unary
+        self._calls = self._allow_calls = calls
+        self._call_stream = CallStream(self._stub)
         self._background: set[asyncio.Task[None]] = set()
         self._last_explained = -1e9
         self.tls = credentials is not None
@@ -212,8 +220,13 @@ class GrpcRunner:
 
     @property
     def unary(self) -> bool:
-        """False once the runner is known stream-only (it answered Call UNIMPLEMENTED)."""
+        """False once the runner is known not to serve Runner/Call."""
         return self._unary
+
+    @property
+    def calls(self) -> bool:
+        """False once the runner is known not to serve Runner/Calls."""
+        return self._calls
 
     async def try_exec(self, call: RunnerCall) -> Attempt:
         if self._closed:
@@ -223,13 +236,42 @@ class GrpcRunner:
             self._explain_unreachable()
             return Attempt(False, RunnerUnreachable(
                 f"runner {self._address} unreachable (channel {state})"))
-        if (self._unary and call.model.type != DETACHED
-                and len(call.request_body()) <= UNARY_MAX_BODY):
-            attempt = await self._call(call)
-            if attempt is not None:
-                return attempt
+        if call.model.type != DETACHED:
+            n = len(call.request_body())
+            if self._calls and n <= STREAM_MAX_BODY:
+                attempt = await self._via_call_stream(call)
+                if attempt is not None:
+                    return attempt
+            if self._unary and n <= UNARY_MAX_BODY:
+                attempt = await self._call(call)
+                if attempt is not None:
+                    return attempt
             # UNIMPLEMENTED: the runner never ran it; same attempt, over TryExec.
         return await self._stream(call)
+
+    def _call_request(self, call: RunnerCall) -> runner_pb2.CallRequest:
+        # `try` is a Python keyword, hence the dict (the stubs cannot type it).
+        return runner_pb2.CallRequest(**{"try": self._try_call(call)},  # type: ignore[arg-type]
+                                      body=call.request_body())
+
+    async def _via_call_stream(self, call: RunnerCall) -> Attempt | None:
+        """One call on the Calls stream; None when the runner does not serve it (never ran it)."""
+        try:
+            reply = await self._call_stream.call(self._call_request(call))
+        except CallStreamFailed as e:
+            if e.unsupported:
+                self._calls = False
+                log.info("runner does not serve Calls; using Call",
+                         extra=kv(runner=self._address, error=e.error and e.error.details()))
+                return None
+            if e.not_run or (e.error is not None and _never_reached(e.error)):
+                return Attempt(False, RunnerUnreachable(f"runner {self._address}: {e}"))
+            if e.error is not None:
+                return self._rpc_failed(e.error, call, committed=True)
+            # The LB closed the stream under a call it had sent: it may have run.
+            return Attempt(True, RunnerError(f"runner {self._address}: {e}",
+                                             runner=self._address, error_code=502))
+        return self._replied(reply, call)
 
     async def _call(self, call: RunnerCall) -> Attempt | None:
         """One Runner/Call; None when the runner does not serve Call (it never ran the call).
@@ -238,11 +280,8 @@ class GrpcRunner:
         http), a "too busy" status or a failure that proves the runner never got
         the request is "not placed"; anything else is committed.
         """
-        # `try` is a Python keyword, hence the dict (the stubs cannot type it).
-        request = runner_pb2.CallRequest(**{"try": self._try_call(call)},
-                                         body=call.request_body())
         try:
-            reply: runner_pb2.CallReply = await self._stub.Call(request)
+            reply: runner_pb2.CallReply = await self._stub.Call(self._call_request(call))
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self._unary = False
@@ -250,6 +289,10 @@ class GrpcRunner:
                          extra=kv(runner=self._address, error=e.details()))
                 return None
             return self._rpc_failed(e, call, committed=False)
+        return self._replied(reply, call)
+
+    def _replied(self, reply: runner_pb2.CallReply, call: RunnerCall) -> Attempt:
+        """A CallReply (Call or Calls) as an attempt: NACK, or committed."""
         f = reply.finished
         has_http = reply.HasField("http")
         if not has_http and not f.success and f.errorCode == 503:
@@ -394,6 +437,11 @@ class GrpcRunner:
 
     async def status(self, timeout: float = 2.0) -> RunnerStatus:
         s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
+        # The runner says which fast paths it serves; a runner restarted with
+        # another version on the same address is followed at the next poll.
+        features = set(s.features)
+        self._unary = self._allow_unary and "call" in features
+        self._calls = self._allow_calls and "calls" in features
         return status_from_pb(s)
 
     async def drain(self, wait: bool = False, timeout: float = 5.0) -> runner_pb2.CloseResponse:
@@ -408,6 +456,7 @@ class GrpcRunner:
             self._closed = True
             for task in list(self._background):
                 task.cancel()
+            await self._call_stream.close()
             await self._channel.close(grace=None)
 
 

@@ -52,7 +52,8 @@ async def runners() -> AsyncIterator[Callable[..., GrpcRunner]]:
     made: list[GrpcRunner] = []
 
     def make(addr: str, **kw: Any) -> GrpcRunner:
-        r = GrpcRunner(addr, **kw)
+        # Runner/Calls is tested in test_call_stream.py; here Call alone.
+        r = GrpcRunner(addr, **{"calls": False, **kw})
         made.append(r)
         return r
 
@@ -329,5 +330,6 @@ async def test_lb_serves_a_stream_only_runner(in_process: Any) -> None:
                 resp = await stub.Invoke(lb_pb2.InvokeRequest(fn_id="echo", body=body),
                                          timeout=10)
                 assert resp.body == body and resp.runner == servicer.addr
-    assert counting.methods["Call"] == 1
+    # Probed at most once each (the LB may learn from Status first, then never).
+    assert counting.methods["Call"] <= 1 and counting.methods["Calls"] <= 1
     assert counting.methods["TryExec"] == 3

@@ -1,0 +1,182 @@
+"""The LB's side of Runner/Calls: many small sync calls over one stream per runner.
+
+    stream = CallStream(stub)          # one per GrpcRunner; opened on first use
+    reply = await stream.call(request) # a runner_pb2.CallReply, or CallStreamFailed
+
+Calls waiting to be written are sent together as one CallBatch; the runner
+answers with ReplyBatches. Under load one message carries many calls, so per
+call the LB does a fraction of the gRPC work of a unary Call (``make bench``).
+Per call the commit rule is Runner/Call's (protos/fnlb/v1/runner.proto, THE
+CALL STREAM); ``CallStreamFailed`` says how a stream that ended without a
+call's reply maps onto it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+import grpc
+
+from fnlb.v1 import runner_pb2
+
+__all__ = ["CallStream", "CallStreamFailed", "STREAM_MAX_BODY"]
+
+log = logging.getLogger(__name__)
+
+# Only small bodies share the stream: a big one would hold up every small call
+# queued behind it. Bigger sync bodies use Runner/Call or TryExec.
+STREAM_MAX_BODY = 64 * 1024
+# Bodies per CallBatch, at most (one call's body may exceed it on its own).
+_BATCH_BYTES = 1024 * 1024
+
+
+class CallStreamFailed(Exception):
+    """The stream ended before this call's reply.
+
+    ``not_run``: the runner certainly did not run the call: it was never
+    written, or the runner ended the stream with OK (it answers every call it
+    read before it does), or answered UNIMPLEMENTED (``unsupported``: it has
+    no Calls). Otherwise the call may have run. ``error``: the stream's gRPC
+    error; None when it ended with OK or the LB closed it.
+    """
+
+    def __init__(self, error: grpc.aio.AioRpcError | None, *, not_run: bool,
+                 why: str = "") -> None:
+        self.error = error
+        self.unsupported = error is not None and error.code() == grpc.StatusCode.UNIMPLEMENTED
+        self.not_run = not_run or self.unsupported
+        if error is not None:
+            why = f"{error.code().name}: {error.details()}"
+        super().__init__(f"call stream ended: {why or 'runner closed it'}")
+
+
+class _Pending:
+    __slots__ = ("request", "future", "sent")
+
+    def __init__(self, request: runner_pb2.CallRequest, future: asyncio.Future[Any]) -> None:
+        self.request = request
+        self.future = future
+        self.sent = False
+
+
+class _Open:
+    """One open Runner/Calls RPC with its writer and reader tasks."""
+
+    __slots__ = ("rpc", "queue", "cancels", "pending", "wake", "tasks")
+
+    def __init__(self, rpc: Any) -> None:
+        self.rpc = rpc
+        self.queue: collections.deque[_Pending] = collections.deque()
+        self.cancels: list[int] = []
+        self.pending: dict[int, _Pending] = {}
+        self.wake = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+
+class CallStream:
+    """Runner/Calls to one runner: opened on first use, reopened after it ends."""
+
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+        self._open: _Open | None = None
+        self._seq = 0
+        self._closed = False
+
+    @property
+    def inflight(self) -> int:
+        return len(self._open.pending) if self._open is not None else 0
+
+    async def call(self, request: runner_pb2.CallRequest) -> runner_pb2.CallReply:
+        """Send one call and wait for its reply; cancelling the wait cancels the call."""
+        if self._closed:
+            raise CallStreamFailed(None, not_run=True, why="closed by the LB")
+        s = self._open
+        if s is None:
+            s = self._open = self._start()
+        self._seq += 1
+        seq = request.seq = self._seq
+        p = _Pending(request, asyncio.get_running_loop().create_future())
+        s.pending[seq] = p
+        s.queue.append(p)
+        s.wake.set()
+        try:
+            reply: runner_pb2.CallReply = await p.future
+            return reply
+        except asyncio.CancelledError:
+            if s.pending.pop(seq, None) is not None and p.sent:
+                # The runner has it: tell it to stop. Unsent, the writer skips it.
+                s.cancels.append(seq)
+                s.wake.set()
+            raise
+
+    def _start(self) -> _Open:
+        s = _Open(self._stub.Calls())
+        s.tasks = [asyncio.create_task(self._write(s), name="fnlb-calls-write"),
+                   asyncio.create_task(self._read(s), name="fnlb-calls-read")]
+        return s
+
+    async def _write(self, s: _Open) -> None:
+        try:
+            while True:
+                await s.wake.wait()
+                s.wake.clear()
+                while s.queue or s.cancels:
+                    calls, size = [], 0
+                    while s.queue and size < _BATCH_BYTES:
+                        p = s.queue.popleft()
+                        if p.future.done():
+                            continue  # cancelled before it was sent
+                        p.sent = True
+                        calls.append(p.request)
+                        size += len(p.request.body)
+                    cancels, s.cancels = s.cancels, []
+                    if calls or cancels:
+                        await s.rpc.write(runner_pb2.CallBatch(calls=calls, cancel=cancels))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            # The stream is over; the reader sees why and fails what is pending.
+            s.rpc.cancel()
+
+    async def _read(self, s: _Open) -> None:
+        error: grpc.aio.AioRpcError | None = None
+        by_runner = False
+        try:
+            while True:
+                msg = await s.rpc.read()
+                if msg is grpc.aio.EOF:
+                    by_runner = True  # ended with OK: every call it read is answered
+                    break
+                for reply in msg.replies:
+                    p = s.pending.pop(reply.seq, None)
+                    if p is not None and not p.future.done():
+                        p.future.set_result(reply)
+        except grpc.aio.AioRpcError as e:
+            error = e
+        finally:
+            self._ended(s, error, by_runner=by_runner)
+
+    def _ended(self, s: _Open, error: grpc.aio.AioRpcError | None, *,
+               by_runner: bool = False, why: str = "") -> None:
+        if self._open is s:
+            self._open = None  # the next call opens a new stream
+        for task in s.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if not s.rpc.done():
+            s.rpc.cancel()
+        for p in s.pending.values():
+            if not p.future.done():
+                p.future.set_exception(CallStreamFailed(
+                    error, not_run=by_runner or not p.sent, why=why))
+        s.pending.clear()
+        s.queue.clear()
+
+    async def close(self) -> None:
+        """End the stream; calls still waiting fail as if it broke."""
+        self._closed = True
+        s, self._open = self._open, None
+        if s is not None:
+            self._ended(s, None, why="closed by the LB")
+            await asyncio.gather(*s.tasks, return_exceptions=True)

@@ -1,0 +1,295 @@
+"""The negotiated call stream, Runner/Calls: the stub serves it, the LB uses it.
+
+Against real stub processes (and a real LB for deadlines), plus tiny
+in-process runners for the ways a stream can end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+
+from fnlb.callstream import STREAM_MAX_BODY
+from fnlb.errors import RunnerError, RunnerUnreachable, ServerTooBusy
+from fnlb.grpc_runner import GrpcRunner
+from fnlb.v1 import lb_pb2, runner_pb2, runner_pb2_grpc
+from tests.test_lb_e2e import lb, lb_stub
+from tests.test_unary_call import (  # noqa: F401 (in_process is a fixture)
+    MiB,
+    EchoBothRunner,
+    StreamOnlyRunner,
+    call_json,
+    in_process,
+    lb_call,
+    stub_proc,
+)
+
+
+def req(seq: int, body: bytes = b"", **fields: Any) -> runner_pb2.CallRequest:
+    return runner_pb2.CallRequest(**{"try": runner_pb2.TryCall(  # type: ignore[arg-type]
+        models_call_json=call_json(**fields))}, body=body, seq=seq)
+
+
+@pytest.fixture
+async def runner_to() -> AsyncIterator[Callable[[str], runner_pb2_grpc.RunnerStub]]:
+    channels: list[grpc.aio.Channel] = []
+
+    def make(addr: str) -> runner_pb2_grpc.RunnerStub:
+        ch = grpc.aio.insecure_channel(addr, options=[
+            ("grpc.max_receive_message_length", 64 * MiB)])
+        channels.append(ch)
+        return runner_pb2_grpc.RunnerStub(ch)
+
+    yield make
+    for ch in channels:
+        await ch.close()
+
+
+@pytest.fixture
+async def runners() -> AsyncIterator[Callable[..., GrpcRunner]]:
+    made: list[GrpcRunner] = []
+
+    def make(addr: str, **kw: Any) -> GrpcRunner:
+        r = GrpcRunner(addr, **kw)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        await r.close()
+
+
+async def replies(rpc: Any, n: int) -> tuple[dict[int, list[runner_pb2.CallReply]], int]:
+    """Read until ``n`` replies arrived: replies by seq, and how many ReplyBatches carried them."""
+    got: dict[int, list[runner_pb2.CallReply]] = {}
+    batches = 0
+    while sum(len(v) for v in got.values()) < n:
+        msg = await rpc.read()
+        assert msg is not grpc.aio.EOF, f"stream ended after {got}"
+        batches += 1
+        for r in msg.replies:
+            got.setdefault(r.seq, []).append(r)
+    return got, batches
+
+
+def only_calls_stream(runner: GrpcRunner) -> None:
+    """Make TryExec and Call fail the test: the call must go over Calls."""
+
+    def forbidden(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("TryExec or Call used")
+
+    runner._stub.TryExec = forbidden  # type: ignore[method-assign]
+    runner._stub.Call = forbidden  # type: ignore[method-assign]
+
+
+# -- the stub serves Calls ----------------------------------------------------
+
+
+async def test_stub_answers_a_batch_by_seq(runner_to: Any) -> None:
+    with stub_proc() as proc:
+        runner = runner_to(proc.addr)
+        assert {"call", "calls"} <= set(
+            (await runner.Status(empty_pb2.Empty(), timeout=10)).features)
+        rpc = runner.Calls(timeout=20)
+        bad = runner_pb2.CallRequest(body=b"no try", seq=4)
+        await rpc.write(runner_pb2.CallBatch(calls=[
+            req(1, b"one"), req(2, b"two", config={"status": "404"}), req(3, b"three"),
+            bad, req(1, b"dup", config={"sleep_ms": "10"})]))
+        got, _ = await replies(rpc, 5)
+        # The first seq 1 runs; the duplicate, sent while it is in flight, is refused.
+        one = sorted(got[1], key=lambda r: r.finished.errorCode)
+        assert one[0].body == b"one" and one[0].finished.success
+        assert one[1].finished.errorCode == 400 and "already in flight" in one[1].finished.errorStr
+        assert got[2][0].http.status_code == 404 and got[2][0].body == b"two"
+        assert got[3][0].body == b"three"
+        # A malformed call is a 400 reply, not the end of the stream.
+        assert got[4][0].finished.errorCode == 400 and not got[4][0].HasField("http")
+        await rpc.write(runner_pb2.CallBatch(calls=[req(5, b"after")]))
+        got, _ = await replies(rpc, 1)
+        assert got[5][0].body == b"after"
+        await rpc.done_writing()
+        assert await rpc.read() is grpc.aio.EOF
+        assert await rpc.code() == grpc.StatusCode.OK
+
+
+async def test_stub_nacks_and_cancels_on_the_stream(runner_to: Any) -> None:
+    with stub_proc("--slots", "1", "--nack-after-ms", "50") as proc:
+        runner = runner_to(proc.addr)
+        rpc = runner.Calls(timeout=30)
+        slow = req(1, config={"sleep_ms": "20000"})
+        await rpc.write(runner_pb2.CallBatch(calls=[slow]))
+        await asyncio.to_thread(proc.wait_for_line, r'msg="function started"')
+        await rpc.write(runner_pb2.CallBatch(calls=[req(2, b"x")]))
+        got, _ = await replies(rpc, 1)
+        nack = got[2][0]
+        assert (nack.finished.errorCode, nack.HasField("http")) == (503, False)
+        # Cancelling seq 1 stops the function and frees the slot; it gets no reply.
+        await rpc.write(runner_pb2.CallBatch(cancel=[1]))
+        await asyncio.to_thread(proc.wait_for_line, r'msg="call canceled"')
+        await rpc.write(runner_pb2.CallBatch(calls=[req(3, b"y")]))
+        got, _ = await replies(rpc, 1)
+        assert list(got) == [3] and got[3][0].body == b"y"
+        await rpc.done_writing()
+        assert await rpc.read() is grpc.aio.EOF
+        st = await runner.Status(empty_pb2.Empty(), timeout=10)
+        assert st.customStatus["canceled"] == "1"
+        assert (st.requestsReceived, st.requestsHandled, st.requestsNacked) == (3, 2, 1)
+
+
+async def test_stub_keeps_reply_batches_small(runner_to: Any) -> None:
+    with stub_proc() as proc:
+        runner = runner_to(proc.addr)
+        rpc = runner.Calls(timeout=30)
+        size = 700 * 1024
+        await rpc.write(runner_pb2.CallBatch(calls=[
+            req(i, config={"response_size": str(size)}) for i in range(1, 5)]))
+        got, batches = await replies(rpc, 4)
+        assert sorted(got) == [1, 2, 3, 4]
+        assert all(len(r[0].body) == size for r in got.values())
+        # At most 1 MiB of bodies per batch: 700 KiB replies travel one by one.
+        assert batches == 4
+        await rpc.done_writing()
+
+
+async def test_stub_ends_streams_with_ok_after_answering_on_sigterm(runner_to: Any) -> None:
+    with stub_proc() as proc:
+        runner = runner_to(proc.addr)
+        rpc = runner.Calls(timeout=30)
+        await rpc.write(runner_pb2.CallBatch(calls=[req(1, b"z", config={"sleep_ms": "400"})]))
+        await asyncio.to_thread(proc.wait_for_line, r'msg="function started"')
+        proc.signal(signal.SIGTERM)
+        got, _ = await replies(rpc, 1)
+        assert got[1][0].body == b"z" and got[1][0].finished.success
+        assert await rpc.read() is grpc.aio.EOF
+        assert await rpc.code() == grpc.StatusCode.OK
+        assert await asyncio.to_thread(proc.wait) == 0
+
+
+# -- the LB uses Calls --------------------------------------------------------
+
+
+async def test_grpc_runner_uses_calls_with_the_commit_rule(runners: Any) -> None:
+    with stub_proc("--slots", "1", "--nack-after-ms", "50") as proc:
+        gr = runners(proc.addr)
+        only_calls_stream(gr)
+        call = lb_call(b"x" * STREAM_MAX_BODY)  # the biggest body that takes the stream
+        attempt = await gr.try_exec(call)
+        assert attempt.placed and attempt.error is None
+        assert call.response.body() == b"x" * STREAM_MAX_BODY  # type: ignore[attr-defined]
+        assert call.user_execution_time is not None and call.user_execution_time > 0
+        attempt = await gr.try_exec(lb_call(config={"fail": "boom"}))
+        assert attempt.placed and isinstance(attempt.error, RunnerError)
+        assert attempt.error.error_code == 502 and attempt.error.user_error
+        # A client cancel stops the function on the runner; meanwhile: NACK, not placed.
+        slow = lb_call(config={"sleep_ms": "20000"})
+        task = asyncio.ensure_future(gr.try_exec(slow))
+        await asyncio.to_thread(proc.wait_for_line,
+                                rf'msg="function started" call_id={slow.model.id}')
+        attempt = await gr.try_exec(lb_call(b"busy"))
+        assert not attempt.placed and isinstance(attempt.error, ServerTooBusy)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(proc.wait_for_line, rf'msg="call canceled" call_id={slow.model.id}')
+        st = await gr.status()
+        assert st.active == 0 and st.slots_free == st.slots_total
+        assert gr.calls and gr.unary
+
+
+async def test_bigger_bodies_use_call(runners: Any, in_process: Any) -> None:
+    servicer = EchoBothRunner()
+    counting = await in_process(servicer)
+    gr = runners(servicer.addr)
+    call = lb_call(b"b" * (STREAM_MAX_BODY + 1))
+    assert (await gr.try_exec(call)).error is None
+    assert counting.methods == Counter({"Call": 1})
+
+
+async def test_runner_without_calls_is_probed_once(runners: Any, in_process: Any) -> None:
+    servicer = EchoBothRunner()
+    counting = await in_process(servicer)
+    gr = runners(servicer.addr)
+    for body in (b"one", b"two"):
+        call = lb_call(body)
+        attempt = await gr.try_exec(call)
+        assert attempt.placed and attempt.error is None
+        assert call.response.body() == body  # type: ignore[attr-defined]
+    assert not gr.calls and gr.unary
+    assert counting.methods == Counter({"Calls": 1, "Call": 2})
+
+
+async def test_status_features_decide_without_probing(runners: Any, in_process: Any) -> None:
+    servicer = StreamOnlyRunner()  # fn-like: its Status lists no features
+    counting = await in_process(servicer)
+    gr = runners(servicer.addr)
+    await gr.status()
+    assert not gr.calls and not gr.unary
+    call = lb_call(b"fn")
+    assert (await gr.try_exec(call)).error is None
+    assert call.response.body() == b"fn"  # type: ignore[attr-defined]
+    assert counting.methods == Counter({"Status": 1, "TryExec": 1})
+
+
+class _EndsStream(StreamOnlyRunner):
+    """Reads one batch, then ends the stream: with OK, or with an error status."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__()
+        self.code = code
+        self.read = asyncio.Event()
+
+    async def Calls(self, request_iterator: Any, context: Any) -> None:
+        await context.read()
+        self.read.set()
+        if self.code != grpc.StatusCode.OK:
+            await context.abort(self.code, "runner broke")
+
+
+async def test_stream_ended_with_ok_means_not_run(runners: Any, in_process: Any) -> None:
+    servicer = _EndsStream(grpc.StatusCode.OK)
+    await in_process(servicer)
+    gr = runners(servicer.addr, unary=False)
+    attempt = await gr.try_exec(lb_call(b"q"))
+    assert servicer.read.is_set()
+    assert not attempt.placed and isinstance(attempt.error, RunnerUnreachable)
+
+
+async def test_stream_broken_after_send_is_committed(runners: Any, in_process: Any) -> None:
+    servicer = _EndsStream(grpc.StatusCode.INTERNAL)
+    await in_process(servicer)
+    gr = runners(servicer.addr, unary=False)
+    attempt = await gr.try_exec(lb_call(b"q"))
+    assert attempt.placed and isinstance(attempt.error, RunnerError)
+    assert attempt.error.error_code == 502 and "runner broke" in str(attempt.error)
+
+
+async def test_crash_mid_call_on_the_stream_is_an_error(runners: Any) -> None:
+    with stub_proc() as proc:
+        gr = runners(proc.addr)
+        only_calls_stream(gr)
+        attempt = await gr.try_exec(lb_call(config={"crash": "yes"}))
+        assert attempt.placed and isinstance(attempt.error, RunnerError)
+        assert await asyncio.to_thread(proc.wait) == 3
+
+
+@pytest.mark.slow
+async def test_client_deadline_through_the_lb_cancels_on_the_runner() -> None:
+    with stub_proc() as stub, lb([stub.addr]) as front:
+        async with lb_stub(front) as lbs:
+            assert (await lbs.Invoke(lb_pb2.InvokeRequest(fn_id="echo", body=b"warm"),
+                                     timeout=10)).body == b"warm"
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await lbs.Invoke(lb_pb2.InvokeRequest(
+                    fn_id="echo", config={"sleep_ms": "20000"}), timeout=1.0)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.to_thread(stub.wait_for_line, r'msg="call canceled"')
+            # The stream goes on serving.
+            assert (await lbs.Invoke(lb_pb2.InvokeRequest(fn_id="echo", body=b"again"),
+                                     timeout=10)).body == b"again"
