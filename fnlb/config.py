@@ -52,9 +52,26 @@ class LBConfig:
     runner_server_name: str = ""
     front_tls: TLSPaths | None = None
     log_level: str = "info"
+    # --workers N > 1: this process supervises N LB processes sharing --listen.
+    workers: int = 1
+    # Set in a worker process only (by the supervisor, through hidden flags):
+    # its index for logs, SO_REUSEPORT on the front door, and private unix
+    # sockets for metrics and Admin in place of the public addresses.
+    worker_index: int | None = None
+    reuse_port: bool = False
+    metrics_unix: str = ""
+    admin_unix: str = ""
 
     def __post_init__(self) -> None:
-        split_hostport(self.listen, "--listen")
+        _, port = split_hostport(self.listen, "--listen")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.workers > 1 and port == 0:
+            raise ConfigError(
+                f"--workers {self.workers}: --listen needs a fixed port, not 0 (the workers "
+                f"share one port through SO_REUSEPORT), got {self.listen!r}")
+        if self.workers > 1 and self.worker_index is not None:
+            raise ConfigError("a worker process runs with --workers 1")
         if self.metrics_listen:
             split_hostport(self.metrics_listen, "--metrics-listen")
         if self.admin_listen:
@@ -64,7 +81,7 @@ class LBConfig:
         if not self.discovery_interval > 0:
             raise ConfigError("--discovery-interval must be > 0")
         if self.discovery == REGISTRATION:
-            if not self.admin_listen:
+            if not (self.admin_listen or self.admin_unix):
                 raise ConfigError("--discovery registration needs --admin-listen: runners "
                                   "register through the Admin service")
         elif self.discovery:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -13,10 +14,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from fnlb.logs import kv
 
-__all__ = ["Metrics", "MetricsServer", "CALL_STATUSES", "POOL_STATES"]
+__all__ = ["Metrics", "MetricsServer", "SupervisorMetrics", "WorkerMetricsCollector",
+           "CALL_STATUSES", "POOL_STATES"]
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +136,102 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class SupervisorMetrics:
+    """The ``fnlb serve --workers N`` supervisor's own metrics (workers' are merged in)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.workers = Gauge("fnlb_workers", "LB worker processes configured (--workers).",
+                             registry=r)
+        self.worker_up = Gauge(
+            "fnlb_worker_up", "1 while the worker process runs and answered this scrape.",
+            ["worker"], registry=r)
+        self.worker_restarts = Counter(
+            "fnlb_worker_restarts",
+            "Worker processes that exited unexpectedly and were started again.",
+            ["worker"], registry=r)
+
+
+class WorkerMetricsCollector(Collector):
+    """Every worker's exposition as one, each sample labelled ``worker="i"``.
+
+    ``update`` takes the texts of one scrape; ``collect`` re-exposes them with
+    the same metric names (they are contract) and types. A family the workers
+    describe differently keeps the first worker's help text.
+
+        collector = WorkerMetricsCollector()
+        registry.register(collector)
+        collector.update({0: text0, 1: text1})
+        generate_latest(registry)
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[int, str] = {}
+
+    def update(self, texts: Mapping[int, str]) -> None:
+        self._texts = dict(texts)
+
+    def describe(self) -> list[Metric]:
+        # Names vary with what the workers report: no registry-time name check.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for index, text in sorted(self._texts.items()):
+            worker = str(index)
+            try:
+                families = list(text_string_to_metric_families(text))
+            except ValueError as e:
+                log.warning("unparsable worker metrics", extra=kv(worker=worker, error=str(e)))
+                continue
+            for fam in families:
+                out = merged.get(fam.name)
+                if out is None:
+                    out = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type)
+                elif out.type != fam.type:
+                    continue  # a worker of another version; never mix types in one family
+                for s in fam.samples:
+                    out.add_sample(s.name, {**s.labels, "worker": worker}, s.value,
+                                   s.timestamp, s.exemplar)
+        yield from merged.values()
+
+
+Render = Callable[[], Awaitable[bytes]]
+
+
 class MetricsServer:
     """A tiny asyncio HTTP server for ``GET /metrics`` (and ``/healthz``).
 
     asyncio rather than prometheus_client's threaded server: it lives on the LB's
     loop, binds port 0 and reports the real port, and stops with the LB.
+    ``unix_path`` serves on a unix socket instead (a worker's private endpoint);
+    ``source`` is the ``Metrics`` to render, or an async function producing the
+    page (the supervisor's merged one).
     """
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
-        self._metrics = metrics
+    def __init__(self, source: Metrics | Render, host: str = "", port: int = 0, *,
+                 unix_path: str = "") -> None:
+        self._render: Render
+        if isinstance(source, Metrics):
+            metrics = source
+
+            async def render() -> bytes:
+                return metrics.render()
+
+            self._render = render
+        else:
+            self._render = source
         self._host, self._port = host, port
+        self._unix_path = unix_path
         self._server: asyncio.Server | None = None
         self.address = ""
 
     async def start(self) -> None:
+        if self._unix_path:
+            self._server = await asyncio.start_unix_server(self._handle, self._unix_path)
+            self.address = f"unix:{self._unix_path}"
+            return
         self._server = await asyncio.start_server(self._handle, self._host, self._port)
         sock = self._server.sockets[0].getsockname()
         self.address = f"{sock[0]}:{sock[1]}"
@@ -165,7 +252,7 @@ class MetricsServer:
             if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             elif path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self._metrics.render()
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, await self._render()
             elif path in ("/healthz", "/"):
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             else:

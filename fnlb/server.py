@@ -4,6 +4,10 @@ Three listeners: ``--listen`` (clients: LoadBalancer, health, reflection),
 ``--admin-listen`` (operators and self-registering runners: Admin, health,
 reflection; loopback by default, so the pool cannot be changed from the
 clients' network), ``--metrics-listen`` (Prometheus).
+
+A worker of ``fnlb serve --workers N`` (``fnlb.workers``) binds ``--listen``
+with SO_REUSEPORT beside its siblings, and serves Admin and metrics on private
+unix sockets for the supervisor instead of the public addresses.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from fnlb.pools import DynamicRunnerPool, make_sources
 from fnlb.runnerpool import MTLSRunnerFactory, RunnerPool
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
-__all__ = ["LBServer", "LoadBalancerServicer", "build_call"]
+__all__ = ["LBServer", "LoadBalancerServicer", "build_call", "serve_admin"]
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +194,47 @@ def _bind(server: grpc.aio.Server, flag: str, host: str, port: int,
     return int(bound)
 
 
+async def serve_admin(servicer: lb_pb2_grpc.AdminServicer, health_servicer: Any,
+                      listen: str, front_tls: Any, *,
+                      unix_path: str = "") -> tuple[grpc.aio.Server, str]:
+    """Start an ``fnlb.v1.Admin`` server (with health and reflection); (server, address).
+
+    On ``listen`` it uses the front door's TLS (``front_tls``, a
+    ``ReloadingServerCredentials`` or None); on ``unix_path`` (a worker's private
+    endpoint, in a directory only the LB's user can enter) it is plaintext.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    lb_pb2_grpc.add_AdminServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((
+        lb_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ), server)
+    if unix_path:
+        if not server.add_insecure_port(f"unix:{unix_path}"):
+            raise ConfigError(f"cannot bind the private admin socket {unix_path}")
+        address = f"unix:{unix_path}"
+    else:
+        host, port = split_hostport(listen, "--admin-listen")
+        if front_tls is not None:
+            # The front door's certificate, and its client CA when one is set:
+            # with --front-tls-ca only holders of a client certificate get in.
+            bound = _bind(server, "--admin-listen", host, port, front_tls.credentials())
+        else:
+            bound = _bind(server, "--admin-listen", host, port)
+        if not (front_tls is not None and front_tls.require_client_auth) \
+                and not _is_loopback(host):
+            log.warning("admin API is reachable from the network without client "
+                        "certificates: set --front-tls-ca, or --admin-listen 127.0.0.1:PORT",
+                        extra=kv(admin_addr=f"{host}:{bound}"))
+        address = f"{host}:{bound}"
+    await server.start()
+    for name in ("", "fnlb.v1.Admin"):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, address
+
+
 class LBServer:
     """The LB process's servers. ``async with LBServer(cfg) as lb: ...``.
 
@@ -264,7 +309,10 @@ class LBServer:
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", max_msg),
             ("grpc.max_send_message_length", max_msg),
-            ("grpc.so_reuseport", 0),
+            # Off unless a supervisor runs workers on this port: with it on, a
+            # second LB on the same port would silently share it instead of
+            # failing with "address in use".
+            ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
         ])
         lb_pb2_grpc.add_LoadBalancerServicer_to_server(LoadBalancerServicer(agent, cfg), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -287,47 +335,25 @@ class LBServer:
         await server.start()
         self._server = server
         self.address = f"{host}:{bound}"
-        if cfg.admin_listen and isinstance(self.pool, DynamicRunnerPool):
-            await self._start_admin(self.pool)
-        if cfg.metrics_listen:
-            mhost, mport = split_hostport(cfg.metrics_listen, "--metrics-listen")
-            self._metrics_server = MetricsServer(self.metrics, mhost, mport)
+        if (cfg.admin_listen or cfg.admin_unix) and isinstance(self.pool, DynamicRunnerPool):
+            self._admin_server, self.admin_address = await serve_admin(
+                AdminServicer(self.pool, cfg.placer), self._admin_health,
+                cfg.admin_listen, self.front_tls, unix_path=cfg.admin_unix)
+        if cfg.metrics_listen or cfg.metrics_unix:
+            mhost, mport = (split_hostport(cfg.metrics_listen, "--metrics-listen")
+                            if cfg.metrics_listen else ("", 0))
+            self._metrics_server = MetricsServer(self.metrics, mhost, mport,
+                                                 unix_path=cfg.metrics_unix)
             await self._metrics_server.start()
             self.metrics_address = self._metrics_server.address
         for name in ("", "fnlb.v1.LoadBalancer"):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("listening", extra=kv(addr=self.address, metrics_addr=self.metrics_address,
-                                       admin_addr=self.admin_address, placer=cfg.placer,
-                                       tls=cfg.front_tls is not None))
-
-    async def _start_admin(self, pool: DynamicRunnerPool) -> None:
-        cfg = self.config
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        lb_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(pool, cfg.placer), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._admin_health, server)
-        reflection.enable_server_reflection((
-            lb_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ), server)
-        host, port = split_hostport(cfg.admin_listen, "--admin-listen")
-        if self.front_tls is not None:
-            # The front door's certificate, and its client CA when one is set:
-            # with --front-tls-ca only holders of a client certificate get in.
-            bound = _bind(server, "--admin-listen", host, port, self.front_tls.credentials())
-        else:
-            bound = _bind(server, "--admin-listen", host, port)
-        mtls = cfg.front_tls is not None and cfg.front_tls.ca is not None
-        if not mtls and not _is_loopback(host):
-            log.warning("admin API is reachable from the network without client "
-                        "certificates: set --front-tls-ca, or --admin-listen 127.0.0.1:PORT",
-                        extra=kv(admin_addr=f"{host}:{bound}"))
-        await server.start()
-        self._admin_server = server
-        self.admin_address = f"{host}:{bound}"
-        for name in ("", "fnlb.v1.Admin"):
-            await self._admin_health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # A worker says so in its own words: "msg=listening" is the supervisor's
+        # line once every worker is up (scripts and tests wait for it).
+        log.info("listening" if cfg.worker_index is None else "worker listening",
+                 extra=kv(addr=self.address, metrics_addr=self.metrics_address,
+                          admin_addr=self.admin_address, placer=cfg.placer,
+                          tls=cfg.front_tls is not None))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish for ``grace`` s, close runners."""
