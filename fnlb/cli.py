@@ -12,7 +12,8 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,10 @@ def _add_serve(sub: Any) -> None:
             "on the runners (fnlb.v1.Runner/TryExec) by the --placer; Prometheus metrics are on\n"
             "http://--metrics-listen/metrics. Durations take Go syntax (10ms, 1.5s, 6m) or\n"
             "plain seconds. SIGTERM/SIGINT drains (in-flight calls finish within\n"
-            "--drain-grace); a second signal exits at once."))
+            "--drain-grace); a second signal exits at once.\n\n"
+            "--workers N runs N LB processes sharing the --listen port (SO_REUSEPORT) to use\n"
+            "N cores; this process then supervises them and serves --metrics-listen and\n"
+            "--admin-listen for all of them (see README, Workers)."))
     _add(p, "--listen", "127.0.0.1:9090", metavar="HOST:PORT",
          help="front-door gRPC address (use 0.0.0.0:PORT to accept remote clients)")
     _add(p, "--metrics-listen", "127.0.0.1:9091", metavar="HOST:PORT",
@@ -146,6 +150,17 @@ def _add_serve(sub: Any) -> None:
          help="log verbosity (debug logs one line per call)")
     _add(p, "--event-loop", "auto", choices=("auto", "uvloop", "asyncio"),
          help="event loop: uvloop costs less CPU per call; auto = uvloop when installed")
+    _add(p, "--workers", "1", type=_positive_int, metavar="N",
+         help="LB processes sharing --listen through SO_REUSEPORT, to use N cores (the kernel "
+              "spreads client connections; one connection stays on one worker). With N > 1 "
+              "this process supervises them: it needs a fixed --listen port, serves "
+              "--metrics-listen (every worker's metrics, label worker) and --admin-listen "
+              "(changes reach every worker), and restarts a worker that dies. Each worker has "
+              "its own placer state: in-flight counts and load are per worker")
+    # Set by the supervisor on the workers it starts (fnlb.workers); not for users.
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_serve)
 
 
@@ -169,7 +184,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from fnlb.runnerpool import PlacerConfig
 
     runners = tuple(parse_address_list(args.runners)) if args.runners else ()
-    return LBConfig(
+    cfg = LBConfig(
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         admin_listen=args.admin_listen,
@@ -193,10 +208,48 @@ def config_from_args(args: argparse.Namespace) -> Any:
         runner_server_name=args.runner_server_name,
         front_tls=_tls_paths(args, "front_", "front-"),
         log_level=args.log_level,
+        workers=args.workers,
     )
+    if args.worker_index is None:
+        return cfg
+    from fnlb.workers import WorkerPaths
+
+    if args.worker_dir is None or args.worker_fd is None or args.workers != 1:
+        raise ConfigError("--worker-index is set by `fnlb serve --workers N` on the workers "
+                          "it starts, with --worker-dir and --worker-fd")
+    paths = WorkerPaths.of(args.worker_dir, args.worker_index)
+    # A worker: the supervisor serves the public metrics and admin addresses.
+    return replace(cfg, worker_index=args.worker_index, reuse_port=True, metrics_listen="",
+                   admin_listen="", metrics_unix=paths.metrics, admin_unix=paths.admin)
 
 
-async def _serve(cfg: Any) -> int:
+def _two_stage_signals(grace: float, stop: asyncio.Event,
+                       force: Callable[[], None] | None = None) -> None:
+    """The first SIGTERM/SIGINT sets ``stop`` (drain); a second calls ``force`` and exits 1."""
+    import logging
+
+    log = logging.getLogger("fnlb.cli")
+    seen = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            log.info("signal received, draining: send it again to exit at once",
+                     extra={"kv": {"signal": sig.name, "grace": format_duration(grace)}})
+            stop.set()
+        else:
+            log.warning("second signal, exiting now", extra={"kv": {"signal": sig.name}})
+            if force is not None:
+                force()
+            os._exit(1)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+async def _serve(cfg: Any, worker_fd: int | None = None) -> int:
     import logging
 
     from fnlb.server import LBServer
@@ -208,29 +261,44 @@ async def _serve(cfg: Any) -> int:
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    seen = 0
-
-    def on_signal(sig: signal.Signals) -> None:
-        # Two stages: the first signal drains, a second one exits at once.
-        nonlocal seen
-        seen += 1
-        if seen == 1:
-            log.info("signal received, draining: send it again to exit at once",
-                     extra={"kv": {"signal": sig.name,
-                                   "grace": format_duration(cfg.drain_grace)}})
-            stop.set()
-        else:
-            log.warning("second signal, exiting now", extra={"kv": {"signal": sig.name}})
-            os._exit(1)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+    _two_stage_signals(cfg.drain_grace, stop)
     # SIGHUP re-reads certificates (they are also picked up when the files change).
     loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+    orphaned = False
+    if worker_fd is not None:
+        from fnlb.workers import SupervisorLink
+
+        link = SupervisorLink(worker_fd)
+
+        def supervisor_gone() -> None:
+            nonlocal orphaned
+            orphaned = True
+            log.warning("supervisor gone, draining")
+            stop.set()
+
+        link.ready()
+        link.watch(supervisor_gone)
     await stop.wait()
     await server.stop(cfg.drain_grace)
     await server.wait_closed()
+    if orphaned:
+        from fnlb.workers import remove_private_endpoints
+
+        remove_private_endpoints(cfg)  # nobody else is left to
     return 0
+
+
+async def _supervise(cfg: Any, worker_args: Sequence[str]) -> int:
+    from fnlb.workers import Supervisor
+
+    supervisor = Supervisor(cfg, worker_args)
+    await supervisor.start()
+    stop = asyncio.Event()
+    _two_stage_signals(cfg.drain_grace, stop, supervisor.kill)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.reload_tls)
+    await stop.wait()
+    await supervisor.stop(cfg.drain_grace)
+    return 0 if supervisor.clean_exit else 1
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -240,6 +308,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("no runners: give --runners A,B (or FN_RUNNER_ADDRESSES), "
                           "--runners-file PATH, --discovery dns:///NAME:PORT, or "
                           "--discovery registration for runners that register themselves")
+    if cfg.worker_index is not None:
+        from fnlb.workers import tag_worker_logs
+
+        tag_worker_logs(cfg.worker_index)
+        return _run(_serve(cfg, args.worker_fd), args.event_loop)
+    if cfg.workers > 1:
+        # The workers are started with the same arguments (argv after "serve").
+        # The supervisor is off the data path: the stock loop is enough.
+        argv: list[str] = args.argv
+        return _run(_supervise(cfg, argv[argv.index("serve") + 1:]), "asyncio")
     return _run(_serve(cfg), args.event_loop)
 
 
@@ -379,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args))
     except ConfigError as e:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -182,3 +184,19 @@ def test_workers_config_needs_a_fixed_port() -> None:
     with pytest.raises(ConfigError, match="--workers"):
         LBConfig(runners=("127.0.0.1:1",), workers=0)
     assert LBConfig(listen="127.0.0.1:9999", workers=4).workers == 4
+
+
+def test_bad_workers_values_fail_before_any_worker_starts() -> None:
+    cases = ((["--workers", "0"], "argument --workers: must be > 0"),
+             (["--workers", "abc"], "argument --workers: expected an integer"),
+             (["--workers", "2", "--listen", "127.0.0.1:0"],
+              "--workers 2: --listen needs a fixed port"))
+    procs = [subprocess.Popen([sys.executable, "-m", "fnlb", "serve", "--runners", "127.0.0.1:1",
+                               "--metrics-listen", "", "--admin-listen", "", *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args, _ in cases]
+    for proc, (_, needle) in zip(procs, cases, strict=True):
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 2, err
+        assert needle in err, err
+        assert "worker listening" not in err

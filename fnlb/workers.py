@@ -1,0 +1,481 @@
+"""``fnlb serve --workers N``: N LB processes on one front-door port.
+
+One Python process drives gRPC from one core at best, so the LB runs N worker
+processes, each a full ``fnlb serve`` (its own placer state and pool, the same
+flags) whose front door binds ``--listen`` with SO_REUSEPORT: the kernel
+spreads client *connections* over the workers (one HTTP/2 connection stays on
+one worker). The process the user started becomes the supervisor:
+
+- it validates the configuration and refuses a port already in use before any
+  worker starts;
+- it serves ``--admin-listen`` (``FanOutAdminServicer``: changes reach every
+  worker, ListRunners merges their answers) and ``--metrics-listen`` (every
+  worker's metrics with a ``worker="i"`` label, plus its own);
+- workers serve Admin and metrics only on unix sockets in a private (0700)
+  directory, so no other local user reaches them;
+- SIGTERM/SIGINT drain every worker (a second signal kills them), SIGHUP is
+  passed on (certificate reload); a worker that dies is restarted with
+  back-off and counted in ``fnlb_worker_restarts_total``;
+- each worker holds one end of a socketpair: the supervisor learns it is ready
+  from it, and the worker sees EOF on it when the supervisor dies, and drains.
+  No worker outlives its supervisor, even after a SIGKILL.
+
+    sup = Supervisor(cfg, ["--listen", "0.0.0.0:9090", "--runners", "r1:9190"])
+    await sup.start()
+    ...
+    await sup.stop(grace=30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health
+from prometheus_client import generate_latest
+
+from fnlb.admin import FanOutAdminServicer
+from fnlb.config import LBConfig, split_hostport
+from fnlb.errors import ConfigError
+from fnlb.logs import kv
+from fnlb.metrics import MetricsServer, SupervisorMetrics, WorkerMetricsCollector
+from fnlb.server import serve_admin
+from fnlb.v1 import lb_pb2_grpc
+
+__all__ = ["Supervisor", "SupervisorLink", "WorkerPaths", "WorkerStartError", "check_port_free",
+           "remove_private_endpoints", "tag_worker_logs"]
+
+log = logging.getLogger(__name__)
+
+_READY = b"ready\n"
+# Past --drain-grace: the worker still closes its runner connections and pool.
+_STOP_MARGIN_S = 10.0
+_SCRAPE_TIMEOUT_S = 5.0
+# A worker that ran this long before dying restarts at the shortest back-off.
+_STABLE_AFTER_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPaths:
+    """A worker's private endpoints, inside the supervisor's 0700 directory."""
+
+    admin: str
+    metrics: str
+
+    @classmethod
+    def of(cls, directory: str, index: int) -> WorkerPaths:
+        return cls(admin=os.path.join(directory, f"w{index}-admin.sock"),
+                   metrics=os.path.join(directory, f"w{index}-metrics.sock"))
+
+
+def check_port_free(listen: str, flag: str = "--listen") -> None:
+    """Fail if something already listens on ``listen``.
+
+    The workers bind with SO_REUSEPORT, which would let a second supervisor (same
+    user) share the port silently; this plain bind fails instead while anyone
+    listens there, as a single LB's bind does.
+    """
+    host, port = split_hostport(listen, flag)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"{flag} {listen}: cannot resolve {host!r}: {e}") from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(sockaddr)
+            except OSError as e:
+                raise ConfigError(f"{flag} {listen}: cannot bind (address in use, or not an "
+                                  f"address of this machine): {e.strerror}") from None
+
+
+def remove_private_endpoints(config: LBConfig) -> None:
+    """A worker whose supervisor died removes its sockets, and the directory if it is last."""
+    for path in (config.admin_unix, config.metrics_unix):
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    if config.admin_unix:
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(config.admin_unix))
+
+
+def tag_worker_logs(index: int) -> None:
+    """Add ``worker=i`` to every log line of this process (call after setup_logging)."""
+
+    class _WorkerField(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.kv = {"worker": index, **(getattr(record, "kv", None) or {})}
+            return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerField())
+
+
+class SupervisorLink:
+    """A worker's end of its socketpair with the supervisor (``--worker-fd``)."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=fd)
+
+    def ready(self) -> None:
+        self._sock.sendall(_READY)
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        """Call ``on_gone`` once on the running loop when the supervisor's end closes."""
+        loop = asyncio.get_running_loop()
+        self._sock.setblocking(False)
+        fd = self._sock.fileno()
+
+        def readable() -> None:
+            try:
+                data = self._sock.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(fd)
+                on_gone()
+
+        loop.add_reader(fd, readable)
+
+
+class WorkerStartError(ConfigError):
+    """A worker exited (or hung) before it was ready."""
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    paths: WorkerPaths
+    proc: asyncio.subprocess.Process | None = None
+    link: asyncio.StreamWriter | None = None
+    channel: grpc.aio.Channel | None = None
+    admin: Any = None  # fnlb.v1.Admin stub while the worker is up
+    started_at: float = 0.0
+    returncode: int | None = None
+    monitor: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+class Supervisor:
+    """Run ``config.workers`` LB workers sharing ``config.listen``.
+
+    ``worker_args`` are the ``fnlb serve`` arguments the workers are started
+    with (the supervisor's own), to which it appends the hidden worker flags.
+    ``stop(grace)`` may be called more than once; ``kill()`` is the second signal.
+    """
+
+    def __init__(self, config: LBConfig, worker_args: Sequence[str], *,
+                 metrics: SupervisorMetrics | None = None, python: str = sys.executable,
+                 ready_timeout: float = 60.0,
+                 restart_backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+        if config.workers < 2:
+            raise ConfigError("the supervisor runs --workers 2 or more")
+        self.config = config
+        self.metrics = metrics if metrics is not None else SupervisorMetrics()
+        self._collector = WorkerMetricsCollector()
+        self.metrics.registry.register(self._collector)
+        self._worker_args = list(worker_args)
+        self._python = python
+        self._ready_timeout = ready_timeout
+        self._backoff = restart_backoff
+        self._dir = ""
+        self._workers: list[_Worker] = []
+        self._admin_server: grpc.aio.Server | None = None
+        self._admin_health = health.aio.HealthServicer()
+        self._admin = FanOutAdminServicer(self._up_admins, config.placer)
+        self._metrics_server: MetricsServer | None = None
+        self._stop_event = asyncio.Event()
+        self._stopping: asyncio.Task[None] | None = None
+        self.front_tls: Any = None
+        host, port = split_hostport(config.listen, "--listen")
+        self.address = f"{host}:{port}"
+        self.admin_address = ""
+        self.metrics_address = ""
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        check_port_free(cfg.listen)
+        self._load_tls()
+        # mkdtemp: mode 0700, so only this user reaches the workers' sockets.
+        self._dir = tempfile.mkdtemp(prefix="fnlb-workers-")
+        self._workers = [_Worker(i, WorkerPaths.of(self._dir, i)) for i in range(cfg.workers)]
+        if len(self._workers[-1].paths.metrics) > 100:  # sun_path is 108 bytes
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise ConfigError(f"--workers: temporary directory path too long for unix "
+                              f"sockets ({self._dir}); set TMPDIR to a shorter one")
+        self.metrics.workers.set(cfg.workers)
+        for w in self._workers:
+            self.metrics.worker_up.labels(str(w.index)).set(0)
+            self.metrics.worker_restarts.labels(str(w.index))
+        try:
+            if cfg.admin_listen:
+                self._admin_server, self.admin_address = await serve_admin(
+                    self._admin, self._admin_health, cfg.admin_listen, self.front_tls)
+            if cfg.metrics_listen:
+                host, port = split_hostport(cfg.metrics_listen, "--metrics-listen")
+                self._metrics_server = MetricsServer(self.render_metrics, host, port)
+                await self._metrics_server.start()
+                self.metrics_address = self._metrics_server.address
+            # Every spawn runs to its end (ready or failed) before we judge, so
+            # none is left half-started.
+            results = await asyncio.gather(*(self._spawn(w) for w in self._workers),
+                                           return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        except BaseException:
+            await self._abort_start()
+            raise
+        for w in self._workers:
+            w.monitor = asyncio.create_task(self._watch(w), name=f"fnlb-worker-{w.index}")
+        log.info("listening", extra=kv(
+            addr=self.address, metrics_addr=self.metrics_address,
+            admin_addr=self.admin_address, placer=cfg.placer, tls=cfg.front_tls is not None,
+            workers=cfg.workers,
+            pids=",".join(str(w.proc.pid) for w in self._workers if w.proc is not None)))
+
+    async def _abort_start(self) -> None:
+        self._stop_event.set()
+        for w in self._workers:
+            if w.running:
+                assert w.proc is not None
+                w.proc.kill()
+                await w.proc.wait()
+            await self._down(w)
+        await self._close_servers()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _load_tls(self) -> None:
+        """Load the certificates now: bad material fails before any worker starts."""
+        cfg = self.config
+        if cfg.front_tls is None and cfg.runner_tls is None:
+            return
+        from fnlb.tls import ClientTLS, ReloadingServerCredentials, TLSFiles
+
+        if cfg.front_tls is not None:
+            self.front_tls = ReloadingServerCredentials(
+                TLSFiles(cfg.front_tls.cert, cfg.front_tls.key, cfg.front_tls.ca),
+                require_client_auth=cfg.front_tls.ca is not None)
+        if cfg.runner_tls is not None:
+            ClientTLS(TLSFiles(cfg.runner_tls.cert, cfg.runner_tls.key, cfg.runner_tls.ca))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every worker; wait ``grace`` (+ a margin for closing) then SIGKILL."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(
+                self.config.drain_grace if grace is None else grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float) -> None:
+        self._stop_event.set()
+        log.info("draining workers", extra=kv(grace_s=grace, workers=len(self._workers)))
+        if self._admin_server is not None:
+            await self._admin_health.enter_graceful_shutdown()
+            await self._admin_server.stop(min(grace, 1.0))
+        for w in self._workers:
+            if w.running:
+                assert w.proc is not None
+                w.proc.send_signal(signal.SIGTERM)
+        monitors = [w.monitor for w in self._workers if w.monitor is not None]
+        if monitors:
+            _, pending = await asyncio.wait(monitors, timeout=grace + _STOP_MARGIN_S)
+            if pending:
+                for w in self._workers:
+                    if w.running:
+                        assert w.proc is not None
+                        log.error("worker did not stop in time; killing it", extra=kv(
+                            worker=w.index, pid=w.proc.pid))
+                        w.proc.kill()
+                await asyncio.wait(monitors)
+        await self._close_servers()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        log.info("stopped", extra=kv(exit_codes=",".join(
+            str(w.returncode) for w in self._workers)))
+
+    async def _close_servers(self) -> None:
+        if self._admin_server is not None:
+            await self._admin_server.stop(0)
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+
+    def kill(self) -> None:
+        """The second signal: SIGKILL every worker now (no drain)."""
+        for w in self._workers:
+            if w.running:
+                assert w.proc is not None
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def wait_closed(self) -> None:
+        await self._stop_event.wait()
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+
+    @property
+    def clean_exit(self) -> bool:
+        """Every worker exited 0 on the last stop (a drained worker does)."""
+        return all(w.returncode == 0 for w in self._workers)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: this process's admin certificate, and every worker's."""
+        log.info("reloading certificates; passing SIGHUP to the workers",
+                 extra=kv(workers=",".join(str(p) for p in self.pids())))
+        if self.front_tls is not None:
+            self.front_tls.reload()
+        for w in self._workers:
+            if w.running:
+                assert w.proc is not None
+                w.proc.send_signal(signal.SIGHUP)
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers if w.running and w.proc is not None]
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(0)
+
+    # -- workers -------------------------------------------------------------------
+
+    def _argv(self, w: _Worker, fd: int) -> list[str]:
+        # The supervisor's own arguments, then overrides (argparse: the last wins).
+        return [self._python, "-m", "fnlb", "serve", *self._worker_args,
+                "--workers", "1", "--worker-index", str(w.index),
+                "--worker-dir", self._dir, "--worker-fd", str(fd)]
+
+    async def _spawn(self, w: _Worker) -> None:
+        """Start worker ``w`` and wait until it says it is ready; WorkerStartError if not."""
+        parent, child = socket.socketpair()
+        try:
+            # A session of its own: a terminal's Ctrl-C reaches the supervisor
+            # only, which drains the workers (else each would see it too, and
+            # the forwarded SIGTERM would count as their second signal).
+            w.proc = await asyncio.create_subprocess_exec(
+                *self._argv(w, child.fileno()), pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        w.started_at = time.monotonic()
+        w.returncode = None
+        if self._stop_event.is_set():
+            w.proc.send_signal(signal.SIGTERM)  # stop() came while it was being started
+        reader, w.link = await asyncio.open_unix_connection(sock=parent)
+        try:
+            line = await asyncio.wait_for(reader.readline(), self._ready_timeout)
+        except TimeoutError:
+            line = b""
+            if w.running:
+                log.error("worker not ready in time; killing it", extra=kv(
+                    worker=w.index, timeout_s=self._ready_timeout))
+                w.proc.kill()
+        if line != _READY:
+            w.returncode = await w.proc.wait()
+            await self._down(w)
+            raise WorkerStartError(f"worker {w.index} exited with code {w.returncode} before "
+                                   "it was ready (its error is above)")
+        w.channel = grpc.aio.insecure_channel(f"unix:{w.paths.admin}")
+        w.admin = lb_pb2_grpc.AdminStub(w.channel)
+        self.metrics.worker_up.labels(str(w.index)).set(1)
+        log.info("worker ready", extra=kv(worker=w.index, pid=w.proc.pid))
+        await self._admin.replay(w.index, w.admin)
+
+    async def _down(self, w: _Worker) -> None:
+        self.metrics.worker_up.labels(str(w.index)).set(0)
+        w.admin = None
+        if w.channel is not None:
+            await w.channel.close()
+            w.channel = None
+        if w.link is not None:
+            w.link.close()
+            w.link = None
+
+    async def _watch(self, w: _Worker) -> None:
+        """Restart worker ``w`` whenever it exits, until the supervisor stops."""
+        backoff = self._backoff[0]
+        while True:
+            assert w.proc is not None
+            w.returncode = await w.proc.wait()
+            await self._down(w)
+            if self._stop_event.is_set():
+                return
+            if time.monotonic() - w.started_at > _STABLE_AFTER_S:
+                backoff = self._backoff[0]
+            self.metrics.worker_restarts.labels(str(w.index)).inc()
+            log.error("worker exited unexpectedly; restarting it", extra=kv(
+                worker=w.index, pid=w.proc.pid, exit_code=w.returncode,
+                restart_in_s=backoff))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), backoff)
+            if self._stop_event.is_set():
+                return
+            backoff = min(backoff * 2, self._backoff[1])
+            try:
+                await self._spawn(w)
+            except WorkerStartError as e:
+                log.error("worker restart failed", extra=kv(worker=w.index, error=str(e)))
+
+    def _up_admins(self) -> list[tuple[int, Any]]:
+        return [(w.index, w.admin) for w in self._workers if w.admin is not None]
+
+    # -- metrics -------------------------------------------------------------------
+
+    async def render_metrics(self) -> bytes:
+        """This process's metrics and every worker's, labelled ``worker="i"``."""
+        up = [w for w in self._workers if w.admin is not None]
+        texts = await asyncio.gather(*(_scrape(w.paths.metrics) for w in up),
+                                     return_exceptions=True)
+        got: dict[int, str] = {}
+        for w in self._workers:
+            self.metrics.worker_up.labels(str(w.index)).set(0)
+        for w, text in zip(up, texts, strict=True):
+            if isinstance(text, BaseException):
+                log.warning("worker metrics scrape failed", extra=kv(
+                    worker=w.index, error=repr(text)))
+                continue
+            got[w.index] = text
+            self.metrics.worker_up.labels(str(w.index)).set(1)
+        # No await from here to the render: this scrape's texts are the ones rendered.
+        self._collector.update(got)
+        return generate_latest(self.metrics.registry)
+
+
+async def _scrape(path: str) -> str:
+    async with asyncio.timeout(_SCRAPE_TIMEOUT_S):
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: fnlb-worker\r\n"
+                         b"Connection: close\r\n\r\n")
+            data = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ConnectionError(f"worker metrics answered {head[:40]!r}")
+    return body.decode()
