@@ -48,6 +48,9 @@ class LoadSpec:
     fn_id: str = "bench-echo"
     memory_mb: int = 128
     timeout_s: float = 60.0
+    # lb: connections to the LB, used round robin. An LB with --workers N hands
+    # each connection to one worker (SO_REUSEPORT), so use several.
+    lb_connections: int = 1
 
 
 def ping(_: object = None) -> int:
@@ -85,7 +88,12 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
     EOF = grpc.aio.EOF
     chunk_size = spec.chunk_size or CHUNK_SIZE
     body = os.urandom(spec.body_size) if spec.body_size > 64 else b"x" * spec.body_size
-    channels = [grpc.aio.insecure_channel(t, options=_CHANNEL_OPTIONS) for t in spec.targets]
+    targets = (spec.targets if spec.mode == "direct"
+               else spec.targets[:1] * max(1, spec.lb_connections))
+    # A distinct argument per channel: channels with equal arguments would
+    # share one connection.
+    channels = [grpc.aio.insecure_channel(t, options=[*_CHANNEL_OPTIONS, ("fnlb.bench.conn", i)])
+                for i, t in enumerate(targets)]
     for ch in channels:
         await asyncio.wait_for(ch.channel_ready(), 10)
 
@@ -135,12 +143,13 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
                         return "nacks"
                     return "errors"
     else:
-        lb = lb_pb2_grpc.LoadBalancerStub(channels[0])
+        lbs = [lb_pb2_grpc.LoadBalancerStub(ch) for ch in channels]
+        next_lb = itertools.cycle(lbs).__next__
         req = lb_pb2.InvokeRequest(fn_id=spec.fn_id, app_id="bench", body=body,
                                    memory_mb=spec.memory_mb, config=spec.config)
 
         async def one_call() -> str:
-            resp = await lb.Invoke(req, timeout=spec.timeout_s)
+            resp = await next_lb().Invoke(req, timeout=spec.timeout_s)
             if resp.status_code != 200 or len(resp.body) != len(body):
                 return "bad"
             return "ok"

@@ -93,6 +93,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of a process and its live descendants (an LB with --workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+        todo.extend(children.get(p, ()))
+    return total
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores spent busy since boot (from /proc/stat)."""
     with open("/proc/stat") as f:
@@ -272,12 +292,12 @@ class Bench:
             share = concurrency // nprocs + (1 if i < concurrency % nprocs else 0)
             specs.append(LoadSpec(
                 mode=mode, targets=targets, concurrency=share, body_size=body_size,
-                start_at=start_at, end_at=end_at,
+                start_at=start_at, end_at=end_at, lb_connections=a.lb_connections,
                 calls=(calls // nprocs + (1 if i < calls % nprocs else 0)) if calls else 0))
         server_pids = {"lb": [lb.pid], "stubs": [s.pid for s in self.stubs]}
 
         def sample() -> dict[str, float]:
-            out = {k: sum(cpu_seconds(p) for p in pids) for k, pids in server_pids.items()}
+            out = {k: sum(tree_cpu_seconds(p) for p in pids) for k, pids in server_pids.items()}
             out["machine"] = machine_busy_seconds()
             return out
 
@@ -631,6 +651,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also run another LB, from the fnlb package in source tree DIR "
                         "(and/or started by MODULE, e.g. bench._uvloop), as path lb:NAME "
                         "in the same run: before/after comparisons (repeatable)")
+    p.add_argument("--variant-arg", action="append", default=[], metavar="NAME=ARG",
+                   help="an extra `fnlb serve` argument for variant NAME only, e.g. "
+                        "--variant w2=. --variant-arg w2=--workers=2 (repeatable)")
+    p.add_argument("--lb-connections", type=int, default=4,
+                   help="connections from each load process to the LB, used round robin; "
+                        "an LB with --workers N needs several (default 4)")
     p.add_argument("--stub-src", default="",
                    help="run the runner stubs from the runner_stub package in this source tree")
     p.add_argument("--label", default="", help="free text stored in the JSON")
@@ -671,8 +697,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for v in args.variant:
             vname, _, where = v.partition("=")
             src, _, module = where.partition("@")
+            extra = [a.partition("=")[2] for a in args.variant_arg
+                     if a.partition("=")[0] == vname]
             lbs[f"lb:{vname}"] = cluster.lb(f"lb-{vname}", [s.addr for s in stubs],
-                                            args.lb_arg, src=src, module=module)
+                                            [*args.lb_arg, *extra], src=src, module=module)
         for p in (*stubs, *lbs.values()):
             cluster.wait_serving(p)
         report["lb_rss_start_kib"] = rss_kib(lb.pid)
