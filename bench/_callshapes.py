@@ -14,7 +14,10 @@ shape a runner call could take, measuring its own CPU per call:
   (try with the body inside, eof) and one answer message (result + body +
   finished);
 * ``unary-stream`` the shortcut as a server-streaming method (one request);
-* ``unary``        one request, one answer (lower bound).
+* ``unary``        one request, one answer;
+* ``mux``          every call a message on one long-lived stream, answered by a
+  message on it (Runner/Calls without batching: what it costs per call when
+  calls arrive too slowly to share a message).
 """
 
 from __future__ import annotations
@@ -68,12 +71,17 @@ def _serve(port_q: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
         async def unary(req, ctx):  # type: ignore[no-untyped-def]
             return _FRAME
 
+        async def mux(req_iter, ctx):  # type: ignore[no-untyped-def]
+            while (msg := await ctx.read()) is not grpc.aio.EOF:
+                await ctx.write(msg[:8] + _FRAME)
+
         handlers = {
             "Stream3": grpc.stream_stream_rpc_method_handler(stream3),
             "Stream1": grpc.stream_stream_rpc_method_handler(stream1),
             "Stream3Eof": grpc.stream_stream_rpc_method_handler(stream3_eof),
             "UnaryStream": grpc.unary_stream_rpc_method_handler(unary_stream),
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Mux": grpc.stream_stream_rpc_method_handler(mux),
         }
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SVC, handlers),))
@@ -101,6 +109,18 @@ async def _bench(addr: str, shape: str, calls: int, conc: int,
         s3e = ch.stream_stream(f"/{_SVC}/Stream3Eof")
         us = ch.unary_stream(f"/{_SVC}/UnaryStream")
         uu = ch.unary_unary(f"/{_SVC}/Unary")
+        waiting: dict[bytes, asyncio.Future[bytes]] = {}
+        seqs = iter(range(1 << 62))
+        mux_call = None
+        write_lock = asyncio.Lock()
+        if shape == "mux":
+            mux_call = ch.stream_stream(f"/{_SVC}/Mux")()
+
+            async def mux_reader() -> None:
+                while (msg := await mux_call.read()) is not grpc.aio.EOF:
+                    waiting.pop(msg[:8]).set_result(msg)
+
+            reader = asyncio.ensure_future(mux_reader())
 
         async def one() -> None:
             if shape == "stream-iter":
@@ -133,6 +153,13 @@ async def _bench(addr: str, shape: str, calls: int, conc: int,
                 await _drain(call)
             elif shape == "unary-stream":
                 await _drain(us(_FRAME))
+            elif shape == "mux":
+                assert mux_call is not None
+                key = next(seqs).to_bytes(8, "big")
+                fut = waiting[key] = asyncio.get_running_loop().create_future()
+                async with write_lock:  # one write at a time on a stream
+                    await mux_call.write(key + _FRAME)
+                await fut
             else:
                 await uu(_FRAME)
 
@@ -150,6 +177,9 @@ async def _bench(addr: str, shape: str, calls: int, conc: int,
         await asyncio.gather(*(worker() for _ in range(conc)))
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         scpu = _cpu(server_pid) - s0
+        if mux_call is not None:
+            await mux_call.done_writing()
+            await reader
     return cpu * 1000 / calls, wall * 1000 / calls, scpu * 1000 / calls
 
 
@@ -159,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=6000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--shapes", default="stream-iter,stream-rw,stream-1,unary-stream,unary")
+    p.add_argument("--shapes", default="stream-iter,stream-rw,stream-1,unary-stream,unary,mux")
     p.add_argument("--option", action="append", default=[], metavar="KEY=INT",
                    help="client channel option, e.g. grpc.enable_retries=0 (repeatable)")
     args = p.parse_args(argv)
