@@ -23,6 +23,14 @@ One runner moves between these states::
 * **Slow start**: after readmission the runner takes a growing share of the
   attempts offered to it, from ``SLOW_START_MIN_SHARE`` to all of them over
   ``slow_start`` seconds (``share``).
+* **Poll back-off**: a runner is polled every ``interval`` while its polls are
+  answered. Once ``eject_after`` polls in a row got no answer (it is down, not
+  just slow once), the gap between polls doubles per further unanswered poll,
+  with jitter, up to ``poll_backoff_max`` (``HealthConfig.poll_delay``). Any
+  success (a poll answered, a call run) puts it back on ``interval``. A dead
+  runner then costs one poll per ~``poll_backoff_max`` instead of one per
+  ``interval``; a runner that comes back is seen by the next poll, at most
+  ``poll_backoff_max`` later.
 """
 
 from __future__ import annotations
@@ -51,6 +59,11 @@ class HealthConfig:
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     slow_start: float = 10.0
+    # Longest gap between polls of a runner that keeps not answering; <= interval
+    # turns the back-off off. 30 s: a dead runner is polled every 15-30 s (jitter)
+    # instead of every 2 s, and one that comes back is still found within 30 s
+    # with no traffic at all (the readmission backoff tops out at 30 s too).
+    poll_backoff_max: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
@@ -67,10 +80,34 @@ class HealthConfig:
                               f"{self.backoff_base}, {self.backoff_max}")
         if not self.slow_start >= 0:
             raise ConfigError(f"--slow-start must be >= 0, got {self.slow_start}")
+        if not self.poll_backoff_max > 0:
+            raise ConfigError(
+                f"--health-backoff-max must be > 0, got {self.poll_backoff_max}")
 
     def max_ejected(self, members: int) -> int:
         """How many of ``members`` runners may be ejected at once (50% of 3 -> 1)."""
         return math.floor(members * self.max_ejection_percent / 100 + 1e-9)
+
+    def poll_delay(self, missed: int, jitter: float = 0.0) -> float:
+        """Seconds from one Status poll to the next, after ``missed`` unanswered polls in a row.
+
+        ``interval`` until ``eject_after`` polls were missed (so a dead runner is
+        still noticed within ``eject_after`` polls), then ``interval * 2**k`` for
+        the k-th further miss, capped at ``poll_backoff_max``. ``jitter`` in
+        [0, 1) shortens that by up to half, so runners that died together (a
+        rack, a restart of everything) do not stay polled in lockstep; never
+        below ``interval``, never above the cap::
+
+            >>> cfg = HealthConfig(interval=2, eject_after=3, poll_backoff_max=30)
+            >>> [cfg.poll_delay(n) for n in range(8)]
+            [2.0, 2.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+        """
+        if missed < self.eject_after or self.poll_backoff_max <= self.interval:
+            return float(self.interval)
+        # Exponent clamped: a runner missing polls for months must not overflow.
+        k = min(missed - self.eject_after + 1, 64)
+        delay = min(self.interval * 2.0 ** k, self.poll_backoff_max)
+        return float(max(self.interval, delay * (1.0 - jitter / 2.0)))
 
 
 def attempt_verdict(result: Attempt) -> bool | None:
@@ -95,7 +132,7 @@ class RunnerHealth:
     """Consecutive failures, ejection and readmission of one runner."""
 
     __slots__ = ("_cfg", "_clock", "failures", "ejected_until", "ejections",
-                 "admitted_at", "ramp_from", "last_error")
+                 "admitted_at", "ramp_from", "last_error", "missed_polls")
 
     def __init__(self, config: HealthConfig, clock: Callable[[], float]) -> None:
         self._cfg = config
@@ -106,13 +143,25 @@ class RunnerHealth:
         self.admitted_at = clock()
         self.ramp_from: float | None = None  # slow start began here (None: full share)
         self.last_error = ""
+        # Status polls in a row that got no answer (error, timeout), whatever the
+        # runner's state: drives the poll back-off, not ejection.
+        self.missed_polls = 0
 
     @property
     def ejected(self) -> bool:
         return self.ejected_until is not None
 
     def success(self) -> None:
+        """A poll answered or a call run: the runner is up."""
         self.failures = 0
+        self.missed_polls = 0
+
+    def poll_missed(self) -> None:
+        self.missed_polls += 1
+
+    def poll_answered(self) -> None:
+        """Answered, whatever it said (even "failed"): it is reachable, poll it as usual."""
+        self.missed_polls = 0
 
     def failure(self, error: str, *, count: int = 1) -> bool:
         """Record a failure; True when the runner has now failed ``eject_after`` in a row."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -529,6 +530,10 @@ class DynamicRunnerPool:
         if verdict is None or m.retired:
             return
         if verdict:
+            if m.health.missed_polls:
+                # Polls were backing off, but a call just ran: it is up. Back to
+                # the usual interval, so an ejected runner (panic) is readmitted soon.
+                m.next_probe = min(m.next_probe, self._clock() + self.health_config.interval)
             m.health.success()
         else:
             self._failure(m, str(result.error), "placement")
@@ -577,10 +582,12 @@ class DynamicRunnerPool:
                 error = f"status: no answer within {cfg.timeout:g}s"
             else:
                 error = f"status: {e!r}"
+            m.health.poll_missed()
             self._failure(m, error, "probe")
             return
         if m.retired:
             return
+        m.health.poll_answered()
         m.status = status
         m.status_at = now_rfc3339()
         m.probed = True
@@ -615,11 +622,12 @@ class DynamicRunnerPool:
         now = self._clock()
         cfg = self.health_config
         changed = False
-        for m in list(self._members.values()):
-            for src, expiry in list(m.sources.items()):
-                if expiry is not None and expiry <= now:
-                    log.info("runner registration expired", extra=kv(runner=m.address))
-                    changed |= self._drop_source(m, src)
+        # Collected first (no copies per member): this runs every tick over every runner.
+        expired = [(m, src) for m in self._members.values()
+                   for src, expiry in m.sources.items() if expiry is not None and expiry <= now]
+        for m, src in expired:
+            log.info("runner registration expired", extra=kv(runner=m.address))
+            changed |= self._drop_source(m, src)
         if changed:
             self._rebuild()
         for m in list(self._retiring.values()):
@@ -629,8 +637,19 @@ class DynamicRunnerPool:
             m.next_probe = now + cfg.interval
         if due:
             await asyncio.gather(*(self._probe(m) for m in due))
-        now = self._clock()
+        started, now = now, self._clock()
         for m in due:
+            if m.health.missed_polls:
+                # Not answering: poll it less and less often, up to the cap. Any
+                # success resets the count, and with it the interval.
+                at = started + cfg.poll_delay(m.health.missed_polls, self._rng.random())
+                if at > started + cfg.interval:
+                    # Batched onto multiples of the interval (never later than the
+                    # back-off says): however many runners are down, their polls
+                    # wake this loop at most once per interval, not once each.
+                    at = max(started + cfg.interval,
+                             math.floor(at / cfg.interval) * cfg.interval)
+                m.next_probe = at
             until = m.health.ejected_until
             if until is not None and until > now:
                 # Look again as soon as its backoff ends, not a whole interval later.
