@@ -20,16 +20,9 @@ from fnlb.callstream import STREAM_MAX_BODY
 from fnlb.errors import RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.grpc_runner import GrpcRunner
 from fnlb.v1 import lb_pb2, runner_pb2, runner_pb2_grpc
+from tests.inproc import EchoBothRunner, MiB, StreamOnlyRunner
 from tests.test_lb_e2e import lb, lb_stub
-from tests.test_unary_call import (  # noqa: F401 (in_process is a fixture)
-    MiB,
-    EchoBothRunner,
-    StreamOnlyRunner,
-    call_json,
-    in_process,
-    lb_call,
-    stub_proc,
-)
+from tests.test_unary_call import call_json, lb_call, stub_proc
 
 
 def req(seq: int, body: bytes = b"", **fields: Any) -> runner_pb2.CallRequest:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ from fnlb.errors import ClientCanceled, RunnerError, ServerTooBusy
 from fnlb.grpc_runner import UNARY_MAX_BODY, GrpcRunner
 from fnlb.v1 import lb_pb2, runner_pb2, runner_pb2_grpc
 from tests import procs
+from tests.inproc import EchoBothRunner, StreamOnlyRunner
 from tests.test_lb_e2e import invoke_req, lb, lb_stub, runner_status
 
 MiB = 1024 * 1024
@@ -212,70 +213,6 @@ async def test_crash_through_the_lb_is_not_rerun_elsewhere() -> None:
 
 
 # -- runners without Call ------------------------------------------------------
-
-
-class _Counting(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
-        self.methods: Counter[str] = Counter()
-
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        self.methods[handler_call_details.method.rsplit("/", 1)[-1]] += 1
-        return await continuation(handler_call_details)
-
-
-class StreamOnlyRunner(runner_pb2_grpc.RunnerServicer):
-    """An fn-compatible runner: TryExec (echo) and Status; Call is UNIMPLEMENTED."""
-
-    def __init__(self, with_call: bool = False) -> None:
-        self.addr = ""
-        self.with_call = with_call
-
-    async def TryExec(self, request_iterator: Any, context: Any) -> None:
-        body = b""
-        async for msg in request_iterator:
-            if msg.WhichOneof("body") == "data":
-                body += msg.data.data
-                if msg.data.eof:
-                    break
-        yield runner_pb2.RunnerMsg(result_start=runner_pb2.CallResultStart(
-            http=runner_pb2.HttpRespMeta(status_code=200)))
-        yield runner_pb2.RunnerMsg(data=runner_pb2.DataFrame(data=body, eof=True))
-        yield runner_pb2.RunnerMsg(finished=runner_pb2.CallFinished(success=True))
-
-    async def Status(self, request: Any, context: Any) -> runner_pb2.RunnerStatus:
-        return runner_pb2.RunnerStatus(runner_id=self.addr, id=self.addr, slots_total=8,
-                                       slots_free=8, memory_mb_total=8192,
-                                       memory_mb_free=8192)
-
-
-class EchoBothRunner(StreamOnlyRunner):
-    async def Call(self, request: Any, context: Any) -> runner_pb2.CallReply:
-        return runner_pb2.CallReply(
-            http=runner_pb2.HttpRespMeta(status_code=200), body=request.body,
-            finished=runner_pb2.CallFinished(success=True))
-
-
-@pytest.fixture
-async def in_process() -> AsyncIterator[Callable[[StreamOnlyRunner], Awaitable[_Counting]]]:
-    servers: list[grpc.aio.Server] = []
-
-    async def serve(servicer: StreamOnlyRunner) -> _Counting:
-        counting = _Counting()
-        server = grpc.aio.server(interceptors=[counting], options=[
-            ("grpc.max_receive_message_length", 64 * MiB)])
-        runner_pb2_grpc.add_RunnerServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        servicer.addr = f"127.0.0.1:{port}"
-        await server.start()
-        servers.append(server)
-        return counting
-
-    yield serve
-    for s in servers:
-        await s.stop(0)
 
 
 async def test_stream_only_runner_falls_back_once(in_process: Any, runners: Any) -> None:
