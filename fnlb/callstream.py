@@ -84,10 +84,25 @@ class CallStream:
         self._open: _Open | None = None
         self._seq = 0
         self._closed = False
+        self._idle_waiters: list[asyncio.Future[None]] = []
 
     @property
     def inflight(self) -> int:
         return len(self._open.pending) if self._open is not None else 0
+
+    async def wait_idle(self) -> None:
+        """Return once no call waits for a reply (at once if none does)."""
+        if self.inflight:
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
+
+    def _maybe_idle(self, s: _Open) -> None:
+        if self._idle_waiters and not s.pending:
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
 
     async def call(self, request: runner_pb2.CallRequest) -> runner_pb2.CallReply:
         """Send one call and wait for its reply; cancelling the wait cancels the call."""
@@ -110,6 +125,7 @@ class CallStream:
                 # The runner has it: tell it to stop. Unsent, the writer skips it.
                 s.cancels.append(seq)
                 s.wake.set()
+            self._maybe_idle(s)
             raise
 
     def _start(self) -> _Open:
@@ -152,6 +168,7 @@ class CallStream:
                     p = s.pending.pop(reply.seq, None)
                     if p is not None and not p.future.done():
                         p.future.set_result(reply)
+                self._maybe_idle(s)
         except grpc.aio.AioRpcError as e:
             error = e
         finally:
@@ -172,6 +189,7 @@ class CallStream:
                     error, not_run=by_runner or not p.sent, why=why))
         s.pending.clear()
         s.queue.clear()
+        self._maybe_idle(s)
 
     async def close(self) -> None:
         """End the stream; calls still waiting fail as if it broke."""

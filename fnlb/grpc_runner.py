@@ -67,6 +67,11 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.use_local_subchannel_pool", 1),
 )
 
+# After a re-dial (new client certificate), how long calls still running on
+# the old channel may take before it is closed under them: the longest sync
+# timeout fn allows plus the placer's.
+_RETIRE_GRACE_S = 3600.0
+
 # Messages that prove a TryExec never reached the runner process.
 _NOT_CONNECTED = ("failed to connect", "connection refused", "connections to all backends failing",
                   "dns resolution failed", "handshake", "ssl", "certificate")
@@ -109,18 +114,19 @@ class GrpcRunner:
     def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None, *,
                  metrics: Metrics | None = None, connect_timeout: float = 1.0,
                  server_name: str | None = None, unary: bool = True,
-                 calls: bool = True) -> None:
+                 calls: bool = True, tls_source: Any = None) -> None:
+        """``tls_source``: a ``fnlb.tls.ClientTLS`` (instead of ``credentials``);
+        when its certificate files change, the runner is re-dialled with them."""
         self._address = address
-        options = list(CHANNEL_OPTIONS)
+        self._options = list(CHANNEL_OPTIONS)
         if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(address, credentials, options=options)
-        self._stub = runner_pb2_grpc.RunnerStub(self._channel)
-        # Connect now, so the first call finds the runner ready (or known down).
-        self._channel.get_state(try_to_connect=True)
+            self._options.append(("grpc.ssl_target_name_override", server_name))
+        self._tls_source = tls_source
+        if tls_source is not None:
+            self._tls_generation = tls_source.generation
+            credentials = tls_source.credentials()
+        self._retiring: list[grpc.aio.Channel] = []
+        self._dial(credentials)
         self._metrics = metrics if metrics is not None else Metrics()
         self._connect_timeout = connect_timeout
         self._closed = False
@@ -130,13 +136,53 @@ class GrpcRunner:
         # never use them.
         self._unary = self._allow_unary = unary
         self._calls = self._allow_calls = calls
-        self._call_stream = CallStream(self._stub)
         self._background: set[asyncio.Task[None]] = set()
         self._last_explained = -1e9
         self.tls = credentials is not None
 
     def __repr__(self) -> str:
         return f"GrpcRunner({self._address!r})"
+
+    def _dial(self, credentials: grpc.ChannelCredentials | None) -> None:
+        """A new channel (with its stub and call stream); calls from now on use it."""
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(self._address, options=self._options)
+        else:
+            self._channel = grpc.aio.secure_channel(self._address, credentials,
+                                                    options=self._options)
+        self._stub = runner_pb2_grpc.RunnerStub(self._channel)
+        self._call_stream = CallStream(self._stub)
+        # Connect now, so the first call finds the runner ready (or known down).
+        self._channel.get_state(try_to_connect=True)
+
+    def _follow_tls(self) -> None:
+        """Re-dial with the new client certificate once the LB's files changed.
+
+        A channel keeps the credentials it was built with, also when it
+        reconnects: without this, a runner that restarts after the LB's old
+        certificate expired (or its CA was replaced) would stay unreachable.
+        Calls already running finish on the old channel, which is then closed.
+        """
+        src = self._tls_source
+        if src is None or self._closed or src.refresh() == self._tls_generation:
+            return
+        self._tls_generation = src.generation
+        old_channel, old_stream = self._channel, self._call_stream
+        self._dial(src.credentials())
+        self._retiring.append(old_channel)
+        log.info("re-dialling runner with the new client certificate",
+                 extra=kv(runner=self._address, tls_generation=self._tls_generation))
+        task = asyncio.create_task(self._retire(old_channel, old_stream))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _retire(self, channel: grpc.aio.Channel, stream: CallStream) -> None:
+        # Calls on the old stream get their replies; then the stream ends, and
+        # the channel closes once its unary and TryExec calls are done.
+        await stream.wait_idle()
+        await stream.close()
+        await channel.close(grace=_RETIRE_GRACE_S)
+        self._retiring.remove(channel)
 
     @property
     def address(self) -> str:
@@ -436,6 +482,7 @@ class GrpcRunner:
             call.add_user_execution_time((completed - started).total_seconds())
 
     async def status(self, timeout: float = 2.0) -> RunnerStatus:
+        self._follow_tls()  # polled every health interval: a cheap place to look
         s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
         # The runner says which fast paths it serves; a runner restarted with
         # another version on the same address is followed at the next poll.
@@ -457,7 +504,8 @@ class GrpcRunner:
             for task in list(self._background):
                 task.cancel()
             await self._call_stream.close()
-            await self._channel.close(grace=None)
+            for channel in [self._channel, *self._retiring]:
+                await channel.close(grace=None)
 
 
 def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
@@ -465,18 +513,18 @@ def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
     """fn's MTLSRunnerFactory: mTLS when given TLS material, plaintext otherwise."""
 
     def factory(address: str, tls: Any | None) -> GrpcRunner:
-        creds = None
+        creds = source = None
         if tls is not None:
-            # fnlb.tls.ClientTLS: follows certificate files, so runners added
-            # after a rotation connect with the new client certificate.
+            # fnlb.tls.ClientTLS follows its certificate files: the runner
+            # re-dials when they change. Plain material is fixed.
             if hasattr(tls, "credentials"):
-                creds = tls.credentials()
+                source = tls
             else:
                 from fnlb.tls import channel_credentials
 
                 creds = channel_credentials(tls)
         return GrpcRunner(address, creds, metrics=metrics, connect_timeout=connect_timeout,
-                          server_name=server_name)
+                          server_name=server_name, tls_source=source)
 
     return factory
 

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -648,7 +649,8 @@ class ClientTLS:
 
     ``credentials()`` is cheap when nothing changed (it stats three files);
     after a change it returns credentials with the new material, so channels
-    built from then on use it. Existing channels keep what they were built with.
+    built from then on use it. Existing channels keep what they were built
+    with; ``GrpcRunner`` watches ``generation`` and re-dials its runner.
 
         tls = ClientTLS(TLSFiles(cert=crt, key=key, ca=ca))
         channel = grpc.aio.secure_channel(addr, tls.credentials())
@@ -659,6 +661,7 @@ class ClientTLS:
         self._creds: grpc.ChannelCredentials = channel_credentials(self._watched.material)
         self._creds_generation = 0
         self._lock = threading.Lock()
+        self._looked_at = time.monotonic()
 
     @property
     def files(self) -> TLSFiles:
@@ -671,6 +674,23 @@ class ClientTLS:
     def reload(self) -> bool:
         """Re-read the files now even if they look unchanged; True if the material changed."""
         return self._watched.check(force=True)
+
+    @property
+    def generation(self) -> int:
+        """Bumped each time new material replaced the old (a file change or ``reload``)."""
+        return self._watched.generation
+
+    def refresh(self, min_interval: float = 1.0) -> int:
+        """Look at the files if ``min_interval`` seconds passed since the last look; the generation.
+
+        Cheap enough to call from every runner's health poll: with 1,000
+        runners the files are still stat'ed about once a second.
+        """
+        now = time.monotonic()
+        if now - self._looked_at >= min_interval:
+            self._looked_at = now
+            self._watched.check()
+        return self._watched.generation
 
     def credentials(self) -> grpc.ChannelCredentials:
         self._watched.check()

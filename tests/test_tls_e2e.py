@@ -235,3 +235,61 @@ async def test_runner_registers_over_mtls_and_serves(pki: Path) -> None:
         runner.wait_for_line("registered with LB")
         results = await invoke(pki, front.addr, 2)
         assert {r.runner for r in results} == {runner.addr}
+
+
+async def test_lb_redials_runners_when_its_client_certificate_changes(tmp_path: Path) -> None:
+    """A CA rotation: the LB moves to a certificate of the new CA, then the runner drops
+    the old CA and restarts. Without the re-dial, the LB's channel would reconnect with the
+    old certificate and the runner would stay unreachable."""
+    import os
+    import shutil
+    import socket
+    import time
+
+    for ca in ("ca1", "ca2"):
+        init_ca(tmp_path / ca, name=ca)
+        issue_cert(tmp_path / ca, f"runner-{ca}", ["127.0.0.1"], tmp_path)
+        issue_cert(tmp_path / ca, f"lb-{ca}", ["127.0.0.1"], tmp_path)
+    both = tmp_path / "both-cas.crt"
+    both.write_bytes((tmp_path / "ca1" / "ca.crt").read_bytes()
+                     + (tmp_path / "ca2" / "ca.crt").read_bytes())
+    live = tmp_path / "lb-live"
+    live.mkdir()
+    for ext in ("crt", "key"):
+        shutil.copy(tmp_path / f"lb-ca1.{ext}", live / f"lb.{ext}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def runner(cert: str, trust: Path) -> contextlib.AbstractContextManager[Proc]:
+        return running("runner_stub", [
+            "--listen", f"127.0.0.1:{port}", "--tls-cert", str(tmp_path / f"{cert}.crt"),
+            "--tls-key", str(tmp_path / f"{cert}.key"), "--tls-ca", str(trust)])
+
+    # Polls at the default 2 s: the restart below misses at most one, so the
+    # pool never parks (closes and re-creates) the runner, which would hide a
+    # missing re-dial.
+    lb_args = ["--tls-cert", str(live / "lb.crt"), "--tls-key", str(live / "lb.key"),
+               "--tls-ca", str(both)]
+    with lb([f"127.0.0.1:{port}"], *lb_args) as front:
+        with runner("runner-ca1", both):
+            assert (await invoke_plain(front.addr, 1))[0].status_code == 200
+            # The LB's certificate moves to the new CA (atomic renames, no SIGHUP).
+            for ext in ("key", "crt"):
+                os.replace(shutil.copy(tmp_path / f"lb-ca2.{ext}", live / f"next.{ext}"),
+                           live / f"lb.{ext}")
+            front.wait_for_line("re-dialling runner with the new client certificate")
+            assert (await invoke_plain(front.addr, 1))[0].status_code == 200
+        # The runner comes back trusting only the new CA.
+        with runner("runner-ca2", tmp_path / "ca2" / "ca.crt"):
+            deadline = time.monotonic() + 15
+            while True:  # until gRPC's reconnect back-off (<= 2 s) lets a call through
+                try:
+                    resp = await invoke_plain(front.addr, 1)
+                    break
+                except grpc.aio.AioRpcError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError("runner never reachable with the new "
+                                             "certificate:\n" + front.output()) from None
+            assert resp[0].status_code == 200
+            assert "polls back off" not in front.output()  # never parked: the re-dial did it
