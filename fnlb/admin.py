@@ -18,6 +18,7 @@ their answers, and an ``AdminLedger`` replays the changes to a restarted worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
@@ -359,9 +360,11 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
     async def replay(self, index: int, stub: Any) -> None:
         """Tell a (re)started worker what the Admin API changed before it existed."""
         adds, drains = self.ledger.adds(), self.ledger.drains()
+        sent = []
         for req in adds:
             if not self.ledger.holds(req.address):
                 continue  # removed meanwhile
+            sent.append(req.address)
             try:
                 await stub.AddRunner(req, timeout=10)
             except grpc.aio.AioRpcError as e:
@@ -376,6 +379,13 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
                 else:
                     log.warning("replaying a drain to a worker failed", extra=kv(
                         worker=index, runner=address, code=e.code().name, error=e.details()))
+        # A RemoveRunner that reached this worker while the replay's AddRunner for
+        # the same runner was on its way would be undone by it: remove it again.
+        for address in sent:
+            if not self.ledger.holds(address):
+                with contextlib.suppress(grpc.aio.AioRpcError):  # NOT_FOUND: already gone
+                    await stub.RemoveRunner(lb_pb2.RemoveRunnerRequest(address=address),
+                                            timeout=10)
         if adds or drains:
             log.info("admin changes replayed to worker", extra=kv(
                 worker=index, added=len(adds), drained=len(drains)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -160,6 +161,42 @@ async def test_fan_out_admin_reaches_every_worker_and_replays_to_a_new_one(
         assert removed.removed and not fan_out.ledger.holds("127.0.0.1:9002")
         await wait_until(lambda: all("127.0.0.1:9002" not in _addresses(lb)
                                      for lb, _ in workers), 5, "removal everywhere")
+
+
+class _GatedAdd:
+    """An Admin stub whose AddRunner waits for ``gate`` before it reaches the worker."""
+
+    def __init__(self, stub: lb_pb2_grpc.AdminStub) -> None:
+        self._stub = stub
+        self.gate = asyncio.Event()
+        self.add_sent = asyncio.Event()
+
+    async def AddRunner(self, req: lb_pb2.AddRunnerRequest,  # the gRPC method name
+                        timeout: float) -> lb_pb2.AddRunnerResponse:
+        self.add_sent.set()
+        await self.gate.wait()
+        return await self._stub.AddRunner(req, timeout=timeout)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stub, name)
+
+
+async def test_a_removal_during_the_replay_is_not_undone_by_it(tmp_path: Path) -> None:
+    fan_out = FanOutAdminServicer(lambda: [], "naive")
+    fan_out.ledger.added("127.0.0.1:9002", 0)
+    async with _worker(tmp_path, 0) as (lb, stub):
+        gated = _GatedAdd(stub)
+        replay = asyncio.ensure_future(fan_out.replay(0, gated))
+        await gated.add_sent.wait()
+        # The fan-out's RemoveRunner reaches the worker first (nothing to remove
+        # yet), then the replay's AddRunner lands.
+        fan_out.ledger.removed("127.0.0.1:9002")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.RemoveRunner(lb_pb2.RemoveRunnerRequest(address="127.0.0.1:9002"),
+                                    timeout=5)
+        gated.gate.set()
+        await replay
+        assert "127.0.0.1:9002" not in _addresses(lb)
 
 
 async def test_fan_out_admin_with_no_worker_up_is_unavailable() -> None:
