@@ -289,6 +289,20 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
         code, details = min(errors, key=lambda e: e[0] == grpc.StatusCode.UNAVAILABLE)
         await context.abort(code, details)
 
+    async def _change(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
+                      request: Any, timeout: float = 10,
+                      refused: Callable[[], None] | None = None
+                      ) -> list[tuple[Any, Sequence[tuple[str, Any]]]]:
+        """Fan a change out; abort the call when no worker took it (``refused`` first,
+        when a worker turned the request down rather than being unreachable)."""
+        answered, errors = await self._fan_out(method, request, _timeout(context, timeout))
+        if not answered:
+            if refused is not None and any(
+                    code != grpc.StatusCode.UNAVAILABLE for code, _ in errors):
+                refused()
+            await self._fail(context, errors)
+        return answered
+
     async def _parsed(self, address: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         # Resolved here: a worker sees the supervisor's unix socket, not the caller.
         address = await _caller_address(address, context)
@@ -319,11 +333,8 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
         # Ledger first, in the same step as _fan_out picks its targets: a worker
         # that comes up in between is either a target or replays this entry.
         self.ledger.added(address, request.ttl_s)
-        answered, errors = await self._fan_out(
-            "AddRunner", lb_pb2.AddRunnerRequest(address=address, ttl_s=request.ttl_s),
-            _timeout(context, 10))
-        if not answered:
-            await self._fail(context, errors)
+        answered = await self._change(
+            context, "AddRunner", lb_pb2.AddRunnerRequest(address=address, ttl_s=request.ttl_s))
         added = any(resp.added for resp, _ in answered)
         if added:
             log.info("runner added by admin", extra=kv(
@@ -335,10 +346,8 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
                            ) -> lb_pb2.RemoveRunnerResponse:
         address = await self._parsed(request.address, context)
         self.ledger.removed(address)
-        answered, errors = await self._fan_out(
-            "RemoveRunner", lb_pb2.RemoveRunnerRequest(address=address), _timeout(context, 10))
-        if not answered:
-            await self._fail(context, errors)
+        answered = await self._change(
+            context, "RemoveRunner", lb_pb2.RemoveRunnerRequest(address=address))
         return lb_pb2.RemoveRunnerResponse(removed=any(resp.removed for resp, _ in answered))
 
     async def DrainRunner(self, request: lb_pb2.DrainRunnerRequest,
@@ -346,12 +355,10 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
                           ) -> lb_pb2.DrainRunnerResponse:
         address = await self._parsed(request.address, context)
         self.ledger.drained(address)
-        answered, errors = await self._fan_out(
-            "DrainRunner", lb_pb2.DrainRunnerRequest(address=address), _timeout(context, 30))
-        if not answered:
-            if any(code != grpc.StatusCode.UNAVAILABLE for code, _ in errors):
-                self.ledger.forget_drained(address)  # e.g. NOT_FOUND: nothing to drain
-            await self._fail(context, errors)
+        answered = await self._change(
+            context, "DrainRunner", lb_pb2.DrainRunnerRequest(address=address), timeout=30,
+            # e.g. NOT_FOUND: nothing to drain, so nothing to replay either
+            refused=lambda: self.ledger.forget_drained(address))
         drain_errors = [v for _, md in answered for k, v in md if k == "fnlb-drain-error"]
         if drain_errors:
             context.set_trailing_metadata((("fnlb-drain-error", str(drain_errors[0])[:200]),))
