@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -289,15 +290,37 @@ async def _serve(cfg: Any, worker_fd: int | None = None) -> int:
 
 
 async def _supervise(cfg: Any, worker_args: Sequence[str]) -> int:
-    from fnlb.workers import Supervisor
+    import logging
+
+    from fnlb.workers import Supervisor, WorkerStartError
 
     supervisor = Supervisor(cfg, worker_args)
-    await supervisor.start()
     stop = asyncio.Event()
+    # Before the workers start: a signal while they start stops them (else
+    # this process would die and leave them and its temporary directory).
     _two_stage_signals(cfg.drain_grace, stop, supervisor.kill)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.reload_tls)
-    await stop.wait()
-    await supervisor.stop(cfg.drain_grace)
+    signalled = asyncio.ensure_future(stop.wait())
+    try:
+        starting = asyncio.ensure_future(supervisor.start())
+        await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()  # start() kills what it started and removes its directory
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            logging.getLogger("fnlb.cli").warning("stopped before every worker was ready")
+            return 1
+        starting.result()  # a worker that could not start: WorkerStartError
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.reload_tls)
+        # Until a signal, or the supervisor stopping on its own (a worker that
+        # keeps failing to start).
+        closed = asyncio.ensure_future(supervisor.wait_closed())
+        await asyncio.wait((signalled, closed), return_when=asyncio.FIRST_COMPLETED)
+        await supervisor.stop(cfg.drain_grace)
+        await closed
+    finally:
+        signalled.cancel()
+    if supervisor.error:
+        raise WorkerStartError(supervisor.error)
     return 0 if supervisor.clean_exit else 1
 
 

@@ -149,7 +149,8 @@ class SupervisorMetrics:
             ["worker"], registry=r)
         self.worker_restarts = Counter(
             "fnlb_worker_restarts",
-            "Worker processes that exited unexpectedly and were started again.",
+            "Times a worker process that exited unexpectedly was started again "
+            "(failed attempts included).",
             ["worker"], registry=r)
 
 

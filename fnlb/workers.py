@@ -15,7 +15,9 @@ one worker). The process the user started becomes the supervisor:
   directory, so no other local user reaches them;
 - SIGTERM/SIGINT drain every worker (a second signal kills them), SIGHUP is
   passed on (certificate reload); a worker that dies is restarted with
-  back-off and counted in ``fnlb_worker_restarts_total``;
+  back-off and counted in ``fnlb_worker_restarts_total``; one that fails to
+  start ``max_start_failures`` times in a row stops the supervisor with its
+  error (``Supervisor.error``) rather than being retried for ever;
 - each worker holds one end of a socketpair: the supervisor learns it is ready
   from it, and the worker sees EOF on it when the supervisor dies, and drains.
   No worker outlives its supervisor, even after a SIGKILL.
@@ -51,6 +53,7 @@ from fnlb.config import LBConfig, split_hostport
 from fnlb.errors import ConfigError
 from fnlb.logs import kv
 from fnlb.metrics import MetricsServer, SupervisorMetrics, WorkerMetricsCollector
+from fnlb.placers import make_placer
 from fnlb.server import serve_admin
 from fnlb.v1 import lb_pb2_grpc
 
@@ -132,7 +135,10 @@ class SupervisorLink:
         self._sock = socket.socket(fileno=fd)
 
     def ready(self) -> None:
-        self._sock.sendall(_READY)
+        # A supervisor that died while this worker started is no error here:
+        # watch() sees the closed end at once and the worker drains.
+        with contextlib.suppress(OSError):
+            self._sock.sendall(_READY)
 
     def watch(self, on_gone: Callable[[], None]) -> None:
         """Call ``on_gone`` once on the running loop when the supervisor's end closes."""
@@ -155,7 +161,8 @@ class SupervisorLink:
 
 
 class WorkerStartError(ConfigError):
-    """A worker exited (or hung) before it was ready."""
+    """A worker exited (or hung) before it was ready; or, from ``Supervisor.error``,
+    one kept failing to start again."""
 
 
 @dataclass(eq=False)
@@ -186,7 +193,8 @@ class Supervisor:
     def __init__(self, config: LBConfig, worker_args: Sequence[str], *,
                  metrics: SupervisorMetrics | None = None, python: str = sys.executable,
                  ready_timeout: float = 60.0,
-                 restart_backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+                 restart_backoff: tuple[float, float] = (0.5, 30.0),
+                 max_start_failures: int = 5) -> None:
         if config.workers < 2:
             raise ConfigError("the supervisor runs --workers 2 or more")
         self.config = config
@@ -197,6 +205,9 @@ class Supervisor:
         self._python = python
         self._ready_timeout = ready_timeout
         self._backoff = restart_backoff
+        self._max_start_failures = max_start_failures
+        # Set when a worker could not be started again: the supervisor stopped.
+        self.error = ""
         self._dir = ""
         self._workers: list[_Worker] = []
         self._admin_server: grpc.aio.Server | None = None
@@ -216,6 +227,8 @@ class Supervisor:
     async def start(self) -> None:
         cfg = self.config
         check_port_free(cfg.listen)
+        # Fail here, once, rather than in every worker.
+        make_placer(cfg.placer)
         self._load_tls()
         # mkdtemp: mode 0700, so only this user reaches the workers' sockets.
         self._dir = tempfile.mkdtemp(prefix="fnlb-workers-")
@@ -282,10 +295,13 @@ class Supervisor:
 
     async def stop(self, grace: float | None = None) -> None:
         """SIGTERM every worker; wait ``grace`` (+ a margin for closing) then SIGKILL."""
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._stop(
-                self.config.drain_grace if grace is None else grace))
+        self._begin_stop(self.config.drain_grace if grace is None else grace)
+        assert self._stopping is not None
         await asyncio.shield(self._stopping)
+
+    def _begin_stop(self, grace: float) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
 
     async def _stop(self, grace: float) -> None:
         self._stop_event.set()
@@ -326,9 +342,11 @@ class Supervisor:
                 assert w.proc is not None
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.kill()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     async def wait_closed(self) -> None:
+        """Until the supervisor stopped: by ``stop()``, or on its own (``error`` says why)."""
         await self._stop_event.wait()
         if self._stopping is not None:
             await asyncio.shield(self._stopping)
@@ -368,7 +386,11 @@ class Supervisor:
                 "--worker-dir", self._dir, "--worker-fd", str(fd)]
 
     async def _spawn(self, w: _Worker) -> None:
-        """Start worker ``w`` and wait until it says it is ready; WorkerStartError if not."""
+        """Start worker ``w`` and wait until it says it is ready.
+
+        On any failure (WorkerStartError when it exits or hangs before it is
+        ready, or cancellation) no process is left running and ``w`` is down.
+        """
         parent, child = socket.socketpair()
         try:
             # A session of its own: a terminal's Ctrl-C reaches the supervisor
@@ -382,28 +404,39 @@ class Supervisor:
             raise
         finally:
             child.close()
+        proc = w.proc
         w.started_at = time.monotonic()
         w.returncode = None
         if self._stop_event.is_set():
-            w.proc.send_signal(signal.SIGTERM)  # stop() came while it was being started
-        reader, w.link = await asyncio.open_unix_connection(sock=parent)
+            proc.send_signal(signal.SIGTERM)  # stop() came while it was being started
         try:
-            line = await asyncio.wait_for(reader.readline(), self._ready_timeout)
-        except TimeoutError:
-            line = b""
-            if w.running:
-                log.error("worker not ready in time; killing it", extra=kv(
-                    worker=w.index, timeout_s=self._ready_timeout))
-                w.proc.kill()
-        if line != _READY:
-            w.returncode = await w.proc.wait()
+            reader, w.link = await asyncio.open_unix_connection(sock=parent)
+            try:
+                line = await asyncio.wait_for(reader.readline(), self._ready_timeout)
+            except TimeoutError:
+                line = None
+            if line != _READY:
+                if line is None and proc.returncode is None:
+                    log.error("worker not ready in time; killing it", extra=kv(
+                        worker=w.index, timeout_s=self._ready_timeout))
+                    proc.kill()
+                w.returncode = await proc.wait()
+                raise WorkerStartError(
+                    f"worker {w.index} was not ready within {self._ready_timeout:g}s; "
+                    "killed it" if line is None else
+                    f"worker {w.index} exited with code {w.returncode} before it was ready "
+                    "(its error is above)")
+            w.channel = grpc.aio.insecure_channel(f"unix:{w.paths.admin}")
+            w.admin = lb_pb2_grpc.AdminStub(w.channel)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()  # reaped by whoever waits on it next (_watch, _abort_start)
+            if w.link is None:
+                parent.close()
             await self._down(w)
-            raise WorkerStartError(f"worker {w.index} exited with code {w.returncode} before "
-                                   "it was ready (its error is above)")
-        w.channel = grpc.aio.insecure_channel(f"unix:{w.paths.admin}")
-        w.admin = lb_pb2_grpc.AdminStub(w.channel)
+            raise
         self.metrics.worker_up.labels(str(w.index)).set(1)
-        log.info("worker ready", extra=kv(worker=w.index, pid=w.proc.pid))
+        log.info("worker ready", extra=kv(worker=w.index, pid=proc.pid))
         await self._admin.replay(w.index, w.admin)
 
     async def _down(self, w: _Worker) -> None:
@@ -417,7 +450,13 @@ class Supervisor:
             w.link = None
 
     async def _watch(self, w: _Worker) -> None:
-        """Restart worker ``w`` whenever it exits, until the supervisor stops."""
+        """Restart worker ``w`` whenever it exits, until the supervisor stops.
+
+        A worker that fails to start again ``max_start_failures`` times in a row
+        (say a certificate or ``--runners-file`` that went bad since the
+        supervisor started) stops the supervisor with that error: retrying for
+        ever would hide a broken configuration behind an LB one worker short.
+        """
         backoff = self._backoff[0]
         while True:
             assert w.proc is not None
@@ -427,19 +466,37 @@ class Supervisor:
                 return
             if time.monotonic() - w.started_at > _STABLE_AFTER_S:
                 backoff = self._backoff[0]
-            self.metrics.worker_restarts.labels(str(w.index)).inc()
             log.error("worker exited unexpectedly; restarting it", extra=kv(
                 worker=w.index, pid=w.proc.pid, exit_code=w.returncode,
                 restart_in_s=backoff))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_event.wait(), backoff)
-            if self._stop_event.is_set():
-                return
-            backoff = min(backoff * 2, self._backoff[1])
-            try:
-                await self._spawn(w)
-            except WorkerStartError as e:
-                log.error("worker restart failed", extra=kv(worker=w.index, error=str(e)))
+            failures = 0
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), backoff)
+                if self._stop_event.is_set():
+                    return
+                backoff = min(backoff * 2, self._backoff[1])
+                self.metrics.worker_restarts.labels(str(w.index)).inc()
+                try:
+                    await self._spawn(w)
+                    break
+                except Exception as e:  # WorkerStartError, or e.g. OSError from exec
+                    if self._stop_event.is_set():
+                        return
+                    failures += 1
+                    if failures >= self._max_start_failures:
+                        self._give_up(f"worker {w.index} failed to start {failures} times in "
+                                      f"a row; last: {e}")
+                        return
+                    log.error("worker restart failed; trying again", extra=kv(
+                        worker=w.index, attempt=failures, error=str(e),
+                        restart_in_s=backoff))
+
+    def _give_up(self, error: str) -> None:
+        self.error = error
+        log.error("giving up on a worker that cannot start; stopping every worker",
+                  extra=kv(error=error))
+        self._begin_stop(self.config.drain_grace)
 
     def _up_admins(self) -> list[tuple[int, Any]]:
         return [(w.index, w.admin) for w in self._workers if w.admin is not None]
