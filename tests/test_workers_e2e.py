@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import Proc, running, running_stubs, wait_until
+from tests.procs import Proc, parse_logfmt, running, running_stubs, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +74,12 @@ async def admin_call(proc: Proc, method: str, request: object) -> object:
         return await getattr(lb_pb2_grpc.AdminStub(ch), method)(request, timeout=10)
 
 
+def private_dir_left(proc: Proc) -> bool:
+    """The supervisor's 0700 directory of worker sockets (named in a worker's log line) exists."""
+    line = proc.wait_for_line(r'msg="worker listening"')
+    return os.path.exists(os.path.dirname(parse_logfmt(line)["admin_addr"].removeprefix("unix:")))
+
+
 def _gone(pid: int) -> bool:
     """Exited: no such process, or a zombie nobody has reaped yet."""
     try:
@@ -120,6 +126,7 @@ async def test_both_workers_serve_calls_and_metrics_merge(
     sup.signal(signal.SIGHUP)
     sup.wait_for_line(f'passing SIGHUP to the workers" workers={sup.fields["pids"]}', start=start)
     assert len(await invoke(sup.addr, 2)) == 2
+    assert not any(_gone(int(pid)) for pid in sup.fields["pids"].split(","))
     assert per_worker(scrape(sup), "fnlb_worker_restarts_total") == {"0": 0.0, "1": 0.0}
 
 
@@ -186,6 +193,7 @@ async def test_sigterm_drains_every_worker_and_leaves_no_process() -> None:
         assert resp.body == b"hi"
         assert sup.wait(20) == 0
         assert all(_gone(pid) for pid in pids)
+        assert not private_dir_left(sup)
 
 
 async def test_workers_outlive_no_killed_supervisor() -> None:
@@ -193,5 +201,7 @@ async def test_workers_outlive_no_killed_supervisor() -> None:
         pids = [int(p) for p in sup.fields["pids"].split(",")]
         sup.popen.kill()
         sup.wait(10)
-        # Each worker sees its end of the socketpair close, drains and exits.
+        # Each worker sees its end of the socketpair close, drains and exits;
+        # the last one out removes the private directory.
         await wait_until(lambda: all(_gone(pid) for pid in pids), 15, "workers to exit")
+        assert not private_dir_left(sup)
