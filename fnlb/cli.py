@@ -156,8 +156,10 @@ def _add_serve(sub: Any) -> None:
               "spreads client connections; one connection stays on one worker). With N > 1 "
               "this process supervises them: it needs a fixed --listen port, serves "
               "--metrics-listen (every worker's metrics, label worker) and --admin-listen "
-              "(changes reach every worker), and restarts a worker that dies. Each worker has "
-              "its own placer state: in-flight counts and load are per worker")
+              "(changes reach every worker), and restarts a worker that dies; it exits with "
+              "an error when a worker fails to start 5 times in a row. SIGTERM drains every "
+              "worker. Each worker has its own placer state: in-flight counts and load are "
+              "per worker")
     # Set by the supervisor on the workers it starts (fnlb.workers); not for users.
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-dir", default=None, help=argparse.SUPPRESS)
