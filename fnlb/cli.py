@@ -299,8 +299,10 @@ async def _supervise(cfg: Any, worker_args: Sequence[str]) -> int:
     supervisor = Supervisor(cfg, worker_args)
     stop = asyncio.Event()
     # Before the workers start: a signal while they start stops them (else
-    # this process would die and leave them and its temporary directory).
+    # this process would die of it, SIGHUP included, and leave its temporary
+    # directory behind).
     _two_stage_signals(cfg.drain_grace, stop, supervisor.kill)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.reload_tls)
     signalled = asyncio.ensure_future(stop.wait())
     try:
         starting = asyncio.ensure_future(supervisor.start())
@@ -312,7 +314,6 @@ async def _supervise(cfg: Any, worker_args: Sequence[str]) -> int:
             logging.getLogger("fnlb.cli").warning("stopped before every worker was ready")
             return 1
         starting.result()  # a worker that could not start: WorkerStartError
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.reload_tls)
         # Until a signal, or the supervisor stopping on its own (a worker that
         # keeps failing to start).
         closed = asyncio.ensure_future(supervisor.wait_closed())

@@ -357,15 +357,17 @@ class Supervisor:
         return all(w.returncode == 0 for w in self._workers)
 
     def reload_tls(self) -> None:
-        """SIGHUP: this process's admin certificate, and every worker's."""
+        """SIGHUP: this process's admin certificate, and every ready worker's."""
+        # Not to a worker still starting: it reads the files anyway, and has no
+        # SIGHUP handler yet (the signal would kill it).
+        ready = [w.proc for w in self._workers
+                 if w.proc is not None and w.running and w.admin is not None]
         log.info("reloading certificates; passing SIGHUP to the workers",
-                 extra=kv(workers=",".join(str(p) for p in self.pids())))
+                 extra=kv(workers=",".join(str(proc.pid) for proc in ready)))
         if self.front_tls is not None:
             self.front_tls.reload()
-        for w in self._workers:
-            if w.running:
-                assert w.proc is not None
-                w.proc.send_signal(signal.SIGHUP)
+        for proc in ready:
+            proc.send_signal(signal.SIGHUP)
 
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers if w.running and w.proc is not None]
