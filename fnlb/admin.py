@@ -72,6 +72,12 @@ async def _caller_address(address: str, context: grpc.aio.ServicerContext[Any, A
     return f"{peer}:{port}"
 
 
+async def _check_ttl(ttl_s: int, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if not 0 <= ttl_s <= MAX_TTL_S:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"ttl_s: must be 0..{MAX_TTL_S}, got {ttl_s}")
+
+
 def runner_info(v: RunnerView) -> lb_pb2.RunnerInfo:
     s = v.status
     return lb_pb2.RunnerInfo(
@@ -104,9 +110,7 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
 
     async def AddRunner(self, request: lb_pb2.AddRunnerRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.AddRunnerResponse:
-        if not 0 <= request.ttl_s <= MAX_TTL_S:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"ttl_s: must be 0..{MAX_TTL_S}, got {request.ttl_s}")
+        await _check_ttl(request.ttl_s, context)
         address = await self._address(request.address, context)
         try:
             added = self._pool.add(address, ttl=float(request.ttl_s) if request.ttl_s else None)
@@ -326,9 +330,7 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
 
     async def AddRunner(self, request: lb_pb2.AddRunnerRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.AddRunnerResponse:
-        if not 0 <= request.ttl_s <= MAX_TTL_S:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"ttl_s: must be 0..{MAX_TTL_S}, got {request.ttl_s}")
+        await _check_ttl(request.ttl_s, context)
         address = await self._parsed(request.address, context)
         # Ledger first, in the same step as _fan_out picks its targets: a worker
         # that comes up in between is either a target or replays this entry.
