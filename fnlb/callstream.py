@@ -50,7 +50,7 @@ class CallStreamFailed(Exception):
         self.not_run = not_run or self.unsupported
         if error is not None:
             why = f"{error.code().name}: {error.details()}"
-        super().__init__(f"call stream ended: {why or 'runner closed it'}")
+        super().__init__(f"call stream ended: {why}")
 
 
 class _Pending:
@@ -154,15 +154,26 @@ class CallStream:
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             # The stream is over; the reader sees why and fails what is pending.
             s.rpc.cancel()
+        except Exception:
+            # A bug must not leave calls waiting for replies that cannot come:
+            # end the stream, and the reader fails every pending call.
+            log.exception("call stream writer failed; ending the stream")
+            s.rpc.cancel()
 
     async def _read(self, s: _Open) -> None:
         error: grpc.aio.AioRpcError | None = None
         by_runner = False
+        why = ""
         try:
             while True:
                 msg = await s.rpc.read()
                 if msg is grpc.aio.EOF:
-                    by_runner = True  # ended with OK: every call it read is answered
+                    # EOF also follows our own cancel: only status OK is the
+                    # runner saying it answered every call it read.
+                    code = await s.rpc.code()
+                    by_runner = code == grpc.StatusCode.OK
+                    why = ("the runner ended it (OK)" if by_runner
+                           else f"{code.name}: {await s.rpc.details()}")
                     break
                 for reply in msg.replies:
                     p = s.pending.pop(reply.seq, None)
@@ -171,8 +182,11 @@ class CallStream:
                 self._maybe_idle(s)
         except grpc.aio.AioRpcError as e:
             error = e
+        except asyncio.CancelledError:
+            why = "cancelled (the LB closed the stream, or its writer failed)"
+            raise
         finally:
-            self._ended(s, error, by_runner=by_runner)
+            self._ended(s, error, by_runner=by_runner, why=why)
 
     def _ended(self, s: _Open, error: grpc.aio.AioRpcError | None, *,
                by_runner: bool = False, why: str = "") -> None:

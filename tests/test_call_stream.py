@@ -16,7 +16,7 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
-from fnlb.callstream import STREAM_MAX_BODY
+from fnlb.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.errors import RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.grpc_runner import GrpcRunner
 from fnlb.v1 import lb_pb2, runner_pb2, runner_pb2_grpc
@@ -286,3 +286,46 @@ async def test_client_deadline_through_the_lb_cancels_on_the_runner() -> None:
             # The stream goes on serving.
             assert (await lbs.Invoke(lb_pb2.InvokeRequest(fn_id="echo", body=b"again"),
                                      timeout=10)).body == b"again"
+
+
+class _EchoCalls(StreamOnlyRunner):
+    """Serves Calls: echoes every call's body."""
+
+    async def Calls(self, request_iterator: Any, context: Any) -> None:
+        async for batch in request_iterator:
+            await context.write(runner_pb2.ReplyBatch(replies=[
+                runner_pb2.CallReply(seq=r.seq, body=r.body, http=runner_pb2.HttpRespMeta(
+                    status_code=200), finished=runner_pb2.CallFinished(success=True))
+                for r in batch.calls]))
+
+
+async def test_a_failing_writer_fails_its_calls_instead_of_hanging(in_process: Any) -> None:
+    servicer = _EchoCalls()
+    await in_process(servicer)
+    async with grpc.aio.insecure_channel(servicer.addr) as ch:
+        stream = CallStream(runner_pb2_grpc.RunnerStub(ch))
+        ok = await stream.call(req(0, b"fine"))
+        assert ok.body == b"fine"
+        await stream.close()
+
+        class BrokenWrites:
+            """The real stream, but writing raises what no gRPC error explains (a bug)."""
+
+            def __init__(self, rpc: Any) -> None:
+                self._rpc = rpc
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._rpc, name)
+
+            async def write(self, msg: Any) -> None:
+                raise RuntimeError("bug in the writer")
+
+        stub = runner_pb2_grpc.RunnerStub(ch)
+        real = stub.Calls
+        stub.Calls = lambda: BrokenWrites(real())  # type: ignore[method-assign]
+        stream = CallStream(stub)
+        with pytest.raises(CallStreamFailed) as e:
+            await asyncio.wait_for(stream.call(req(0, b"lost?")), 10)
+        # Written as far as we know: it may have run, so the LB will not re-send it.
+        assert not e.value.not_run and "writer failed" in str(e.value)
+        await stream.close()
