@@ -3,12 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
 
+from fnlb.grpc_runner import GrpcRunner
 from fnlb.v1 import runner_pb2_grpc
 from tests.inproc import Counting, MiB, StreamOnlyRunner
+
+
+@pytest.fixture
+async def channel_to() -> AsyncIterator[Callable[[str], runner_pb2_grpc.RunnerStub]]:
+    """A raw ``fnlb.v1.Runner`` stub to an address; channels closed after the test."""
+    channels: list[grpc.aio.Channel] = []
+
+    def make(addr: str) -> runner_pb2_grpc.RunnerStub:
+        ch = grpc.aio.insecure_channel(addr, options=[
+            ("grpc.max_receive_message_length", 64 * MiB)])
+        channels.append(ch)
+        return runner_pb2_grpc.RunnerStub(ch)
+
+    yield make
+    for ch in channels:
+        await ch.close()
+
+
+@pytest.fixture
+async def make_runner() -> AsyncIterator[Callable[..., GrpcRunner]]:
+    """``GrpcRunner(addr, **kw)``, closed after the test."""
+    made: list[GrpcRunner] = []
+
+    def make(addr: str, **kw: Any) -> GrpcRunner:
+        r = GrpcRunner(addr, **kw)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        await r.close()
 
 
 @pytest.fixture

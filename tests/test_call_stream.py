@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -18,9 +18,9 @@ from google.protobuf import empty_pb2
 
 from fnlb.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.errors import RunnerError, RunnerUnreachable, ServerTooBusy
-from fnlb.grpc_runner import GrpcRunner
+from fnlb.grpc_runner import UNARY_MAX_BODY, GrpcRunner
 from fnlb.v1 import lb_pb2, runner_pb2, runner_pb2_grpc
-from tests.inproc import EchoBothRunner, MiB, StreamOnlyRunner
+from tests.inproc import EchoBothRunner, StreamOnlyRunner
 from tests.test_lb_e2e import lb, lb_stub
 from tests.test_unary_call import call_json, lb_call, stub_proc
 
@@ -31,32 +31,8 @@ def req(seq: int, body: bytes = b"", **fields: Any) -> runner_pb2.CallRequest:
 
 
 @pytest.fixture
-async def runner_to() -> AsyncIterator[Callable[[str], runner_pb2_grpc.RunnerStub]]:
-    channels: list[grpc.aio.Channel] = []
-
-    def make(addr: str) -> runner_pb2_grpc.RunnerStub:
-        ch = grpc.aio.insecure_channel(addr, options=[
-            ("grpc.max_receive_message_length", 64 * MiB)])
-        channels.append(ch)
-        return runner_pb2_grpc.RunnerStub(ch)
-
-    yield make
-    for ch in channels:
-        await ch.close()
-
-
-@pytest.fixture
-async def runners() -> AsyncIterator[Callable[..., GrpcRunner]]:
-    made: list[GrpcRunner] = []
-
-    def make(addr: str, **kw: Any) -> GrpcRunner:
-        r = GrpcRunner(addr, **kw)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        await r.close()
+def runners(make_runner: Callable[..., GrpcRunner]) -> Callable[..., GrpcRunner]:
+    return make_runner
 
 
 async def replies(rpc: Any, n: int) -> tuple[dict[int, list[runner_pb2.CallReply]], int]:
@@ -72,22 +48,22 @@ async def replies(rpc: Any, n: int) -> tuple[dict[int, list[runner_pb2.CallReply
     return got, batches
 
 
-def only_calls_stream(runner: GrpcRunner) -> None:
-    """Make TryExec and Call fail the test: the call must go over Calls."""
+def only_one_path(runner: GrpcRunner, path: str) -> None:
+    """Make every runner RPC but ``path`` (Call or Calls) fail the test."""
 
     def forbidden(*a: Any, **kw: Any) -> Any:
-        raise AssertionError("TryExec or Call used")
+        raise AssertionError(f"a call left {path}")
 
-    runner._stub.TryExec = forbidden  # type: ignore[method-assign]
-    runner._stub.Call = forbidden  # type: ignore[method-assign]
+    for name in {"TryExec", "Call", "Calls"} - {path}:
+        setattr(runner._stub, name, forbidden)
 
 
 # -- the stub serves Calls ----------------------------------------------------
 
 
-async def test_stub_answers_a_batch_by_seq(runner_to: Any) -> None:
+async def test_stub_answers_a_batch_by_seq(channel_to: Any) -> None:
     with stub_proc() as proc:
-        runner = runner_to(proc.addr)
+        runner = channel_to(proc.addr)
         assert {"call", "calls"} <= set(
             (await runner.Status(empty_pb2.Empty(), timeout=10)).features)
         rpc = runner.Calls(timeout=20)
@@ -112,9 +88,9 @@ async def test_stub_answers_a_batch_by_seq(runner_to: Any) -> None:
         assert await rpc.code() == grpc.StatusCode.OK
 
 
-async def test_stub_nacks_and_cancels_on_the_stream(runner_to: Any) -> None:
+async def test_stub_nacks_and_cancels_on_the_stream(channel_to: Any) -> None:
     with stub_proc("--slots", "1", "--nack-after-ms", "50") as proc:
-        runner = runner_to(proc.addr)
+        runner = channel_to(proc.addr)
         rpc = runner.Calls(timeout=30)
         slow = req(1, config={"sleep_ms": "20000"})
         await rpc.write(runner_pb2.CallBatch(calls=[slow]))
@@ -136,9 +112,9 @@ async def test_stub_nacks_and_cancels_on_the_stream(runner_to: Any) -> None:
         assert (st.requestsReceived, st.requestsHandled, st.requestsNacked) == (3, 2, 1)
 
 
-async def test_stub_keeps_reply_batches_small(runner_to: Any) -> None:
+async def test_stub_keeps_reply_batches_small(channel_to: Any) -> None:
     with stub_proc() as proc:
-        runner = runner_to(proc.addr)
+        runner = channel_to(proc.addr)
         rpc = runner.Calls(timeout=30)
         size = 700 * 1024
         await rpc.write(runner_pb2.CallBatch(calls=[
@@ -151,9 +127,9 @@ async def test_stub_keeps_reply_batches_small(runner_to: Any) -> None:
         await rpc.done_writing()
 
 
-async def test_stub_ends_streams_with_ok_after_answering_on_sigterm(runner_to: Any) -> None:
+async def test_stub_ends_streams_with_ok_after_answering_on_sigterm(channel_to: Any) -> None:
     with stub_proc() as proc:
-        runner = runner_to(proc.addr)
+        runner = channel_to(proc.addr)
         rpc = runner.Calls(timeout=30)
         await rpc.write(runner_pb2.CallBatch(calls=[req(1, b"z", config={"sleep_ms": "400"})]))
         await asyncio.to_thread(proc.wait_for_line, r'msg="function started"')
@@ -168,15 +144,18 @@ async def test_stub_ends_streams_with_ok_after_answering_on_sigterm(runner_to: A
 # -- the LB uses Calls --------------------------------------------------------
 
 
-async def test_grpc_runner_uses_calls_with_the_commit_rule(runners: Any) -> None:
+@pytest.mark.parametrize("path", ["Calls", "Call"])
+async def test_grpc_runner_fast_paths_keep_the_commit_rule(make_runner: Any, path: str) -> None:
     with stub_proc("--slots", "1", "--nack-after-ms", "50") as proc:
-        gr = runners(proc.addr)
-        only_calls_stream(gr)
-        call = lb_call(b"x" * STREAM_MAX_BODY)  # the biggest body that takes the stream
+        gr = make_runner(proc.addr, calls=path == "Calls")
+        only_one_path(gr, path)
+        biggest = STREAM_MAX_BODY if path == "Calls" else UNARY_MAX_BODY  # still on the path
+        call = lb_call(b"x" * biggest)
         attempt = await gr.try_exec(call)
         assert attempt.placed and attempt.error is None
-        assert call.response.body() == b"x" * STREAM_MAX_BODY  # type: ignore[attr-defined]
+        assert call.response.body() == b"x" * biggest  # type: ignore[attr-defined]
         assert call.user_execution_time is not None and call.user_execution_time > 0
+        # A failed function: committed, the runner's code and errorUser.
         attempt = await gr.try_exec(lb_call(config={"fail": "boom"}))
         assert attempt.placed and isinstance(attempt.error, RunnerError)
         assert attempt.error.error_code == 502 and attempt.error.user_error
@@ -193,7 +172,7 @@ async def test_grpc_runner_uses_calls_with_the_commit_rule(runners: Any) -> None
         await asyncio.to_thread(proc.wait_for_line, rf'msg="call canceled" call_id={slow.model.id}')
         st = await gr.status()
         assert st.active == 0 and st.slots_free == st.slots_total
-        assert gr.calls and gr.unary
+        assert gr.unary and gr.calls == (path == "Calls")
 
 
 async def test_bigger_bodies_use_call(runners: Any, in_process: Any) -> None:
@@ -266,7 +245,7 @@ async def test_stream_broken_after_send_is_committed(runners: Any, in_process: A
 async def test_crash_mid_call_on_the_stream_is_an_error(runners: Any) -> None:
     with stub_proc() as proc:
         gr = runners(proc.addr)
-        only_calls_stream(gr)
+        only_one_path(gr, "Calls")
         attempt = await gr.try_exec(lb_call(config={"crash": "yes"}))
         assert attempt.placed and isinstance(attempt.error, RunnerError)
         assert await asyncio.to_thread(proc.wait) == 3

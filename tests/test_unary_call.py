@@ -7,20 +7,21 @@ in-process TryExec-only runner standing in for fn-compatible runners.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import empty_pb2
 
-from fnlb.calls import BufferSink, CallModel, LBCall
+from fnlb.calls import CallModel, LBCall
 from fnlb.errors import ClientCanceled, RunnerError, ServerTooBusy
-from fnlb.grpc_runner import UNARY_MAX_BODY, GrpcRunner
-from fnlb.v1 import lb_pb2, runner_pb2, runner_pb2_grpc
+from fnlb.grpc_runner import GrpcRunner
+from fnlb.v1 import lb_pb2, runner_pb2
 from tests import procs
 from tests.inproc import EchoBothRunner, StreamOnlyRunner
 from tests.test_lb_e2e import invoke_req, lb, lb_stub, runner_status
@@ -49,33 +50,9 @@ def stub_proc(*args: str) -> Any:
 
 
 @pytest.fixture
-async def runners() -> AsyncIterator[Callable[..., GrpcRunner]]:
-    made: list[GrpcRunner] = []
-
-    def make(addr: str, **kw: Any) -> GrpcRunner:
-        # Runner/Calls is tested in test_call_stream.py; here Call alone.
-        r = GrpcRunner(addr, **{"calls": False, **kw})
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        await r.close()
-
-
-@pytest.fixture
-async def channel_to() -> AsyncIterator[Callable[[str], runner_pb2_grpc.RunnerStub]]:
-    channels: list[grpc.aio.Channel] = []
-
-    def make(addr: str) -> runner_pb2_grpc.RunnerStub:
-        ch = grpc.aio.insecure_channel(addr, options=[
-            ("grpc.max_receive_message_length", 64 * MiB)])
-        channels.append(ch)
-        return runner_pb2_grpc.RunnerStub(ch)
-
-    yield make
-    for ch in channels:
-        await ch.close()
+def runners(make_runner: Callable[..., GrpcRunner]) -> Callable[..., GrpcRunner]:
+    # Runner/Calls is tested in test_call_stream.py; here Call alone.
+    return functools.partial(make_runner, calls=False)
 
 
 def forbid_stream(runner: GrpcRunner) -> None:
@@ -153,34 +130,6 @@ async def test_call_nack_when_the_slots_are_full(channel_to: Any, runners: Any) 
         assert (await hold).finished.success
         st = await runner.Status(empty_pb2.Empty(), timeout=10)
         assert (st.requestsReceived, st.requestsHandled, st.requestsNacked) == (3, 1, 2)
-
-
-async def test_grpc_runner_uses_call_with_the_commit_rule(runners: Any) -> None:
-    with stub_proc() as proc:
-        gr = runners(proc.addr)
-        forbid_stream(gr)
-        call = lb_call(b"x" * UNARY_MAX_BODY)  # the biggest body that goes unary
-        attempt = await gr.try_exec(call)
-        assert attempt.placed and attempt.error is None
-        sink = call.response
-        assert isinstance(sink, BufferSink)
-        assert sink.status_code == 200 and sink.body() == b"x" * UNARY_MAX_BODY
-        assert call.user_execution_time is not None and call.user_execution_time > 0
-        # A failed function: committed, the runner's code and errorUser.
-        attempt = await gr.try_exec(lb_call(config={"fail": "boom"}))
-        assert attempt.placed and isinstance(attempt.error, RunnerError)
-        assert attempt.error.error_code == 502 and attempt.error.user_error
-        # A client cancel stops the function on the runner.
-        slow = lb_call(config={"sleep_ms": "10000"})
-        task = asyncio.ensure_future(gr.try_exec(slow))
-        await asyncio.to_thread(proc.wait_for_line,
-                                rf'msg="function started" call_id={slow.model.id}')
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.to_thread(proc.wait_for_line, rf'msg="call canceled" call_id={slow.model.id}')
-        st = await gr.status()
-        assert st.active == 0 and st.slots_free == st.slots_total
 
 
 async def test_crash_mid_call_via_call_is_an_error_not_a_retry(runners: Any) -> None:
