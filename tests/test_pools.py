@@ -120,6 +120,19 @@ async def test_static_source_sorted_immutable_snapshot() -> None:
     assert factory.live == 0
 
 
+async def test_state_gauges_follow_the_first_answer() -> None:
+    pool, _, _ = make_pool(sources=[StaticSource(addrs(2))])
+    await pool.start(watch=False)
+
+    def gauge(state: str) -> float:
+        return float(pool.metrics.pool_runners.labels(state)._value.get())
+
+    assert (gauge("unknown"), gauge("healthy")) == (2, 0)
+    await pool.poll_once()  # both answer their first poll
+    assert (gauge("unknown"), gauge("healthy")) == (0, 2)
+    await pool.shutdown()
+
+
 async def test_union_of_sources_and_admin_rules() -> None:
     pool, factory, _ = make_pool(sources=[StaticSource(["127.0.0.1:9001"])])
     await pool.start(watch=False)

@@ -590,11 +590,12 @@ class DynamicRunnerPool:
         m.health.poll_answered()
         m.status = status
         m.status_at = now_rfc3339()
+        # The first answer turns "unknown" into "healthy": the gauges must say so.
+        changed = not m.probed
         m.probed = True
         if self._load is not None:
             # Received just now, on the tracker's own clock (ours may be a test's).
             self._load.update_reported(m.address, status)
-        changed = False
         draining = status.draining or status.drained
         if draining != m.reported_draining:
             m.reported_draining = draining
