@@ -115,6 +115,10 @@ def _add_serve(sub: Any) -> None:
          help="how often to poll every runner's Status")
     _add(p, "--health-timeout", "1s", type=_duration, metavar="DUR",
          help="a Status poll slower than this is a failure")
+    _add(p, "--health-backoff-max", "30s", type=_duration, metavar="DUR",
+         help="longest gap between Status polls of a runner that does not answer (the gap "
+              "doubles per missed poll after --eject-after); at most --health-interval "
+              "turns the back-off off")
     _add(p, "--eject-after", "3", type=_positive_int, metavar="N",
          help="eject a runner after N failures in a row (Status polls, connection failures, "
               "non-busy runner errors; a busy NACK is never a failure)")
@@ -199,7 +203,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         health=HealthConfig(interval=args.health_interval, timeout=args.health_timeout,
                             eject_after=args.eject_after,
                             max_ejection_percent=args.max_ejection_percent,
-                            slow_start=args.slow_start),
+                            slow_start=args.slow_start,
+                            poll_backoff_max=args.health_backoff_max),
         placer=args.placer,
         placer_config=PlacerConfig(args.retry_all_delay, args.placer_timeout,
                                    args.detached_placer_timeout),

@@ -146,6 +146,8 @@ def test_unknown_placer_and_bad_flags_fail_at_startup() -> None:
                          (["--runners", "127.0.0.1:x"], "--runners"),
                          (["--runners", "127.0.0.1:1", "--retry-all-delay", "soon"],
                           "--retry-all-delay"),
+                         (["--runners", "127.0.0.1:1", "--health-backoff-max", "0"],
+                          "--health-backoff-max"),
                          ([], "no runners")):
         r = subprocess.run([sys.executable, "-m", "fnlb", "serve", "--listen", "127.0.0.1:0",
                             "--metrics-listen", "", *args], capture_output=True, text=True,
