@@ -104,14 +104,10 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
         return lb_pb2.ListRunnersResponse(
             runners=[runner_info(v) for v in self._pool.views()], placer=self._placer)
 
-    async def _address(self, address: str,
-                       context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        return await _caller_address(address, context)
-
     async def AddRunner(self, request: lb_pb2.AddRunnerRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.AddRunnerResponse:
         await _check_ttl(request.ttl_s, context)
-        address = await self._address(request.address, context)
+        address = await _caller_address(request.address, context)
         try:
             added = self._pool.add(address, ttl=float(request.ttl_s) if request.ttl_s else None)
         except (ConfigError, ValueError) as e:
@@ -124,7 +120,7 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
     async def RemoveRunner(self, request: lb_pb2.RemoveRunnerRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> lb_pb2.RemoveRunnerResponse:
-        address = await self._address(request.address, context)
+        address = await _caller_address(request.address, context)
         try:
             removed = self._pool.remove(address)
         except (FnlbError, ValueError) as e:
@@ -135,7 +131,7 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
                           context: grpc.aio.ServicerContext[Any, Any]
                           ) -> lb_pb2.DrainRunnerResponse:
         try:
-            error = await self._pool.drain(await self._address(request.address, context))
+            error = await self._pool.drain(await _caller_address(request.address, context))
         except (FnlbError, ValueError) as e:
             await self._fail(context, e)
         if error:
