@@ -29,8 +29,6 @@ import grpc
 
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
-_LISTENING = re.compile(r"msg=listening .*?addr=(\S+)")
-
 
 class Child:
     """A child process whose log is kept; ``addr``/``metrics_addr`` read from its start line."""
@@ -70,15 +68,19 @@ class Child:
             self.proc.stdout.close()
 
 
+def runner_tls(tls_dir: Path | None) -> list[str]:
+    if tls_dir is None:
+        return []
+    return ["--tls-cert", str(tls_dir / "runner.crt"), "--tls-key", str(tls_dir / "runner.key"),
+            "--tls-ca", str(tls_dir / "ca.crt")]
+
+
 @contextlib.contextmanager
 def cluster(tls_dir: Path | None) -> Iterator[tuple[Child, list[Child]]]:
     children: list[Child] = []
     try:
-        runner_tls: list[str] = []
         lb_tls: list[str] = []
         if tls_dir is not None:
-            runner_tls = ["--tls-cert", str(tls_dir / "runner.crt"), "--tls-key",
-                          str(tls_dir / "runner.key"), "--tls-ca", str(tls_dir / "ca.crt")]
             lb_tls = ["--tls-cert", str(tls_dir / "lb.crt"), "--tls-key", str(tls_dir / "lb.key"),
                       "--tls-ca", str(tls_dir / "ca.crt"),
                       "--front-tls-cert", str(tls_dir / "lb.crt"),
@@ -89,7 +91,7 @@ def cluster(tls_dir: Path | None) -> Iterator[tuple[Child, list[Child]]]:
             children.append(Child(f"runner-{i}", [
                 "runner_stub", "--listen", "127.0.0.1:0", "--slots", str(slots),
                 "--cold-start-ms", "30", "--warm-cache", "2", "--nack-after-ms", "5",
-                *runner_tls]))
+                *runner_tls(tls_dir)]))
         for c in children:
             c.wait_ready()
         runners = [c.fields["addr"] for c in children]
@@ -122,13 +124,6 @@ def channel(addr: str, tls_dir: Path | None) -> grpc.aio.Channel:
         private_key=(tls_dir / "client.key").read_bytes(),
         certificate_chain=(tls_dir / "client.crt").read_bytes())
     return grpc.aio.secure_channel(addr, creds)
-
-
-def runner_args(tls_dir: Path | None) -> list[str]:
-    tls = [] if tls_dir is None else [
-        "--tls-cert", str(tls_dir / "runner.crt"), "--tls-key", str(tls_dir / "runner.key"),
-        "--tls-ca", str(tls_dir / "ca.crt")]
-    return ["runner_stub", "--listen", "127.0.0.1:0", "--slots", "2", *tls]
 
 
 async def traffic(lb: Child, children: list[Child],
@@ -178,7 +173,8 @@ async def traffic(lb: Child, children: list[Child],
 
         print("6) membership: 120 calls at concurrency 10; a 4th runner joins mid-load "
               "(Admin/AddRunner), then is drained and removed")
-        newcomer = Child("runner-3", runner_args(tls_dir))
+        newcomer = Child("runner-3", ["runner_stub", "--listen", "127.0.0.1:0", "--slots", "2",
+                                        *runner_tls(tls_dir)])
         children.insert(-1, newcomer)  # stopped with the others
         await asyncio.to_thread(newcomer.wait_ready)
         new_addr = newcomer.fields["addr"]
