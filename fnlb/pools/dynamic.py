@@ -344,10 +344,8 @@ class DynamicRunnerPool:
         A runner that a source (static list, file, DNS) names is not removable
         here, as the source would only add it back: drain it, or change the source.
         """
-        address = parse_address(address, source="address")
-        m = self._members.get(address)
-        if m is None:
-            raise UnknownRunner(f"runner {address} is not in the pool")
+        m = self._member(address)
+        address = m.address
         others = sorted(s for s in m.sources if s not in _ADMIN_SOURCES)
         if others:
             raise MembershipError(
@@ -366,10 +364,8 @@ class DynamicRunnerPool:
 
         Returns "" or why the Close RPC failed (the LB stops placing on it either way).
         """
-        address = parse_address(address, source="address")
-        m = self._members.get(address)
-        if m is None:
-            raise UnknownRunner(f"runner {address} is not in the pool")
+        m = self._member(address)
+        address = m.address
         if not m.admin_drained:
             m.admin_drained = True
             log.info("draining runner", extra=kv(runner=address, inflight=m.inflight))
@@ -386,6 +382,14 @@ class DynamicRunnerPool:
                 runner=address, error=error))
             return error
         return ""
+
+    def _member(self, address: str) -> _Member:
+        """The member at ``address`` (validated); UnknownRunner if there is none."""
+        address = parse_address(address, source="address")
+        m = self._members.get(address)
+        if m is None:
+            raise UnknownRunner(f"runner {address} is not in the pool")
+        return m
 
     def views(self) -> list[RunnerView]:
         now = self._clock()
