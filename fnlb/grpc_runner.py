@@ -113,7 +113,8 @@ def status_from_pb(s: runner_pb2.RunnerStatus) -> RunnerStatus:
 
 
 class GrpcRunner:
-    """One runner, one long-lived channel; ``try_exec`` is one Call or one TryExec stream."""
+    """One runner, one long-lived channel; ``try_exec`` is one call on the Calls stream,
+    one Call or one TryExec stream."""
 
     def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None, *,
                  metrics: Metrics | None = None, connect_timeout: float = 1.0,
@@ -176,7 +177,10 @@ class GrpcRunner:
         self._retiring.append(old_channel)
         log.info("re-dialling runner with the new client certificate",
                  extra=kv(runner=self._address, tls_generation=self._tls_generation))
-        task = asyncio.create_task(self._retire(old_channel, old_stream))
+        self._keep(asyncio.create_task(self._retire(old_channel, old_stream)))
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a background task until it is done (``close`` cancels what is left)."""
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -233,9 +237,7 @@ class GrpcRunner:
                 log.warning("runner unreachable", extra=kv(
                     runner=self._address, code=e.code().name, cause=e.details()))
 
-        task = asyncio.create_task(probe())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._keep(asyncio.create_task(probe()))
 
     @staticmethod
     def _try_call(call: RunnerCall) -> runner_pb2.TryCall:
@@ -426,9 +428,7 @@ class GrpcRunner:
                         # fn: a detached call is answered once a runner accepted it.
                         # Read the rest in the background: cancelling the stream
                         # could cancel the function on the runner.
-                        task = asyncio.create_task(self._drain_detached(stream, call))
-                        self._background.add(task)
-                        task.add_done_callback(self._background.discard)
+                        self._keep(asyncio.create_task(self._drain_detached(stream, call)))
                         return Attempt(True, None)
                 elif kind == "data":
                     sink.write(msg.data.data)
@@ -441,8 +441,7 @@ class GrpcRunner:
                 stream.cancel()
             elif sender is not None and not sender.done():
                 # A detached call goes on without us: let the body finish sending.
-                self._background.add(sender)
-                sender.add_done_callback(self._background.discard)
+                self._keep(sender)
         if finished is None:
             return Attempt(True, RunnerError(
                 f"runner {self._address} ended the call without a finished message",
