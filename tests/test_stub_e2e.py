@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,21 +134,6 @@ def ms_between(a: str, b: str) -> float:
     return (tb - ta).total_seconds() * 1000
 
 
-@pytest.fixture
-async def channel_to() -> AsyncIterator[Any]:
-    """``runner = await channel_to(addr)``; every channel is closed at the end."""
-    channels: list[grpc.aio.Channel] = []
-
-    async def open_(addr: str) -> runner_pb2_grpc.RunnerStub:
-        ch = grpc.aio.insecure_channel(addr)
-        channels.append(ch)
-        return runner_pb2_grpc.RunnerStub(ch)
-
-    yield open_
-    for ch in channels:
-        await ch.close()
-
-
 @pytest.fixture(scope="module")
 def stub() -> Iterator[procs.Proc]:
     """One shared stub for tests that leave it as they found it (counters compared as deltas)."""
@@ -168,7 +153,7 @@ def custom(st: pb.RunnerStatus, key: str) -> int:
 # -- the happy path -----------------------------------------------------------
 
 async def test_echo(stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     call = new_call(headers={"Content-Type": ["text/plain"]})
     out = await exec_call(runner, call, b"hello runner")
     out.assert_ok()
@@ -182,7 +167,7 @@ async def test_echo(stub: procs.Proc, channel_to: Any) -> None:
 
 
 async def test_empty_body_is_one_eof_frame(stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call())
     out.assert_ok()
     assert out.kinds == ["result_start", "data", "finished"]
@@ -190,7 +175,7 @@ async def test_empty_body_is_one_eof_frame(stub: procs.Proc, channel_to: Any) ->
 
 
 async def test_five_mib_round_trip_in_10k_frames(stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     body = bytes(range(256)) * (MAX_BODY // 256)
     assert len(data_msgs(body)) == 512
     out = await exec_call(runner, new_call(), body)
@@ -200,7 +185,7 @@ async def test_five_mib_round_trip_in_10k_frames(stub: procs.Proc, channel_to: A
 
 
 async def test_config_sleep_ms_holds_the_call(stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call(config={"sleep_ms": "300"}))
     out.assert_ok()
     assert out.finished.executionDuration >= 300e6
@@ -208,7 +193,7 @@ async def test_config_sleep_ms_holds_the_call(stub: procs.Proc, channel_to: Any)
 
 
 async def test_config_status_and_response_size(stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call(config={"status": "404"}), b"gone")
     out.assert_ok()  # a function answering 404 is still a successful call
     assert out.status == 404 and out.body == b"gone"
@@ -220,7 +205,7 @@ async def test_config_status_and_response_size(stub: procs.Proc, channel_to: Any
 
 
 async def test_config_fail_sends_only_a_finished_error(stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     before = await status(runner)
     out = await exec_call(runner, new_call(config={"fail": "boom"}))
     assert out.kinds == ["finished"]
@@ -233,7 +218,7 @@ async def test_config_fail_sends_only_a_finished_error(stub: procs.Proc, channel
 
 async def test_detached_call_is_acknowledged_with_202_before_it_runs(
         stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     stream = runner.TryExec(iter([try_msg(new_call(type="detached", config={"sleep_ms": "200"})),
                                   *data_msgs(b"later")]), timeout=30)
     first = await stream.read()
@@ -249,7 +234,7 @@ async def test_detached_call_is_acknowledged_with_202_before_it_runs(
 
 async def test_call_timeout_stops_the_function_with_504(stub: procs.Proc,
                                                         channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call(timeout=0.2, config={"sleep_ms": "30000"}))
     assert out.kinds == ["finished"]
     fin = out.finished
@@ -298,7 +283,7 @@ BAD_STREAMS = {
 @pytest.mark.parametrize("case", list(BAD_STREAMS))
 async def test_protocol_errors_are_invalid_argument(stub: procs.Proc, channel_to: Any,
                                                     case: str) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     msgs, message = BAD_STREAMS[case]
     before = await status(runner)
     err = await rpc_error(runner, msgs)
@@ -311,7 +296,7 @@ async def test_protocol_errors_are_invalid_argument(stub: procs.Proc, channel_to
 
 
 async def test_body_over_max_body_bytes_is_a_413(stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call(), b"y" * (MAX_BODY + 1))
     assert out.kinds == ["finished"]
     fin = out.finished
@@ -321,7 +306,7 @@ async def test_body_over_max_body_bytes_is_a_413(stub: procs.Proc, channel_to: A
 
 
 async def test_memory_over_total_is_refused_not_nacked(stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     before = await status(runner)
     out = await exec_call(runner, new_call(memory=2048), b"big")
     assert out.kinds == ["finished"]
@@ -336,7 +321,7 @@ async def test_memory_over_total_is_refused_not_nacked(stub: procs.Proc, channel
 
 async def test_client_cancel_stops_the_function_and_frees_the_slot(
         stub: procs.Proc, channel_to: Any) -> None:
-    runner = await channel_to(stub.addr)
+    runner = channel_to(stub.addr)
     before = await status(runner)
     call = new_call(config={"sleep_ms": "60000"})
     stream = runner.TryExec(iter([try_msg(call), *data_msgs(b"")]), timeout=60)
@@ -353,7 +338,7 @@ async def test_client_cancel_stops_the_function_and_frees_the_slot(
 
 async def test_concurrency_beyond_slots_is_nacked(channel_to: Any) -> None:
     with run_stub("--slots", "2", "--nack-after-ms", "10") as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         holders = [new_call(config={"sleep_ms": "1500"}) for _ in range(2)]
         held = [asyncio.create_task(exec_call(runner, c)) for c in holders]
         for c in holders:
@@ -372,7 +357,7 @@ async def test_concurrency_beyond_slots_is_nacked(channel_to: Any) -> None:
 
 async def test_cold_then_warm_and_lru_eviction(channel_to: Any) -> None:
     with run_stub("--cold-start-ms", "200", "--warm-cache", "1") as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
 
         async def sched_ms(fn_id: str, slot: str = "") -> float:
             out = await exec_call(runner, new_call(fn_id), slot_hash_id=slot)
@@ -391,7 +376,7 @@ async def test_cold_then_warm_and_lru_eviction(channel_to: Any) -> None:
 
 async def test_close_drains_inflight_and_nacks_new_calls(channel_to: Any) -> None:
     with run_stub("--slots", "2") as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         call = new_call(config={"sleep_ms": "1500"})
         inflight = asyncio.create_task(exec_call(runner, call))
         await accepted(proc, call)
@@ -414,7 +399,7 @@ async def test_close_drains_inflight_and_nacks_new_calls(channel_to: Any) -> Non
 
 async def test_sigterm_lets_the_inflight_call_finish_and_exits_0(channel_to: Any) -> None:
     with run_stub() as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         call = new_call(config={"sleep_ms": "1500"})
         inflight = asyncio.create_task(exec_call(runner, call))
         await accepted(proc, call)
@@ -428,7 +413,7 @@ async def test_sigterm_lets_the_inflight_call_finish_and_exits_0(channel_to: Any
 
 async def test_drain_grace_bounds_the_wait_for_inflight_calls(channel_to: Any) -> None:
     with run_stub("--drain-grace", "300ms") as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         call = new_call(config={"sleep_ms": "60000"})
         inflight = asyncio.create_task(exec_call(runner, call))
         await running(proc, call)
@@ -443,7 +428,7 @@ async def test_drain_grace_bounds_the_wait_for_inflight_calls(channel_to: Any) -
 
 async def test_second_signal_exits_at_once(channel_to: Any) -> None:
     with run_stub() as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         call = new_call(config={"sleep_ms": "60000"})
         inflight = asyncio.create_task(exec_call(runner, call))
         await running(proc, call)
@@ -460,7 +445,7 @@ async def test_second_signal_exits_at_once(channel_to: Any) -> None:
 
 async def test_fail_rate_one_fails_every_accepted_call(channel_to: Any) -> None:
     with run_stub("--fail-rate", "1.0", "--seed", "7") as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         for _ in range(3):
             out = await exec_call(runner, new_call(), b"x")
             assert out.kinds == ["finished"]
@@ -483,20 +468,20 @@ async def _crash_mid_call(proc: procs.Proc, runner: runner_pb2_grpc.RunnerStub,
 
 async def test_crash_after_n_exits_after_result_start(channel_to: Any) -> None:
     with run_stub("--crash-after", "2") as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         (await exec_call(runner, new_call(), b"first")).assert_ok()
         await _crash_mid_call(proc, runner, new_call())
 
 
 async def test_config_crash_exits_after_result_start(channel_to: Any) -> None:
     with run_stub() as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         await _crash_mid_call(proc, runner, new_call(config={"crash": "yes"}))
 
 
 async def test_hang_ms_answers_nothing_before_the_client_deadline(channel_to: Any) -> None:
     with run_stub("--hang-ms", "10000") as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         got: list[pb.RunnerMsg] = []
         t0 = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -509,7 +494,7 @@ async def test_hang_ms_answers_nothing_before_the_client_deadline(channel_to: An
 
 async def test_nack_delay_ms_delays_every_nack(channel_to: Any) -> None:
     with run_stub("--slots", "1", "--nack-after-ms", "0", "--nack-delay-ms", "300") as proc:
-        runner = await channel_to(proc.addr)
+        runner = channel_to(proc.addr)
         hold = new_call(config={"sleep_ms": "5000"})
         holder = asyncio.create_task(exec_call(runner, hold))
         await accepted(proc, hold)
