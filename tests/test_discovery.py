@@ -25,17 +25,13 @@ from fnlb.pools.dns import DnsPythonLookup, DnsSource, DnsTarget, parse_discover
 from fnlb.pools.file import FileSource, parse_runners_file
 from tests.fakes import make_call
 from tests.procs import wait_until
-from tests.test_pools import FakeFactory
+from tests.test_pools import FakeFactory, offered
 
 
 def new_pool(*sources: Any) -> tuple[DynamicRunnerPool, FakeFactory]:
     factory = FakeFactory()
     return DynamicRunnerPool(factory, sources=sources, health=HealthConfig(slow_start=0),
                              metrics=Metrics()), factory
-
-
-async def members(pool: DynamicRunnerPool) -> list[str]:
-    return [r.address for r in await pool.runners(make_call())]
 
 
 # -- file ------------------------------------------------------------------------
@@ -63,21 +59,21 @@ async def test_file_source_add_remove_and_malformed(tmp_path: Path,
     source = FileSource(path, interval=60)
     pool, factory = new_pool(source)
     await pool.start(watch=False)
-    assert await members(pool) == ["127.0.0.1:9001", "127.0.0.1:9002"]
+    assert await offered(pool) == ["127.0.0.1:9001", "127.0.0.1:9002"]
     write(path, "127.0.0.1:9002\n# 9001 left\n127.0.0.1:9003\n")
     await source.refresh()
-    assert await members(pool) == ["127.0.0.1:9002", "127.0.0.1:9003"]
+    assert await offered(pool) == ["127.0.0.1:9002", "127.0.0.1:9003"]
     assert factory.last("127.0.0.1:9001").closed or pool.member_count()[1] == 1
     write(path, "127.0.0.1:9002\nnot an address\n")
     await source.refresh()
-    assert await members(pool) == ["127.0.0.1:9002", "127.0.0.1:9003"]  # previous set kept
+    assert await offered(pool) == ["127.0.0.1:9002", "127.0.0.1:9003"]  # previous set kept
     assert any(":2:" in r.getMessage() + str(getattr(r, "kv", "")) for r in caplog.records)
     path.unlink()
     await source.refresh()
-    assert await members(pool) == ["127.0.0.1:9002", "127.0.0.1:9003"]
+    assert await offered(pool) == ["127.0.0.1:9002", "127.0.0.1:9003"]
     write(path, "127.0.0.1:9004\n")
     await source.refresh()
-    assert await members(pool) == ["127.0.0.1:9004"]
+    assert await offered(pool) == ["127.0.0.1:9004"]
     await pool.shutdown()
     assert factory.live == 0
 
@@ -193,26 +189,26 @@ async def test_dns_a_aaaa_records_follow_changes_and_failures_keep_the_last_set(
                            lookup=DnsPythonLookup(target.nameserver, timeout=0.3))
         pool, factory = new_pool(source)
         await pool.start(watch=False)
-        assert await members(pool) == ["10.1.0.1:9190", "10.1.0.2:9190", "[fd00::7]:9190"]
+        assert await offered(pool) == ["10.1.0.1:9190", "10.1.0.2:9190", "[fd00::7]:9190"]
         server.records[("runners.test", "A")] = ["10.1.0.2", "10.1.0.3"]  # one left, one joined
         await source.refresh()
-        assert await members(pool) == ["10.1.0.2:9190", "10.1.0.3:9190", "[fd00::7]:9190"]
+        assert await offered(pool) == ["10.1.0.2:9190", "10.1.0.3:9190", "[fd00::7]:9190"]
         assert len(factory.made["10.1.0.2:9190"]) == 1  # kept, not rebuilt
         for mode in ("servfail", "drop"):
             server.mode = mode
             before = server.queries
             await source.refresh()
             assert server.queries > before  # it did ask
-            assert await members(pool) == ["10.1.0.2:9190", "10.1.0.3:9190", "[fd00::7]:9190"]
+            assert await offered(pool) == ["10.1.0.2:9190", "10.1.0.3:9190", "[fd00::7]:9190"]
         server.mode = "ok"
         del server.records[("runners.test", "A")]
         del server.records[("runners.test", "AAAA")]  # NXDOMAIN: kept too
         await source.refresh()
-        assert len(await members(pool)) == 3
+        assert len(await offered(pool)) == 3
         assert pool.metrics.discovery_errors.labels("dns")._value.get() == 3
         server.records[("runners.test", "A")] = ["10.1.0.9"]
         await source.refresh()
-        assert await members(pool) == ["10.1.0.9:9190"]
+        assert await offered(pool) == ["10.1.0.9:9190"]
         await pool.shutdown()
 
 
@@ -227,10 +223,10 @@ async def test_dns_srv_records_resolve_targets_with_their_ports() -> None:
                            lookup=DnsPythonLookup(target.nameserver, timeout=0.3))
         pool, _ = new_pool(source)
         await pool.start(watch=False)
-        assert await members(pool) == ["10.2.0.1:9190", "10.2.0.2:9191"]
+        assert await offered(pool) == ["10.2.0.1:9190", "10.2.0.2:9191"]
         server.records[(name, "SRV")] = ["0 0 9190 r1.runners.test.", "0 0 9192 r3.runners.test."]
         await source.refresh()  # r3 does not resolve: the rest is still taken
-        assert await members(pool) == ["10.2.0.1:9190"]
+        assert await offered(pool) == ["10.2.0.1:9190"]
         await pool.shutdown()
 
 
@@ -246,7 +242,7 @@ async def test_unresolvable_name_at_startup_is_not_fatal_but_says_why() -> None:
         assert e.value.retryable
         server.records[("later.test", "A")] = ["10.3.0.1"]
         await wait_until(pool.snapshot, 5, "the poll loop to find the name")
-        assert await members(pool) == ["10.3.0.1:9190"]
+        assert await offered(pool) == ["10.3.0.1:9190"]
         await pool.shutdown()
 
 
@@ -276,7 +272,7 @@ async def test_dns_churn_with_injected_lookup_keeps_pool_consistent() -> None:
         ips = sorted({f"10.0.0.{rng.randint(1, 20)}" for _ in range(rng.randint(1, 6))})
         lookup.answers["r.test"] = ips
         await source.refresh()
-        assert await members(pool) == sorted(f"{ip}:9190" for ip in ips)
+        assert await offered(pool) == sorted(f"{ip}:9190" for ip in ips)
     await asyncio.sleep(0)
     assert factory.live == len(pool.snapshot()) + pool.member_count()[1]
     await pool.shutdown()
