@@ -180,13 +180,18 @@ async def tiny_dns() -> AsyncIterator[tuple[TinyDns, int]]:
         transport.close()
 
 
+def tiny_dns_source(uri: str, interval: float) -> DnsSource:
+    """A DnsSource for ``uri``, resolving with a short timeout (tiny_dns may drop queries)."""
+    target = parse_discovery(uri)
+    return DnsSource(target, interval=interval,
+                     lookup=DnsPythonLookup(target.nameserver, timeout=0.3))
+
+
 async def test_dns_a_aaaa_records_follow_changes_and_failures_keep_the_last_set() -> None:
     async with tiny_dns() as (server, port):
         server.records[("runners.test", "A")] = ["10.1.0.2", "10.1.0.1"]
         server.records[("runners.test", "AAAA")] = ["fd00::7"]
-        target = parse_discovery(f"dns://127.0.0.1:{port}/runners.test:9190")
-        source = DnsSource(target, interval=60,
-                           lookup=DnsPythonLookup(target.nameserver, timeout=0.3))
+        source = tiny_dns_source(f"dns://127.0.0.1:{port}/runners.test:9190", interval=60)
         pool, factory = new_pool(source)
         await pool.start(watch=False)
         assert await offered(pool) == ["10.1.0.1:9190", "10.1.0.2:9190", "[fd00::7]:9190"]
@@ -218,9 +223,7 @@ async def test_dns_srv_records_resolve_targets_with_their_ports() -> None:
         server.records[(name, "SRV")] = ["0 0 9190 r1.runners.test.", "0 0 9191 r2.runners.test."]
         server.records[("r1.runners.test", "A")] = ["10.2.0.1"]
         server.records[("r2.runners.test", "A")] = ["10.2.0.2"]
-        target = parse_discovery(f"dns+srv://127.0.0.1:{port}/{name}")
-        source = DnsSource(target, interval=60,
-                           lookup=DnsPythonLookup(target.nameserver, timeout=0.3))
+        source = tiny_dns_source(f"dns+srv://127.0.0.1:{port}/{name}", interval=60)
         pool, _ = new_pool(source)
         await pool.start(watch=False)
         assert await offered(pool) == ["10.2.0.1:9190", "10.2.0.2:9191"]
@@ -232,9 +235,7 @@ async def test_dns_srv_records_resolve_targets_with_their_ports() -> None:
 
 async def test_unresolvable_name_at_startup_is_not_fatal_but_says_why() -> None:
     async with tiny_dns() as (server, port):
-        target = parse_discovery(f"dns://127.0.0.1:{port}/later.test:9190")
-        source = DnsSource(target, interval=0.05,
-                           lookup=DnsPythonLookup(target.nameserver, timeout=0.3))
+        source = tiny_dns_source(f"dns://127.0.0.1:{port}/later.test:9190", interval=0.05)
         pool, _ = new_pool(source)
         await pool.start()
         with pytest.raises(PoolError, match="NXDOMAIN") as e:
