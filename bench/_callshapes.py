@@ -32,14 +32,9 @@ import time
 
 import grpc
 
+from bench.datapath import cpu_seconds
+
 _SVC = "bench.Shapes"
-_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        v = f.read().rsplit(")", 1)[1].split()
-    return (int(v[11]) + int(v[12])) / _TCK
 _FRAME = b"x" * 40  # about the size of a small DataFrame / CallFinished
 
 
@@ -173,10 +168,10 @@ async def _bench(addr: str, shape: str, calls: int, conc: int,
 
         await asyncio.gather(*(worker() for _ in range(min(conc, 8))))  # warm-up
         left = calls
-        s0, c0, w0 = _cpu(server_pid), time.process_time(), time.perf_counter()
+        s0, c0, w0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(conc)))
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-        scpu = _cpu(server_pid) - s0
+        scpu = cpu_seconds(server_pid) - s0
         if mux_call is not None:
             await mux_call.done_writing()
             await reader

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -20,16 +19,10 @@ from pathlib import Path
 
 import grpc
 
+from bench.datapath import cpu_seconds
 from fnlb.tls import init_ca, issue_cert
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 from tests.procs import Proc, start
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _cluster(tls: Path | None) -> list[Proc]:
@@ -77,11 +70,11 @@ async def _load(addr: str, tls: Path | None, concurrency: int, seconds: float) -
 
 def _round(procs: list[Proc], tls: Path | None, conc: int, seconds: float) -> dict[str, float]:
     lb = procs[-1]
-    cpu0 = _cpu_s(lb.popen.pid)
+    cpu0 = cpu_seconds(lb.popen.pid)
     t0 = time.monotonic()
     lat = asyncio.run(_load(lb.addr, tls, conc, seconds))
     wall = time.monotonic() - t0
-    cpu = _cpu_s(lb.popen.pid) - cpu0
+    cpu = cpu_seconds(lb.popen.pid) - cpu0
     lat.sort()
     return {"calls_s": len(lat) / seconds, "p50_ms": lat[len(lat) // 2] * 1000,
             "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
