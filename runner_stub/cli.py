@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from fnlb.logs import kv, setup_logging
 from fnlb.timefmt import format_duration, parse_duration
+from fnlb.tls import TLSConfigError
 from runner_stub.config import LOG_LEVELS, StubConfig, flag_name, split_host_port
 from runner_stub.errors import ConfigError, StartupError
 from runner_stub.server import StubServer
@@ -230,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(cfg.log_level)
     try:
         return asyncio.run(_serve(cfg))
-    except ConfigError as e:  # an unreadable TLS file, found at start
+    except (ConfigError, TLSConfigError) as e:  # TLS material unusable, found at start
         parser.error(str(e))
     except StartupError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

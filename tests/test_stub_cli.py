@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from fnlb.tls import init_ca, issue_cert
 from runner_stub.cli import parse_config
 from runner_stub.config import StubConfig
 
@@ -49,3 +54,17 @@ def test_bad_values_exit_2_naming_the_flag(argv: list[str], env: dict[str, str],
         parse_config(argv, environ=env)
     assert info.value.code == 2
     assert expect in capsys.readouterr().err
+
+
+def test_certificate_from_another_ca_is_a_clear_startup_error(tmp_path: Path) -> None:
+    init_ca(tmp_path / "a", name="ca-a")
+    init_ca(tmp_path / "b", name="ca-b")
+    issue_cert(tmp_path / "a", "runner", ["127.0.0.1"], tmp_path)
+    r = subprocess.run([sys.executable, "-m", "runner_stub", "--listen", "127.0.0.1:0",
+                        "--tls-cert", str(tmp_path / "runner.crt"),
+                        "--tls-key", str(tmp_path / "runner.key"),
+                        "--tls-ca", str(tmp_path / "b" / "ca.crt")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "runner-stub: error: certificate file" in r.stderr
+    assert "not signed by the CA" in r.stderr and "Traceback" not in r.stderr
