@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fnlb.load import LoadTracker
+from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers import PLACERS, BasePlacer, make_placer
 from fnlb.runnerpool import PlacerConfig, RunnerStatus

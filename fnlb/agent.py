@@ -16,7 +16,7 @@ from fnlb.errors import (
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.runnerpool import Placer, Runner, RunnerPool
-from fnlb.tracker import DEADLINE_SLACK
+from fnlb.placers.tracker import DEADLINE_SLACK
 
 __all__ = ["Agent"]
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from fnlb.errors import ServerTooBusy
-from fnlb.load import LoadTracker
+from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers import PLACERS, make_placer
 from fnlb.runnerpool import Attempt, PlacerConfig, RunnerCall, RunnerStatus

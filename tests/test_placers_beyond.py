@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pytest
 
 from fnlb.errors import ConfigError, RunnerError, ServerTooBusy
-from fnlb.load import LoadTracker
+from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers import BasePlacer, make_placer
 from fnlb.placers._hash import fn_key_hash, jump_hash

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from fnlb.errors import ConfigError
-from fnlb.load import LoadTracker
+from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers._base import BasePlacer
 from fnlb.placers.ch import ConsistentHashPlacer

@@ -7,10 +7,10 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from fnlb.errors import PoolError
-from fnlb.load import LoadTracker
+from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall, RunnerPool
-from fnlb.tracker import PlacerTracker
+from fnlb.placers.tracker import PlacerTracker
 
 __all__ = ["BasePlacer"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 
-from fnlb.load import LoadTracker
+from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers._base import BasePlacer
 from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall

@@ -88,7 +88,7 @@ class UnknownRunner(FnlbError, KeyError):
 
 
 class LoadSink(Protocol):
-    """The parts of ``fnlb.load.LoadTracker`` the pool feeds."""
+    """The parts of ``fnlb.placers.load.LoadTracker`` the pool feeds."""
 
     def update_reported(self, address: str, status: RunnerStatus,
                         at: float | None = None) -> None: ...
