@@ -43,9 +43,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers import PLACERS, BasePlacer, make_placer
+from fnlb.placers.load import LoadTracker
 from fnlb.runnerpool import PlacerConfig, RunnerStatus
 
 __all__ = ["SimConfig", "simulate", "decision_cost", "key_movement", "main"]

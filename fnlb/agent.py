@@ -15,8 +15,8 @@ from fnlb.errors import (
 )
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
-from fnlb.runnerpool import Placer, Runner, RunnerPool
 from fnlb.placers.tracker import DEADLINE_SLACK
+from fnlb.runnerpool import Placer, Runner, RunnerPool
 
 __all__ = ["Agent"]
 

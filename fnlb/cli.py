@@ -186,8 +186,8 @@ def _tls_paths(args: argparse.Namespace, prefix: str, flag: str) -> Any:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from fnlb.config import LBConfig
-    from fnlb.health import HealthConfig
     from fnlb.pools import parse_address_list
+    from fnlb.pools.health import HealthConfig
     from fnlb.runnerpool import PlacerConfig
 
     runners = tuple(parse_address_list(args.runners)) if args.runners else ()

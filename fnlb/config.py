@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fnlb.errors import ConfigError
-from fnlb.health import HealthConfig
+from fnlb.pools.health import HealthConfig
 from fnlb.runnerpool import PlacerConfig
 
 __all__ = ["LBConfig", "REGISTRATION", "TLSPaths", "split_hostport"]

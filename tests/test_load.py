@@ -8,9 +8,9 @@ import random
 import pytest
 
 from fnlb.errors import ServerTooBusy
-from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers import PLACERS, make_placer
+from fnlb.placers.load import LoadTracker
 from fnlb.runnerpool import Attempt, PlacerConfig, RunnerCall, RunnerStatus
 from tests.fakes import FakePool, FakeRunner, make_call
 
@@ -38,9 +38,22 @@ def test_inflight_counts_up_and_down_and_drops_zero_entries() -> None:
     assert (t.inflight("a"), t.inflight("b"), t.total_load()) == (1, 0, 1)
     assert t.table_sizes() == (1, 0, 0)  # "b" went back to zero: no entry kept
     t.finished("a")
-    t.finished("a")  # one too many (e.g. forgotten meanwhile): never negative
     assert t.inflight("a") == 0 and t.total_load() == 0
     assert t.table_sizes() == (0, 0, 0)
+    with pytest.raises(RuntimeError, match="without started"):
+        t.finished("a")  # one too many is a bug in the caller, never a negative count
+    assert t.inflight("a") == 0 and t.total_load() == 0
+
+
+def test_listeners_hear_every_end_with_what_is_left() -> None:
+    t = LoadTracker()
+    heard: list[tuple[str, int]] = []
+    t.subscribe(lambda address, left: heard.append((address, left)))
+    t.started("a")
+    t.started("a")
+    t.finished("a")
+    t.finished("a")
+    assert heard == [("a", 1), ("a", 0)]
 
 
 def test_fresh_report_adds_the_other_lbs_calls_and_expires() -> None:
@@ -86,17 +99,18 @@ def test_room_and_warmth_come_from_fresh_reports_only() -> None:
     assert t.weight("a") == 1.0
 
 
-def test_forget_and_retain_drop_every_table() -> None:
+def test_forget_and_retain_drop_reports_but_calls_count_until_they_end() -> None:
     t = LoadTracker()
     for a in ("a", "b", "c"):
         t.started(a)
         t.update_reported(a, RunnerStatus(active=3))
     assert t.total_load() == 9
     t.forget("a")
-    assert t.load("a") == 0 and t.total_load() == 6
+    assert t.load("a") == 1 and t.total_load() == 7  # our call there still runs
     t.retain(["c"])
-    assert t.table_sizes()[:2] == (1, 1) and t.total_load() == 3
-    t.finished("b")  # a call on a runner that left ends later: no resurrection
+    assert t.table_sizes()[:2] == (3, 1) and t.total_load() == 5
+    t.finished("a")
+    t.finished("b")  # calls on runners that left end later: their entries go
     assert t.table_sizes()[:2] == (1, 1) and t.total_load() == 3
 
 
@@ -118,7 +132,7 @@ def test_thousands_of_membership_changes_do_not_grow_the_tables() -> None:
         t.started(a)
         inflight.append(a)
         if len(inflight) > 3:
-            t.finished(inflight.pop(0))  # may hit a runner that has left: harmless
+            t.finished(inflight.pop(0))  # may be a runner that has left: still counted
         clock.now += 0.01
     n_inflight, n_reports, n_warm = t.table_sizes()
     assert n_reports <= len(members)

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import pytest
 
 from fnlb.errors import ConfigError, RunnerError, ServerTooBusy
-from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers import BasePlacer, make_placer
 from fnlb.placers._hash import fn_key_hash, jump_hash
 from fnlb.placers.chbl import DEFAULT_C, BoundedLoadHashPlacer, HashRing, ring_hash
+from fnlb.placers.load import LoadTracker
 from fnlb.placers.p2c import PowerOfTwoPlacer
 from fnlb.placers.warm import WarmFirstPlacer
 from fnlb.runnerpool import Attempt, PlacerConfig, Runner, RunnerCall, RunnerStatus

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from fnlb.calls import DETACHED
+from fnlb.calls import DETACHED, LBCall
 from fnlb.errors import PoolError, RunnerError, RunnerUnreachable, ServerTooBusy
-from fnlb.health import HealthConfig, RunnerHealth, attempt_verdict
-from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
+from fnlb.placers import make_placer
+from fnlb.placers.load import LoadTracker
 from fnlb.pools import DynamicRunnerPool, MembershipError, StaticSource, UnknownRunner
-from fnlb.runnerpool import Attempt, RunnerCall, RunnerStatus
+from fnlb.pools.health import HealthConfig, RunnerHealth, attempt_verdict
+from fnlb.runnerpool import Attempt, Runner, RunnerCall, RunnerStatus
 from tests.fakes import make_call
 
 
@@ -41,12 +42,14 @@ class ProbeRunner:
         self.status_value = RunnerStatus(slots_total=4, slots_free=4)
         self.outcome: Attempt = Attempt(True, None)
         self.gate: asyncio.Event | None = None  # try_exec waits on it when set
+        self.entered = asyncio.Event()  # set when a try_exec began
         self.tries = 0
         self.drained = False
         self._registry = registry
 
     async def try_exec(self, call: RunnerCall) -> Attempt:
         self.tries += 1
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         return self.outcome
@@ -98,10 +101,32 @@ async def offered(pool: DynamicRunnerPool) -> list[str]:
     return [r.address for r in await pool.runners(make_call())]
 
 
-async def settle() -> None:
-    """Let the pool's close tasks run (they are scheduled, not awaited)."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+class Only:
+    """A pool of one runner: lets a real placer place on exactly that handle."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    async def runners(self, call: RunnerCall) -> Sequence[Runner]:
+        return (self.runner,)
+
+    async def shutdown(self) -> None:
+        return None
+
+
+async def held_call(pool: DynamicRunnerPool, factory: FakeFactory, address: str,
+                    call: LBCall | None = None) -> asyncio.Future[Runner]:
+    """A call a real placer placed on ``address``, held there until the runner's gate opens.
+
+    The placer counts it in the pool's LoadTracker, as in the LB.
+    """
+    runner = factory.last(address)
+    runner.gate, runner.entered = asyncio.Event(), asyncio.Event()
+    (handle,) = [r for r in pool.snapshot() if r.address == address]
+    placer = make_placer("naive", load=pool.load)
+    running = asyncio.ensure_future(placer.place_call(Only(handle), call or make_call()))
+    await runner.entered.wait()
+    return running
 
 
 # -- membership and snapshots ---------------------------------------------------
@@ -146,7 +171,7 @@ async def test_union_of_sources_and_admin_rules() -> None:
     pool.set_source("file", [])
     assert await offered(pool) == ["127.0.0.1:9001", "127.0.0.1:9002"]  # admin still holds it
     assert pool.remove("127.0.0.1:9002") is True
-    await settle()
+    await pool.closes_done()
     assert await offered(pool) == ["127.0.0.1:9001"]
     assert factory.last("127.0.0.1:9002").closed
     await pool.shutdown()
@@ -171,7 +196,7 @@ async def test_thousands_of_membership_changes_leave_no_state() -> None:
             await pool.poll_once()  # probes feed the load tracker's report table
         clock.now += 1
         await pool.poll_once() if round_ % 7 == 0 else None
-    await settle()
+    await pool.closes_done()
     members, retiring = pool.member_count()
     current = {v.address for v in pool.views()}
     assert retiring == 0
@@ -187,7 +212,7 @@ async def test_thousands_of_membership_changes_leave_no_state() -> None:
     pool.set_source("dns", [])
     clock.now += 10
     await pool.poll_once()
-    await settle()
+    await pool.closes_done()
     assert pool.member_count() == (0, 0) and factory.live == 0
     assert load.table_sizes() == (0, 0, 0)
     await pool.shutdown()
@@ -198,20 +223,20 @@ async def test_removed_runner_closes_only_after_its_calls_finish() -> None:
     await pool.start(watch=False)
     pool.set_source("file", ["127.0.0.1:9001", "127.0.0.1:9002"])
     r1 = factory.last("127.0.0.1:9001")
-    r1.gate = asyncio.Event()
     handle = pool.snapshot()[0]
-    running = asyncio.ensure_future(handle.try_exec(make_call()))
-    await settle()
+    running = await held_call(pool, factory, "127.0.0.1:9001")
     pool.set_source("file", ["127.0.0.1:9002"])
-    await settle()
+    await pool.closes_done()
     assert await offered(pool) == ["127.0.0.1:9002"]
     assert not r1.closed and pool.member_count() == (1, 1)
     # A placer still walking the old snapshot does not start new calls there.
     late = await handle.try_exec(make_call())
     assert not late.placed and isinstance(late.error, RunnerUnreachable)
+    assert r1.tries == 1
+    assert r1.gate is not None
     r1.gate.set()
-    assert (await running).placed  # the in-flight call finished normally
-    await settle()
+    assert (await running).address == "127.0.0.1:9001"  # the in-flight call finished normally
+    await pool.closes_done()
     assert r1.closed and pool.member_count() == (1, 0)
     await pool.shutdown()
 
@@ -224,11 +249,11 @@ async def test_detached_call_keeps_a_removed_runner_open_until_it_can_finish() -
     assert (await pool.snapshot()[0].try_exec(call)).placed
     pool.set_source("file", [])
     await pool.poll_once()
-    await settle()
+    await pool.closes_done()
     assert not factory.last("127.0.0.1:9001").closed  # its result stream may still be read
     clock.now += call.model.timeout + 31
     await pool.poll_once()
-    await settle()
+    await pool.closes_done()
     assert factory.last("127.0.0.1:9001").closed
 
 
@@ -237,15 +262,14 @@ async def test_address_back_before_close_reuses_the_runner() -> None:
     await pool.start(watch=False)
     pool.set_source("file", ["127.0.0.1:9001"])
     r = factory.last("127.0.0.1:9001")
-    r.gate = asyncio.Event()
-    running = asyncio.ensure_future(pool.snapshot()[0].try_exec(make_call()))
-    await settle()
+    running = await held_call(pool, factory, "127.0.0.1:9001")
     pool.set_source("file", [])
     pool.set_source("file", ["127.0.0.1:9001"])
     assert len(factory.made["127.0.0.1:9001"]) == 1 and factory.live == 1
+    assert r.gate is not None
     r.gate.set()
     await running
-    await settle()
+    await pool.closes_done()
     assert not r.closed
     await pool.shutdown()
     assert r.closed
@@ -264,7 +288,7 @@ async def test_ttl_registration_expires() -> None:
     assert view.sources == ("registered",) and view.ttl_remaining_s == pytest.approx(2)
     clock.now += 3
     await pool.poll_once()
-    await settle()
+    await pool.closes_done()
     assert await offered(pool) == [] and factory.live == 0
 
 
@@ -433,6 +457,7 @@ async def test_probes_feed_and_membership_cleans_the_load_tracker() -> None:
     assert load.load(addrs(2)[0]) == 3 and load.table_sizes()[:2] == (0, 2)
     pool.set_source("static", addrs(2)[1:])
     assert load.table_sizes()[:2] == (0, 1) and load.load(addrs(2)[0]) == 0
+    assert pool.load is load  # the pool feeds the LB's one tracker, not a copy
 
 
 async def test_slow_start_ramps_a_joining_runner() -> None:
@@ -488,3 +513,31 @@ def test_backoff_resets_after_a_long_healthy_spell() -> None:
     h.readmit()
     clock.now += 31
     assert h.eject() == 1
+
+
+# -- one in-flight count ------------------------------------------------------------
+
+async def test_inflight_has_one_count_when_a_runner_leaves_and_comes_back() -> None:
+    """A call still running on a runner that left and came back is counted once, by everyone.
+
+    The placer's load tracker is the only count: placers, Admin's view and the
+    close-after-retire rule all read it, so they cannot disagree.
+    """
+    load = LoadTracker()
+    pool, factory, _ = make_pool(load=load)
+    await pool.start(watch=False)
+    a = "127.0.0.1:9001"
+    pool.set_source("file", [a])
+    running = await held_call(pool, factory, a)
+    pool.set_source("file", [])  # leaves while its call runs ...
+    pool.set_source("file", [a])  # ... and comes back before the call ends
+    (view,) = pool.views()
+    assert (load.inflight(a), load.load(a), view.inflight) == (1, 1, 1)
+    gate = factory.last(a).gate
+    assert gate is not None
+    gate.set()
+    await running
+    (view,) = pool.views()
+    assert (load.inflight(a), view.inflight) == (0, 0)
+    assert len(factory.made[a]) == 1 and not factory.last(a).closed  # still a member
+    await pool.shutdown()

@@ -12,9 +12,9 @@ import random
 import pytest
 
 from fnlb.errors import ConfigError
-from fnlb.health import HealthConfig
 from fnlb.metrics import Metrics
 from fnlb.pools import DynamicRunnerPool
+from fnlb.pools.health import HealthConfig
 from fnlb.runnerpool import Attempt, RunnerStatus
 from tests.fakes import make_call
 from tests.test_pools import Clock, FakeFactory, ProbeRunner, addrs, offered

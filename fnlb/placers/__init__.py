@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from fnlb.errors import ConfigError
-from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers._base import BasePlacer
 from fnlb.placers.ch import ConsistentHashPlacer
 from fnlb.placers.chbl import BoundedLoadHashPlacer
+from fnlb.placers.load import LoadTracker
 from fnlb.placers.naive import NaivePlacer
 from fnlb.placers.p2c import PowerOfTwoPlacer
 from fnlb.placers.warm import WarmFirstPlacer

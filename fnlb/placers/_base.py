@@ -7,10 +7,10 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from fnlb.errors import PoolError
-from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
-from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall, RunnerPool
+from fnlb.placers.load import LoadTracker
 from fnlb.placers.tracker import PlacerTracker
+from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall, RunnerPool
 
 __all__ = ["BasePlacer"]
 

@@ -9,9 +9,9 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from fnlb.errors import ConfigError
-from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers._base import BasePlacer
+from fnlb.placers.load import LoadTracker
 from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall
 
 __all__ = ["BoundedLoadHashPlacer", "HashRing", "ring_hash", "DEFAULT_C", "DEFAULT_VNODES"]

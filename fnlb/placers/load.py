@@ -9,6 +9,7 @@ and by whatever polls runner ``Status`` (``update_reported``)::
     load.update_reported("10.0.0.1:9190", status)   # a Status answer arrived
     load.load("10.0.0.1:9190")               # what load-aware placers compare
     load.retain(pool_addresses)              # membership changed: drop the rest
+    load.subscribe(on_finished)              # on_finished(address, inflight_left)
 
 The load of a runner is ``inflight + others``:
 
@@ -32,10 +33,16 @@ over the mean, for capacity-aware bounds), whether it drains, and which slot
 hash ids it holds warm (``warm_runners``: an index kept in step with the
 reports, for warm-aware placement).
 
-Every per-runner table is bounded by pool membership: in-flight entries vanish
-when their count returns to zero, report entries are dropped by
-``retain``/``forget`` and, as a backstop when nobody calls those, by a periodic
-prune of stale reports.
+The in-flight count is the LB's only count of its calls on a runner (as
+grpc-go's least-request picker keeps one ``endpointRPCCounts``): placers,
+Admin's view and the pool's close-after-retire rule all read it, and listeners
+(``subscribe``) hear every end. Membership never touches it: a runner that
+leaves the pool keeps its count until its calls end, so one that comes back
+while they run is not undercounted.
+
+Every per-runner table is bounded: in-flight entries vanish when their count
+returns to zero, report entries are dropped by ``retain``/``forget`` and, as a
+backstop when nobody calls those, by a periodic prune of stale reports.
 """
 
 from __future__ import annotations
@@ -89,6 +96,7 @@ class LoadTracker:
         # slot hash id -> runners reporting it warm; entries leave with their reports.
         self._warm_index: dict[str, set[str]] = {}
         self._next_prune = clock() + fresh_for
+        self._listeners: list[Callable[[str, int], None]] = []
 
     # -- local in-flight counts (BasePlacer calls these around try_exec) -------
 
@@ -99,8 +107,7 @@ class LoadTracker:
     def finished(self, address: str) -> None:
         n = self._inflight.get(address, 0)
         if n <= 0:
-            # Already forgotten (the runner left the pool mid-call): nothing to undo.
-            return
+            raise RuntimeError(f"finished({address!r}) without started()")
         if n == 1:
             # Dropping zero entries keeps the table as small as the calls in flight,
             # whatever happens to pool membership.
@@ -108,6 +115,16 @@ class LoadTracker:
         else:
             self._inflight[address] = n - 1
         self._total_inflight -= 1
+        for listener in self._listeners:
+            listener(address, n - 1)
+
+    def subscribe(self, listener: Callable[[str, int], None]) -> None:
+        """Call ``listener(address, inflight_left)`` after every ``finished``.
+
+        The pool closes a retired runner's channel when its count reaches zero;
+        a capacity-aware queue learns that a slot may be free.
+        """
+        self._listeners.append(listener)
 
     def inflight(self, address: str) -> int:
         return self._inflight.get(address, 0)
@@ -218,18 +235,19 @@ class LoadTracker:
     # -- membership --------------------------------------------------------------
 
     def forget(self, address: str) -> None:
-        """Drop everything about a runner that left the pool."""
-        self._total_inflight -= self._inflight.pop(address, 0)
+        """Drop the reports of a runner that left the pool.
+
+        Its in-flight count stays: those calls still run, and end through ``finished``.
+        """
         r = self._reports.pop(address, None)
         if r is not None:
             self._unaccount(address, r)
 
     def retain(self, addresses: Iterable[str]) -> None:
-        """Keep state only for ``addresses`` (the pool's members now)."""
+        """Keep reports only for ``addresses`` (the pool's members now)."""
         keep = set(addresses)
-        for table in (self._inflight, self._reports):
-            for address in [a for a in table if a not in keep]:
-                self.forget(address)
+        for address in [a for a in self._reports if a not in keep]:
+            self.forget(address)
 
     def table_sizes(self) -> tuple[int, int, int]:
         """(in-flight entries, report entries, warm-index keys): for tests and debugging."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 
-from fnlb.placers.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.placers._base import BasePlacer
+from fnlb.placers.load import LoadTracker
 from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall
 
 __all__ = ["PowerOfTwoPlacer"]

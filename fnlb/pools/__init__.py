@@ -12,7 +12,10 @@ dns        ``--discovery dns:///N:P``  ``fnlb.pools.dns.DnsSource``
 admin      Admin/AddRunner             ``DynamicRunnerPool.add``
 =========  ==========================  ===================================
 
-fn's plain ``StaticRunnerPool`` is kept for embedding and tests.
+The pool itself is composed of parts, one role each: ``membership``
+(sources, TTLs, retire-then-close), ``health`` (one runner's failures and
+back-off), ``outlier`` (ejection limits, panic, slow start), ``prober``
+(Status polls) and ``dynamic`` (the thin ``DynamicRunnerPool`` joining them).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from fnlb.pools.dynamic import (
     RunnerView,
     UnknownRunner,
 )
-from fnlb.pools.static import StaticRunnerPool, StaticSource
+from fnlb.pools.static import StaticSource
 
 __all__ = [
     "ADMIN",
@@ -44,7 +47,6 @@ __all__ = [
     "SOURCES",
     "Source",
     "SourceError",
-    "StaticRunnerPool",
     "StaticSource",
     "UnknownRunner",
     "make_sources",

@@ -1,7 +1,7 @@
 """Runner health: the policy knobs and one runner's health state machine.
 
 Pure logic with an injected clock, so the rules are unit-tested without
-processes; ``fnlb.pools.dynamic`` drives it from Status probes and from what
+processes; ``fnlb.pools`` drives it from Status probes and from what
 placement sees (outlier detection, after Envoy's consecutive-5xx).
 
 One runner moves between these states::
