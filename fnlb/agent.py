@@ -35,7 +35,7 @@ class Agent:
         """Run ``call`` on some runner; return the runner that ran it.
 
         ``deadline`` is the client's deadline on the time.monotonic clock.
-        Raises an FnlbError for every expected failure (DESIGN.md §6).
+        Raises an FnlbError for every expected failure (docs/design.md §7).
         """
         m = self.metrics
         (m.calls_by_type.get(call.model.type) or m.calls.labels(call.model.type)).inc()

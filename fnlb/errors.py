@@ -1,7 +1,7 @@
 """The LB's small exception set.
 
 Every *expected* failure of a call is an ``FnlbError`` that knows the gRPC status
-it maps to at the front door (DESIGN.md §6). Anything else reaching the front
+it maps to at the front door (docs/design.md §7). Anything else reaching the front
 door is a bug: it is logged with a traceback and reported as INTERNAL.
 """
 

@@ -1,4 +1,4 @@
-"""Every LB metric, on an injected registry (DESIGN.md §4 names are contract)."""
+"""Every LB metric, on an injected registry (docs/design.md §6 marks the contract names)."""
 
 from __future__ import annotations
 
