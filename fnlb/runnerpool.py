@@ -1,7 +1,7 @@
 """The runner-pool interfaces, after fn's ``api/runnerpool/runner_pool.go``.
 
 Implementations live elsewhere: placers in ``fnlb.placers``, pools in
-``fnlb.pools``, the gRPC runner in ``fnlb.grpc_runner``, the call in
+``fnlb.pools``, the gRPC runner in ``fnlb.transport``, the call in
 ``fnlb.calls``.
 """
 

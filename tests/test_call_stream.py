@@ -16,9 +16,14 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
-from fnlb.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.errors import RunnerError, RunnerUnreachable, ServerTooBusy
-from fnlb.grpc_runner import UNARY_MAX_BODY, GrpcRunner
+from fnlb.transport import (
+    STREAM_MAX_BODY,
+    UNARY_MAX_BODY,
+    CallStream,
+    CallStreamFailed,
+    GrpcRunner,
+)
 from fnlb.v1 import lb_pb2, runner_pb2, runner_pb2_grpc
 from tests.inproc import EchoBothRunner, StreamOnlyRunner
 from tests.test_lb_e2e import lb, lb_stub

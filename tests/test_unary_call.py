@@ -20,7 +20,7 @@ from google.protobuf import empty_pb2
 
 from fnlb.calls import CallModel, LBCall
 from fnlb.errors import ClientCanceled, RunnerError, ServerTooBusy
-from fnlb.grpc_runner import GrpcRunner
+from fnlb.transport import GrpcRunner
 from fnlb.v1 import lb_pb2, runner_pb2
 from tests import procs
 from tests.inproc import EchoBothRunner, StreamOnlyRunner

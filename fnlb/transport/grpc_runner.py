@@ -18,12 +18,12 @@ import grpc
 from google.protobuf import empty_pb2
 
 from fnlb.calls import DETACHED
-from fnlb.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.errors import ClientCanceled, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.runnerpool import Attempt, RunnerCall, RunnerStatus
 from fnlb.timefmt import parse_rfc3339
+from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
 
 __all__ = [
