@@ -1,10 +1,11 @@
 """GrpcRunner: the ``Runner`` backed by a ``fnlb.v1.Runner`` stub, and its factories.
 
-The commit rule (protos/fnlb/v1/runner.proto) is implemented in ``try_exec``,
+The commit rule (protos/fnlb/v1/runner.proto) is applied in ``try_exec``,
 over Runner/Calls (small sync calls, shared stream), Runner/Call (sync calls
 up to 1 MiB) or TryExec (everything, and fn's runners): only a NACK, or a
 failure that proves the runner never got the call, returns ``placed=False``.
-Everything else is committed and never re-sent.
+Everything else is committed and never re-sent. The decisions are the pure
+functions of ``fnlb.transport.commit``; this module acts on them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.runnerpool import Attempt, RunnerCall, RunnerStatus
 from fnlb.timefmt import parse_rfc3339
+from fnlb.transport import commit
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
+from fnlb.transport.commit import Verdict
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
 
 __all__ = [
@@ -75,28 +78,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 # the old channel may take before it is closed under them: the longest sync
 # timeout fn allows plus the placer's.
 _RETIRE_GRACE_S = 3600.0
-
-# Messages that prove a TryExec never reached the runner process.
-_NOT_CONNECTED = ("failed to connect", "connection refused", "connections to all backends failing",
-                  "dns resolution failed", "handshake", "ssl", "certificate")
-
-
-def _is_too_busy(err: grpc.aio.AioRpcError) -> bool:
-    code = err.code()
-    details = (err.details() or "").lower()
-    if code == grpc.StatusCode.UNAVAILABLE and "too busy" in details:
-        return True
-    # fn's pure runner ends the stream with the non-standard status 503.
-    raw = getattr(code, "value", (None,))[0]
-    return raw == 503 or (code == grpc.StatusCode.UNKNOWN and "too busy" in details)
-
-
-def _never_reached(err: grpc.aio.AioRpcError) -> bool:
-    if err.code() != grpc.StatusCode.UNAVAILABLE:
-        return False
-    details = (err.details() or "").lower()
-    return any(s in details for s in _NOT_CONNECTED)
-
 
 def _ns(value: int) -> float:
     return value / 1e9
@@ -311,16 +292,18 @@ class GrpcRunner:
         try:
             reply = await self._call_stream.call(self._call_request(call))
         except CallStreamFailed as e:
-            if e.unsupported:
+            code, details = (None, None) if e.error is None else (e.error.code(), e.error.details())
+            verdict = commit.stream_failed(code, details, not_run=e.not_run)
+            if verdict is Verdict.UNSUPPORTED:
                 self._calls = False
                 log.info("runner does not serve Calls; using Call",
                          extra=kv(runner=self._address, error=e.error and e.error.details()))
                 return None
-            if e.not_run or (e.error is not None and _never_reached(e.error)):
+            if verdict is Verdict.NEVER_REACHED:
                 return Attempt(False, RunnerUnreachable(f"runner {self._address}: {e}"))
-            if e.error is not None:
-                return self._rpc_failed(e.error, call, committed=True)
-            # The LB closed the stream under a call it had sent: it may have run.
+            if code is not None:
+                return self._failed(verdict, code, details, call)
+            # Verdict.LOST: the LB closed the stream under a call it had sent.
             return Attempt(True, RunnerError(f"runner {self._address}: {e}",
                                              runner=self._address, error_code=502))
         return self._replied(reply, call)
@@ -335,26 +318,30 @@ class GrpcRunner:
         try:
             reply: runner_pb2.CallReply = await self._stub.Call(self._call_request(call))
         except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            code, details = e.code(), e.details()
+            verdict = commit.call_failed(code, details)
+            if verdict is Verdict.UNSUPPORTED:
                 self._unary = False
                 log.info("runner does not serve Call; using TryExec",
-                         extra=kv(runner=self._address, error=e.details()))
+                         extra=kv(runner=self._address, error=details))
                 return None
-            return self._rpc_failed(e, call, committed=False)
+            return self._failed(verdict, code, details, call)
         return self._replied(reply, call)
 
     def _replied(self, reply: runner_pb2.CallReply, call: RunnerCall) -> Attempt:
         """A CallReply (Call or Calls) as an attempt: NACK, or committed."""
         f = reply.finished
         has_http = reply.HasField("http")
-        if not has_http and not f.success and f.errorCode == 503:
+        verdict = commit.replied(has_http=has_http, has_finished=reply.HasField("finished"),
+                                 success=f.success, error_code=f.errorCode)
+        if verdict is Verdict.NACK:
             return Attempt(False, ServerTooBusy(f.errorStr or "Timed out - server too busy"))
         if has_http:
             sink = call.response
             sink.start(reply.http.status_code or 200,
                        [(h.key, h.value) for h in reply.http.headers])
             sink.write(reply.body)
-        if not reply.HasField("finished"):
+        if verdict is Verdict.INCOMPLETE:
             return Attempt(True, RunnerError(
                 f"runner {self._address} answered the call without a finished message",
                 runner=self._address, error_code=502))
@@ -372,19 +359,26 @@ class GrpcRunner:
     def _rpc_failed(self, e: grpc.aio.AioRpcError, call: RunnerCall, *,
                     committed: bool) -> Attempt:
         """An RPC ended with an error status: NACK, never reached, canceled or committed."""
-        if not committed and _is_too_busy(e):
-            return Attempt(False, ServerTooBusy(e.details() or "server too busy"))
-        if not committed and _never_reached(e):
-            return Attempt(False, RunnerUnreachable(
-                f"runner {self._address}: {e.details()}"))
-        if e.code() == grpc.StatusCode.CANCELLED:
+        code, details = e.code(), e.details()
+        return self._failed(commit.rpc_failed(code, details, committed=committed),
+                            code, details, call)
+
+    def _failed(self, verdict: Verdict, code: grpc.StatusCode, details: str | None,
+                call: RunnerCall) -> Attempt:
+        """The attempt for an RPC that ended with ``code``: NACK, never reached, canceled
+        or failed after commit."""
+        if verdict is Verdict.NACK:
+            return Attempt(False, ServerTooBusy(details or "server too busy"))
+        if verdict is Verdict.NEVER_REACHED:
+            return Attempt(False, RunnerUnreachable(f"runner {self._address}: {details}"))
+        if verdict is Verdict.CANCELED:
             return Attempt(True, ClientCanceled())
         # Committed (or could have been): the call may have run; never re-send.
         log.warning("runner failed call after commit",
                     extra=kv(call_id=call.model.id, runner=self._address,
-                             code=e.code().name, error=e.details()))
+                             code=code.name, error=details))
         return Attempt(True, RunnerError(
-            f"runner {self._address} failed the call: {e.code().name}: {e.details()}",
+            f"runner {self._address} failed the call: {code.name}: {details}",
             runner=self._address, error_code=502))
 
     async def _stream(self, call: RunnerCall) -> Attempt:
@@ -413,7 +407,8 @@ class GrpcRunner:
                 kind = msg.WhichOneof("body")
                 if kind == "finished":
                     f = msg.finished
-                    if not committed and not f.success and f.errorCode == 503:
+                    if commit.is_nack(success=f.success, error_code=f.errorCode,
+                                      answered=committed):
                         return Attempt(False, ServerTooBusy(
                             f.errorStr or "Timed out - server too busy"))
                     finished = f
