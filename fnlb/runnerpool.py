@@ -22,6 +22,7 @@ __all__ = [
     "MTLSRunnerFactory",
     "Placer",
     "PlacerConfig",
+    "Refreshable",
     "ResponseSink",
     "Runner",
     "RunnerCall",
@@ -62,6 +63,8 @@ class RunnerStatus:
     warm_slots: tuple[str, ...] = ()
     runner_id: str = ""
     custom: Mapping[str, str] = field(default_factory=dict)
+    # The optional RPCs it serves ("call": Runner/Call, "calls": Runner/Calls).
+    features: frozenset[str] = frozenset()
 
 
 class ResponseSink(Protocol):
@@ -114,9 +117,24 @@ class Runner(Protocol):
 
     async def try_exec(self, call: RunnerCall) -> Attempt: ...
 
-    async def status(self) -> RunnerStatus: ...
+    async def status(self) -> RunnerStatus:
+        """Ask the runner how it is; a query only, with no effect on the runner or its channel."""
+        ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Refreshable(Protocol):
+    """A runner whose connection follows what the LB and the runner know (``GrpcRunner``).
+
+    ``refresh`` is the prober's explicit step, in place of ``status``: bring the
+    connection up to date (re-dial when the client certificate changed), ask
+    for the status, adopt what it says (the fast paths its features list),
+    and return it. Runners without it are polled with ``status``.
+    """
+
+    async def refresh(self) -> RunnerStatus: ...
 
 
 class RunnerPool(Protocol):

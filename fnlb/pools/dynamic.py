@@ -50,7 +50,14 @@ from fnlb.logs import kv
 from fnlb.metrics import POOL_STATES, Metrics
 from fnlb.pools._address import parse_address
 from fnlb.pools._source import Source
-from fnlb.runnerpool import Attempt, MTLSRunnerFactory, Runner, RunnerCall, RunnerStatus
+from fnlb.runnerpool import (
+    Attempt,
+    MTLSRunnerFactory,
+    Refreshable,
+    Runner,
+    RunnerCall,
+    RunnerStatus,
+)
 from fnlb.timefmt import now_rfc3339
 
 __all__ = [
@@ -574,7 +581,9 @@ class DynamicRunnerPool:
     async def _probe(self, m: _Member) -> None:
         cfg = self.health_config
         try:
-            status = await asyncio.wait_for(m.runner.status(), cfg.timeout)
+            # The explicit step that may re-dial and renegotiate; status() only asks.
+            poll = m.runner.refresh() if isinstance(m.runner, Refreshable) else m.runner.status()
+            status = await asyncio.wait_for(poll, cfg.timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -90,7 +90,8 @@ def status_from_pb(s: runner_pb2.RunnerStatus) -> RunnerStatus:
         error_str=s.errorStr, is_network_disabled=s.isNetworkDisabled, draining=s.draining,
         drained=s.drained, slots_total=s.slots_total, slots_free=s.slots_free,
         memory_mb_total=s.memory_mb_total, memory_mb_free=s.memory_mb_free,
-        warm_slots=tuple(s.warm_slots), runner_id=s.runner_id, custom=dict(s.customStatus))
+        warm_slots=tuple(s.warm_slots), runner_id=s.runner_id, custom=dict(s.customStatus),
+        features=frozenset(s.features))
 
 
 class GrpcRunner:
@@ -141,8 +142,8 @@ class GrpcRunner:
         # Connect now, so the first call finds the runner ready (or known down).
         self._channel.get_state(try_to_connect=True)
 
-    def _follow_tls(self) -> None:
-        """Re-dial with the new client certificate once the LB's files changed.
+    def follow_tls(self) -> bool:
+        """Re-dial with the new client certificate once the LB's files changed; True if it did.
 
         A channel keeps the credentials it was built with, also when it
         reconnects: without this, a runner that restarts after the LB's old
@@ -151,7 +152,7 @@ class GrpcRunner:
         """
         src = self._tls_source
         if src is None or self._closed or src.refresh() == self._tls_generation:
-            return
+            return False
         self._tls_generation = src.generation
         old_channel, old_stream = self._channel, self._call_stream
         self._dial(src.credentials())
@@ -159,6 +160,7 @@ class GrpcRunner:
         log.info("re-dialling runner with the new client certificate",
                  extra=kv(runner=self._address, tls_generation=self._tls_generation))
         self._keep(asyncio.create_task(self._retire(old_channel, old_stream)))
+        return True
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         """Hold a background task until it is done (``close`` cancels what is left)."""
@@ -480,14 +482,29 @@ class GrpcRunner:
             call.add_user_execution_time((completed - started).total_seconds())
 
     async def status(self, timeout: float = 2.0) -> RunnerStatus:
-        self._follow_tls()  # every poll (backed off for runners that do not answer)
+        """The runner's Status RPC, and nothing else: no re-dial, no renegotiation."""
         s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
-        # The runner says which fast paths it serves; a runner restarted with
-        # another version on the same address is followed at the next poll.
-        features = set(s.features)
-        self._unary = self._allow_unary and "call" in features
-        self._calls = self._allow_calls and "calls" in features
         return status_from_pb(s)
+
+    def negotiate(self, status: RunnerStatus) -> None:
+        """Use the fast paths ``status.features`` lists, and only those.
+
+        A runner restarted with another version on the same address is
+        followed at the next poll. Paths turned off at construction stay off.
+        """
+        self._unary = self._allow_unary and "call" in status.features
+        self._calls = self._allow_calls and "calls" in status.features
+
+    async def refresh(self, timeout: float = 2.0) -> RunnerStatus:
+        """The prober's step: ``follow_tls``, then ``status``, then ``negotiate`` with it.
+
+        Runs every poll (backed off by the prober for runners that do not
+        answer); the Status RPC goes over the new channel after a re-dial.
+        """
+        self.follow_tls()
+        status = await self.status(timeout)
+        self.negotiate(status)
+        return status
 
     async def drain(self, wait: bool = False, timeout: float = 5.0) -> runner_pb2.CloseResponse:
         """Ask the runner itself to drain (its Close RPC)."""
