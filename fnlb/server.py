@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fnlb.admin import AdminServicer
 from fnlb.agent import Agent
-from fnlb.calls import DETACHED, SYNC, BufferSink, CallModel, LBCall, new_call_id
+from fnlb.calls import BufferSink, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
 from fnlb.errors import ConfigError, FnlbError, InvalidRequest
 from fnlb.load import LoadTracker
@@ -34,7 +34,7 @@ from fnlb.logs import kv
 from fnlb.metrics import Metrics, MetricsServer
 from fnlb.placers import make_placer
 from fnlb.pools import DynamicRunnerPool, make_sources
-from fnlb.runnerpool import MTLSRunnerFactory, RunnerPool
+from fnlb.runnerpool import DETACHED, SYNC, CallModel, MTLSRunnerFactory, RunnerPool
 from fnlb.transport import make_runner_factory
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 
 import pytest
 
-from fnlb.calls import DETACHED
 from fnlb.errors import PoolError, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.health import HealthConfig, RunnerHealth, attempt_verdict
 from fnlb.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.pools import DynamicRunnerPool, MembershipError, StaticSource, UnknownRunner
-from fnlb.runnerpool import Attempt, RunnerCall, RunnerStatus
+from fnlb.runnerpool import DETACHED, Attempt, RunnerCall, RunnerStatus
 from tests.fakes import make_call
 
 

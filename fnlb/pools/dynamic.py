@@ -43,7 +43,6 @@ from typing import Any, Protocol
 
 import grpc
 
-from fnlb.calls import DETACHED
 from fnlb.errors import FnlbError, PoolError, RunnerUnreachable, ServerTooBusy
 from fnlb.health import HealthConfig, RunnerHealth, attempt_verdict
 from fnlb.logs import kv
@@ -51,6 +50,7 @@ from fnlb.metrics import POOL_STATES, Metrics
 from fnlb.pools._address import parse_address
 from fnlb.pools._source import Source
 from fnlb.runnerpool import (
+    DETACHED,
     Attempt,
     MTLSRunnerFactory,
     Refreshable,

@@ -18,11 +18,10 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from fnlb.calls import DETACHED
 from fnlb.errors import ClientCanceled, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
-from fnlb.runnerpool import Attempt, RunnerCall, RunnerStatus
+from fnlb.runnerpool import DETACHED, Attempt, RunnerCall, RunnerStatus
 from fnlb.timefmt import parse_rfc3339
 from fnlb.transport import commit
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
