@@ -19,7 +19,7 @@ from fnlb.errors import ConfigError
 from fnlb.timefmt import rfc3339_ms
 
 if TYPE_CHECKING:
-    from fnlb.tls import TLSMaterial
+    from fnlb.tls import ClientTLS
 
 __all__ = [
     "DETACHED",
@@ -246,6 +246,10 @@ class Placer(Protocol):
 
 
 class MTLSRunnerFactory(Protocol):
-    """fn's ``MTLSRunnerFactory(addr, tlsConf)``: plaintext when ``tls`` is None."""
+    """fn's ``MTLSRunnerFactory(addr, tlsConf)``: plaintext when ``tls`` is None.
 
-    def __call__(self, address: str, tls: TLSMaterial | None) -> Runner: ...
+    ``tls``: the LB's client certificate, which follows its files; runners
+    made with it re-dial when the files change (``Refreshable.refresh``).
+    """
+
+    def __call__(self, address: str, tls: ClientTLS | None) -> Runner: ...

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
@@ -59,6 +59,9 @@ from fnlb.runnerpool import (
     RunnerStatus,
 )
 from fnlb.timefmt import now_rfc3339
+
+if TYPE_CHECKING:
+    from fnlb.tls import ClientTLS
 
 __all__ = [
     "ADMIN",
@@ -218,7 +221,7 @@ class DynamicRunnerPool:
     ``async with DynamicRunnerPool(factory, sources=[StaticSource([...])]) as pool:``
     """
 
-    def __init__(self, factory: MTLSRunnerFactory, tls: Any = None, *,
+    def __init__(self, factory: MTLSRunnerFactory, tls: ClientTLS | None = None, *,
                  sources: Sequence[Source] = (), health: HealthConfig | None = None,
                  metrics: Metrics | None = None, load: LoadSink | None = None,
                  clock: Callable[[], float] = time.monotonic,

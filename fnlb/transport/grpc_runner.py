@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import empty_pb2
@@ -21,12 +21,15 @@ from google.protobuf import empty_pb2
 from fnlb.errors import ClientCanceled, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
-from fnlb.runnerpool import DETACHED, Attempt, RunnerCall, RunnerStatus
+from fnlb.runnerpool import DETACHED, Attempt, MTLSRunnerFactory, RunnerCall, RunnerStatus
 from fnlb.timefmt import parse_rfc3339
 from fnlb.transport import commit
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.transport.commit import Verdict
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
+
+if TYPE_CHECKING:
+    from fnlb.tls import ClientTLS
 
 __all__ = [
     "GrpcRunner",
@@ -100,9 +103,9 @@ class GrpcRunner:
     def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None, *,
                  metrics: Metrics | None = None, connect_timeout: float = 1.0,
                  server_name: str | None = None, unary: bool = True,
-                 calls: bool = True, tls_source: Any = None) -> None:
-        """``tls_source``: a ``fnlb.tls.ClientTLS`` (instead of ``credentials``);
-        when its certificate files change, the runner is re-dialled with them."""
+                 calls: bool = True, tls_source: ClientTLS | None = None) -> None:
+        """``tls_source`` (instead of ``credentials``): when its certificate
+        files change, ``refresh`` re-dials the runner with them."""
         self._address = address
         self._options = list(CHANNEL_OPTIONS)
         if server_name:
@@ -523,22 +526,12 @@ class GrpcRunner:
 
 
 def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
-                        server_name: str | None = None) -> Any:
-    """fn's MTLSRunnerFactory: mTLS when given TLS material, plaintext otherwise."""
+                        server_name: str | None = None) -> MTLSRunnerFactory:
+    """fn's MTLSRunnerFactory: mTLS when given the LB's ClientTLS, plaintext otherwise."""
 
-    def factory(address: str, tls: Any | None) -> GrpcRunner:
-        creds = source = None
-        if tls is not None:
-            # fnlb.tls.ClientTLS follows its certificate files: the runner
-            # re-dials when they change. Plain material is fixed.
-            if hasattr(tls, "credentials"):
-                source = tls
-            else:
-                from fnlb.tls import channel_credentials
-
-                creds = channel_credentials(tls)
-        return GrpcRunner(address, creds, metrics=metrics, connect_timeout=connect_timeout,
-                          server_name=server_name, tls_source=source)
+    def factory(address: str, tls: ClientTLS | None) -> GrpcRunner:
+        return GrpcRunner(address, metrics=metrics, connect_timeout=connect_timeout,
+                          server_name=server_name, tls_source=tls)
 
     return factory
 
