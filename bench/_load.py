@@ -43,7 +43,7 @@ class LoadSpec:
     start_at: float  # time.monotonic() when the measured window opens
     end_at: float  # ... and closes; calls stop being issued then
     calls: int = 0  # > 0: issue exactly this many calls instead (window ignored)
-    chunk_size: int = 0  # direct: body frame size; 0 = the LB's own (fnlb.grpc_runner)
+    chunk_size: int = 0  # direct: body frame size; 0 = the LB's own (fnlb.transport)
     config: dict[str, str] = field(default_factory=dict)
     fn_id: str = "bench-echo"
     memory_mb: int = 128
@@ -82,7 +82,7 @@ def _call_json(fn_id: str, memory_mb: int, config: dict[str, str]) -> tuple[str,
 async def _run(spec: LoadSpec) -> dict[str, Any]:
     import grpc
 
-    from fnlb.grpc_runner import CHUNK_SIZE
+    from fnlb.transport import CHUNK_SIZE
     from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2, runner_pb2_grpc
 
     EOF = grpc.aio.EOF

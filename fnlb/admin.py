@@ -6,7 +6,7 @@ change its pool. With front-door mTLS (``--front-tls-ca``) the admin server
 requires the same client certificates.
 
 Self-registration: ``AddRunner{address, ttl_s}`` keeps a runner for ``ttl_s``
-seconds; the runner repeats it as a heartbeat (``fnlb.registration``). A runner
+seconds; the runner repeats it as a heartbeat (``fnlb.runnerside.register_loop``). A runner
 that listens on every interface may send ``0.0.0.0:PORT`` (or ``:PORT``); the
 LB then uses the address the request came from.
 

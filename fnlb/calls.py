@@ -1,74 +1,21 @@
-"""A call as the LB holds it: the fn call model, the buffered body, the response sink."""
+"""A call as the LB holds it: the fn call model (``fnlb.runnerpool.CallModel``), the
+buffered body, the response sink."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property
 
-from fnlb.runnerpool import ResponseSink
-from fnlb.timefmt import rfc3339_ms
+from fnlb.runnerpool import CallModel, ResponseSink
 
-__all__ = ["CallModel", "LBCall", "BufferSink", "new_call_id"]
-
-SYNC = "sync"
-DETACHED = "detached"
+__all__ = ["LBCall", "BufferSink", "new_call_id"]
 
 
 def new_call_id() -> str:
     # fn uses ULIDs; any unique, log-friendly id does the job here.
     return uuid.uuid4().hex
-
-
-@dataclass(frozen=True, slots=True)
-class CallModel:
-    """The subset of fn's ``models.Call`` the runner protocol carries."""
-
-    id: str
-    fn_id: str
-    app_id: str = ""
-    image: str = ""
-    type: str = SYNC
-    timeout: int = 30
-    idle_timeout: int = 30
-    memory: int = 128
-    cpus: int = 0
-    config: Mapping[str, str] = field(default_factory=dict)
-    headers: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def to_json(self) -> str:
-        """fn's JSON field names; built once per call (see ``LBCall.model_json``)."""
-        return json.dumps(
-            {
-                "id": self.id,
-                "app_id": self.app_id,
-                "fn_id": self.fn_id,
-                "image": self.image,
-                "type": self.type,
-                "timeout": self.timeout,
-                "idle_timeout": self.idle_timeout,
-                "memory": self.memory,
-                "cpus": self.cpus,
-                "config": dict(self.config),
-                "headers": {k: list(v) for k, v in self.headers.items()},
-                "created_at": rfc3339_ms(self.created_at),
-            },
-            separators=(",", ":"),
-        )
-
-    def slot_key(self) -> str:
-        """Calls with the same key can share a warm container (fn's slot queue key)."""
-        # One hash call over the same bytes the former update() per part fed in.
-        parts = [self.app_id, self.fn_id, self.image, str(self.memory), str(self.cpus),
-                 str(self.timeout), str(self.idle_timeout), ""]
-        text = "\0".join(parts) + "".join(f"{k}={self.config[k]}\0" for k in sorted(self.config))
-        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 class BufferSink:

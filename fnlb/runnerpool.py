@@ -1,33 +1,91 @@
 """The runner-pool interfaces, after fn's ``api/runnerpool/runner_pool.go``.
 
-Implementations live elsewhere: placers in ``fnlb.placers``, pools in
-``fnlb.pools``, the gRPC runner in ``fnlb.grpc_runner``, the call in
+Here too is the call model every part shares (``CallModel``, ``SYNC``,
+``DETACHED``). Implementations live elsewhere: placers in ``fnlb.placers``,
+pools in ``fnlb.pools``, the gRPC runner in ``fnlb.transport``, the call in
 ``fnlb.calls``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from fnlb.errors import ConfigError
+from fnlb.timefmt import rfc3339_ms
 
 if TYPE_CHECKING:
-    from fnlb.calls import CallModel
-    from fnlb.tls import TLSMaterial
+    from fnlb.tls import ClientTLS
 
 __all__ = [
+    "DETACHED",
+    "SYNC",
     "Attempt",
+    "CallModel",
     "MTLSRunnerFactory",
     "Placer",
     "PlacerConfig",
+    "Refreshable",
     "ResponseSink",
     "Runner",
     "RunnerCall",
     "RunnerPool",
     "RunnerStatus",
 ]
+
+# CallModel.type: fn's call types.
+SYNC = "sync"
+DETACHED = "detached"
+
+
+@dataclass(frozen=True, slots=True)
+class CallModel:
+    """The subset of fn's ``models.Call`` the runner protocol carries."""
+
+    id: str
+    fn_id: str
+    app_id: str = ""
+    image: str = ""
+    type: str = SYNC
+    timeout: int = 30
+    idle_timeout: int = 30
+    memory: int = 128
+    cpus: int = 0
+    config: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> str:
+        """fn's JSON field names; built once per call (see ``LBCall.model_json``)."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "app_id": self.app_id,
+                "fn_id": self.fn_id,
+                "image": self.image,
+                "type": self.type,
+                "timeout": self.timeout,
+                "idle_timeout": self.idle_timeout,
+                "memory": self.memory,
+                "cpus": self.cpus,
+                "config": dict(self.config),
+                "headers": {k: list(v) for k, v in self.headers.items()},
+                "created_at": rfc3339_ms(self.created_at),
+            },
+            separators=(",", ":"),
+        )
+
+    def slot_key(self) -> str:
+        """Calls with the same key can share a warm container (fn's slot queue key)."""
+        # One hash call over the same bytes the former update() per part fed in.
+        parts = [self.app_id, self.fn_id, self.image, str(self.memory), str(self.cpus),
+                 str(self.timeout), str(self.idle_timeout), ""]
+        text = "\0".join(parts) + "".join(f"{k}={self.config[k]}\0" for k in sorted(self.config))
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 class Attempt(NamedTuple):
@@ -62,6 +120,8 @@ class RunnerStatus:
     warm_slots: tuple[str, ...] = ()
     runner_id: str = ""
     custom: Mapping[str, str] = field(default_factory=dict)
+    # The optional RPCs it serves ("call": Runner/Call, "calls": Runner/Calls).
+    features: frozenset[str] = frozenset()
 
 
 class ResponseSink(Protocol):
@@ -114,9 +174,24 @@ class Runner(Protocol):
 
     async def try_exec(self, call: RunnerCall) -> Attempt: ...
 
-    async def status(self) -> RunnerStatus: ...
+    async def status(self) -> RunnerStatus:
+        """Ask the runner how it is; a query only, with no effect on the runner or its channel."""
+        ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Refreshable(Protocol):
+    """A runner whose connection follows what the LB and the runner know (``GrpcRunner``).
+
+    ``refresh`` is the prober's explicit step, in place of ``status``: bring the
+    connection up to date (re-dial when the client certificate changed), ask
+    for the status, adopt what it says (the fast paths its features list),
+    and return it. Runners without it are polled with ``status``.
+    """
+
+    async def refresh(self) -> RunnerStatus: ...
 
 
 class RunnerPool(Protocol):
@@ -171,6 +246,10 @@ class Placer(Protocol):
 
 
 class MTLSRunnerFactory(Protocol):
-    """fn's ``MTLSRunnerFactory(addr, tlsConf)``: plaintext when ``tls`` is None."""
+    """fn's ``MTLSRunnerFactory(addr, tlsConf)``: plaintext when ``tls`` is None.
 
-    def __call__(self, address: str, tls: TLSMaterial | None) -> Runner: ...
+    ``tls``: the LB's client certificate, which follows its files; runners
+    made with it re-dial when the files change (``Refreshable.refresh``).
+    """
+
+    def __call__(self, address: str, tls: ClientTLS | None) -> Runner: ...

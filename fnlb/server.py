@@ -26,16 +26,16 @@ from grpc_reflection.v1alpha import reflection
 
 from fnlb.admin import AdminServicer
 from fnlb.agent import Agent
-from fnlb.calls import DETACHED, SYNC, BufferSink, CallModel, LBCall, new_call_id
+from fnlb.calls import BufferSink, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
 from fnlb.errors import ConfigError, FnlbError, InvalidRequest
-from fnlb.grpc_runner import make_runner_factory
 from fnlb.logs import kv
 from fnlb.metrics import Metrics, MetricsServer
 from fnlb.placers import make_placer
 from fnlb.placers.load import LoadTracker
 from fnlb.pools import DynamicRunnerPool, make_sources
-from fnlb.runnerpool import MTLSRunnerFactory, RunnerPool
+from fnlb.runnerpool import DETACHED, SYNC, CallModel, MTLSRunnerFactory, RunnerPool
+from fnlb.transport import make_runner_factory
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
 __all__ = ["LBServer", "LoadBalancerServicer", "build_call", "serve_admin"]

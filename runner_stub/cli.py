@@ -194,7 +194,7 @@ async def _serve(cfg: StubConfig) -> int:
     loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     registration = None
     if cfg.register_with:
-        from fnlb.registration import register_loop
+        from fnlb.runnerside import register_loop
 
         creds = None
         if cfg.tls:

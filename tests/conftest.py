@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from fnlb.grpc_runner import GrpcRunner
+from fnlb.transport import GrpcRunner
 from fnlb.v1 import runner_pb2_grpc
 from tests.inproc import Counting, MiB, StreamOnlyRunner
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from fnlb.calls import CallModel, LBCall
+from fnlb.calls import LBCall
 from fnlb.errors import PoolError, RunnerError, RunnerUnreachable, ServerTooBusy
-from fnlb.runnerpool import Attempt, RunnerCall, RunnerStatus
+from fnlb.runnerpool import Attempt, CallModel, RunnerCall, RunnerStatus
 
 
 class FakeRunner:

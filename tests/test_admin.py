@@ -16,7 +16,7 @@ from fnlb.admin import peer_host
 from fnlb.config import LBConfig, TLSPaths
 from fnlb.metrics import Metrics
 from fnlb.pools.health import HealthConfig
-from fnlb.registration import register_loop
+from fnlb.runnerside import register_loop
 from fnlb.server import LBServer
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 from tests.procs import wait_until

@@ -16,9 +16,14 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
-from fnlb.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.errors import RunnerError, RunnerUnreachable, ServerTooBusy
-from fnlb.grpc_runner import UNARY_MAX_BODY, GrpcRunner
+from fnlb.transport import (
+    STREAM_MAX_BODY,
+    UNARY_MAX_BODY,
+    CallStream,
+    CallStreamFailed,
+    GrpcRunner,
+)
 from fnlb.v1 import lb_pb2, runner_pb2, runner_pb2_grpc
 from tests.inproc import EchoBothRunner, StreamOnlyRunner
 from tests.test_lb_e2e import lb, lb_stub
@@ -170,7 +175,7 @@ async def test_grpc_runner_fast_paths_keep_the_commit_rule(make_runner: Any, pat
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.to_thread(proc.wait_for_line, rf'msg="call canceled" call_id={slow.model.id}')
-        st = await gr.status()
+        st = await gr.refresh()
         assert st.active == 0 and st.slots_free == st.slots_total
         assert gr.unary and gr.calls == (path == "Calls")
 
@@ -201,7 +206,7 @@ async def test_status_features_decide_without_probing(runners: Any, in_process: 
     servicer = StreamOnlyRunner()  # fn-like: its Status lists no features
     counting = await in_process(servicer)
     gr = runners(servicer.addr)
-    await gr.status()
+    await gr.refresh()
     assert not gr.calls and not gr.unary
     call = lb_call(b"fn")
     assert (await gr.try_exec(call)).error is None

@@ -13,14 +13,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from fnlb.calls import DETACHED, LBCall
+from fnlb.calls import LBCall
 from fnlb.errors import PoolError, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.metrics import Metrics
 from fnlb.placers import make_placer
 from fnlb.placers.load import LoadTracker
 from fnlb.pools import DynamicRunnerPool, MembershipError, StaticSource, UnknownRunner
 from fnlb.pools.health import HealthConfig, RunnerHealth, attempt_verdict
-from fnlb.runnerpool import Attempt, Runner, RunnerCall, RunnerStatus
+from fnlb.runnerpool import DETACHED, Attempt, Runner, RunnerCall, RunnerStatus
 from tests.fakes import make_call
 
 

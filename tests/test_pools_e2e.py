@@ -21,7 +21,7 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
-from fnlb.registration import register_loop
+from fnlb.runnerside import register_loop
 from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2_grpc
 from tests.procs import Proc, running, start, wait_until
 from tests.test_discovery import tiny_dns

@@ -18,9 +18,10 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
-from fnlb.calls import CallModel, LBCall
+from fnlb.calls import LBCall
 from fnlb.errors import ClientCanceled, RunnerError, ServerTooBusy
-from fnlb.grpc_runner import GrpcRunner
+from fnlb.runnerpool import CallModel
+from fnlb.transport import GrpcRunner
 from fnlb.v1 import lb_pb2, runner_pb2
 from tests import procs
 from tests.inproc import EchoBothRunner, StreamOnlyRunner

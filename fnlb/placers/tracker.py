@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from fnlb.calls import DETACHED
 from fnlb.errors import (
     ClientCanceled,
     ClientTimeout,
@@ -22,7 +21,7 @@ from fnlb.errors import (
 )
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
-from fnlb.runnerpool import Attempt, PlacerConfig, Runner, RunnerCall
+from fnlb.runnerpool import DETACHED, Attempt, PlacerConfig, Runner, RunnerCall
 
 __all__ = ["PlacerTracker"]
 

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from fnlb.calls import DETACHED
 from fnlb.errors import PoolError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
@@ -46,8 +45,11 @@ from fnlb.pools.membership import (
 )
 from fnlb.pools.outlier import OutlierDetector
 from fnlb.pools.prober import Prober
-from fnlb.runnerpool import Attempt, MTLSRunnerFactory, Runner, RunnerCall, RunnerStatus
+from fnlb.runnerpool import DETACHED, Attempt, MTLSRunnerFactory, Runner, RunnerCall, RunnerStatus
 from fnlb.timefmt import now_rfc3339
+
+if TYPE_CHECKING:
+    from fnlb.tls import ClientTLS
 
 __all__ = [
     "ADMIN",
@@ -58,9 +60,6 @@ __all__ = [
     "RunnerView",
     "UnknownRunner",
 ]
-
-if TYPE_CHECKING:
-    from fnlb.tls import TLSMaterial
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ class DynamicRunnerPool:
     makes its own when none is given.
     """
 
-    def __init__(self, factory: MTLSRunnerFactory, tls: TLSMaterial | None = None, *,
+    def __init__(self, factory: MTLSRunnerFactory, tls: ClientTLS | None = None, *,
                  sources: Sequence[Source] = (), health: HealthConfig | None = None,
                  metrics: Metrics | None = None, load: LoadTracker | None = None,
                  clock: Callable[[], float] = time.monotonic,

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fnlb.tls import TLSMaterial
+    from fnlb.tls import ClientTLS
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Members:
     ``joined(member)`` tells it one joined or came back.
     """
 
-    def __init__(self, factory: MTLSRunnerFactory, tls: TLSMaterial | None, *,
+    def __init__(self, factory: MTLSRunnerFactory, tls: ClientTLS | None, *,
                  load: LoadTracker, metrics: Metrics,
                  new_health: Callable[[], RunnerHealth],
                  new_member: Callable[[Member], None],

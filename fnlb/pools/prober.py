@@ -23,7 +23,7 @@ import grpc
 
 from fnlb.pools.health import HealthConfig
 from fnlb.pools.membership import Member
-from fnlb.runnerpool import RunnerStatus
+from fnlb.runnerpool import Refreshable, RunnerStatus
 
 __all__ = ["Prober"]
 
@@ -77,7 +77,10 @@ class Prober:
             self._on_status(m, status)
 
     def _ask(self, m: Member) -> Awaitable[RunnerStatus]:
-        return m.runner.status()
+        # The explicit step of a probe: a runner that can, re-dials after a
+        # certificate change and renegotiates its fast paths; status() only asks.
+        runner = m.runner
+        return runner.refresh() if isinstance(runner, Refreshable) else runner.status()
 
     async def poll(self, members: Sequence[Member]) -> float:
         """Probe the members that are due; the earliest next probe time."""

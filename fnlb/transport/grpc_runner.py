@@ -1,10 +1,11 @@
 """GrpcRunner: the ``Runner`` backed by a ``fnlb.v1.Runner`` stub, and its factories.
 
-The commit rule (protos/fnlb/v1/runner.proto) is implemented in ``try_exec``,
+The commit rule (protos/fnlb/v1/runner.proto) is applied in ``try_exec``,
 over Runner/Calls (small sync calls, shared stream), Runner/Call (sync calls
 up to 1 MiB) or TryExec (everything, and fn's runners): only a NACK, or a
 failure that proves the runner never got the call, returns ``placed=False``.
-Everything else is committed and never re-sent.
+Everything else is committed and never re-sent. The decisions are the pure
+functions of ``fnlb.transport.commit``; this module acts on them.
 """
 
 from __future__ import annotations
@@ -12,19 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import empty_pb2
 
-from fnlb.calls import DETACHED
-from fnlb.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.errors import ClientCanceled, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
-from fnlb.runnerpool import Attempt, RunnerCall, RunnerStatus
+from fnlb.runnerpool import DETACHED, Attempt, MTLSRunnerFactory, RunnerCall, RunnerStatus
 from fnlb.timefmt import parse_rfc3339
+from fnlb.transport import commit
+from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
+from fnlb.transport.commit import Verdict
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
+
+if TYPE_CHECKING:
+    from fnlb.tls import ClientTLS
 
 __all__ = [
     "GrpcRunner",
@@ -76,28 +81,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 # timeout fn allows plus the placer's.
 _RETIRE_GRACE_S = 3600.0
 
-# Messages that prove a TryExec never reached the runner process.
-_NOT_CONNECTED = ("failed to connect", "connection refused", "connections to all backends failing",
-                  "dns resolution failed", "handshake", "ssl", "certificate")
-
-
-def _is_too_busy(err: grpc.aio.AioRpcError) -> bool:
-    code = err.code()
-    details = (err.details() or "").lower()
-    if code == grpc.StatusCode.UNAVAILABLE and "too busy" in details:
-        return True
-    # fn's pure runner ends the stream with the non-standard status 503.
-    raw = getattr(code, "value", (None,))[0]
-    return raw == 503 or (code == grpc.StatusCode.UNKNOWN and "too busy" in details)
-
-
-def _never_reached(err: grpc.aio.AioRpcError) -> bool:
-    if err.code() != grpc.StatusCode.UNAVAILABLE:
-        return False
-    details = (err.details() or "").lower()
-    return any(s in details for s in _NOT_CONNECTED)
-
-
 def _ns(value: int) -> float:
     return value / 1e9
 
@@ -109,7 +92,8 @@ def status_from_pb(s: runner_pb2.RunnerStatus) -> RunnerStatus:
         error_str=s.errorStr, is_network_disabled=s.isNetworkDisabled, draining=s.draining,
         drained=s.drained, slots_total=s.slots_total, slots_free=s.slots_free,
         memory_mb_total=s.memory_mb_total, memory_mb_free=s.memory_mb_free,
-        warm_slots=tuple(s.warm_slots), runner_id=s.runner_id, custom=dict(s.customStatus))
+        warm_slots=tuple(s.warm_slots), runner_id=s.runner_id, custom=dict(s.customStatus),
+        features=frozenset(s.features))
 
 
 class GrpcRunner:
@@ -119,9 +103,9 @@ class GrpcRunner:
     def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None, *,
                  metrics: Metrics | None = None, connect_timeout: float = 1.0,
                  server_name: str | None = None, unary: bool = True,
-                 calls: bool = True, tls_source: Any = None) -> None:
-        """``tls_source``: a ``fnlb.tls.ClientTLS`` (instead of ``credentials``);
-        when its certificate files change, the runner is re-dialled with them."""
+                 calls: bool = True, tls_source: ClientTLS | None = None) -> None:
+        """``tls_source`` (instead of ``credentials``): when its certificate
+        files change, ``refresh`` re-dials the runner with them."""
         self._address = address
         self._options = list(CHANNEL_OPTIONS)
         if server_name:
@@ -160,8 +144,8 @@ class GrpcRunner:
         # Connect now, so the first call finds the runner ready (or known down).
         self._channel.get_state(try_to_connect=True)
 
-    def _follow_tls(self) -> None:
-        """Re-dial with the new client certificate once the LB's files changed.
+    def follow_tls(self) -> bool:
+        """Re-dial with the new client certificate once the LB's files changed; True if it did.
 
         A channel keeps the credentials it was built with, also when it
         reconnects: without this, a runner that restarts after the LB's old
@@ -170,7 +154,7 @@ class GrpcRunner:
         """
         src = self._tls_source
         if src is None or self._closed or src.refresh() == self._tls_generation:
-            return
+            return False
         self._tls_generation = src.generation
         old_channel, old_stream = self._channel, self._call_stream
         self._dial(src.credentials())
@@ -178,6 +162,7 @@ class GrpcRunner:
         log.info("re-dialling runner with the new client certificate",
                  extra=kv(runner=self._address, tls_generation=self._tls_generation))
         self._keep(asyncio.create_task(self._retire(old_channel, old_stream)))
+        return True
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         """Hold a background task until it is done (``close`` cancels what is left)."""
@@ -311,16 +296,18 @@ class GrpcRunner:
         try:
             reply = await self._call_stream.call(self._call_request(call))
         except CallStreamFailed as e:
-            if e.unsupported:
+            code, details = (None, None) if e.error is None else (e.error.code(), e.error.details())
+            verdict = commit.stream_failed(code, details, not_run=e.not_run)
+            if verdict is Verdict.UNSUPPORTED:
                 self._calls = False
                 log.info("runner does not serve Calls; using Call",
                          extra=kv(runner=self._address, error=e.error and e.error.details()))
                 return None
-            if e.not_run or (e.error is not None and _never_reached(e.error)):
+            if verdict is Verdict.NEVER_REACHED:
                 return Attempt(False, RunnerUnreachable(f"runner {self._address}: {e}"))
-            if e.error is not None:
-                return self._rpc_failed(e.error, call, committed=True)
-            # The LB closed the stream under a call it had sent: it may have run.
+            if code is not None:
+                return self._failed(verdict, code, details, call)
+            # Verdict.LOST: the LB closed the stream under a call it had sent.
             return Attempt(True, RunnerError(f"runner {self._address}: {e}",
                                              runner=self._address, error_code=502))
         return self._replied(reply, call)
@@ -335,26 +322,30 @@ class GrpcRunner:
         try:
             reply: runner_pb2.CallReply = await self._stub.Call(self._call_request(call))
         except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            code, details = e.code(), e.details()
+            verdict = commit.call_failed(code, details)
+            if verdict is Verdict.UNSUPPORTED:
                 self._unary = False
                 log.info("runner does not serve Call; using TryExec",
-                         extra=kv(runner=self._address, error=e.details()))
+                         extra=kv(runner=self._address, error=details))
                 return None
-            return self._rpc_failed(e, call, committed=False)
+            return self._failed(verdict, code, details, call)
         return self._replied(reply, call)
 
     def _replied(self, reply: runner_pb2.CallReply, call: RunnerCall) -> Attempt:
         """A CallReply (Call or Calls) as an attempt: NACK, or committed."""
         f = reply.finished
         has_http = reply.HasField("http")
-        if not has_http and not f.success and f.errorCode == 503:
+        verdict = commit.replied(has_http=has_http, has_finished=reply.HasField("finished"),
+                                 success=f.success, error_code=f.errorCode)
+        if verdict is Verdict.NACK:
             return Attempt(False, ServerTooBusy(f.errorStr or "Timed out - server too busy"))
         if has_http:
             sink = call.response
             sink.start(reply.http.status_code or 200,
                        [(h.key, h.value) for h in reply.http.headers])
             sink.write(reply.body)
-        if not reply.HasField("finished"):
+        if verdict is Verdict.INCOMPLETE:
             return Attempt(True, RunnerError(
                 f"runner {self._address} answered the call without a finished message",
                 runner=self._address, error_code=502))
@@ -372,19 +363,26 @@ class GrpcRunner:
     def _rpc_failed(self, e: grpc.aio.AioRpcError, call: RunnerCall, *,
                     committed: bool) -> Attempt:
         """An RPC ended with an error status: NACK, never reached, canceled or committed."""
-        if not committed and _is_too_busy(e):
-            return Attempt(False, ServerTooBusy(e.details() or "server too busy"))
-        if not committed and _never_reached(e):
-            return Attempt(False, RunnerUnreachable(
-                f"runner {self._address}: {e.details()}"))
-        if e.code() == grpc.StatusCode.CANCELLED:
+        code, details = e.code(), e.details()
+        return self._failed(commit.rpc_failed(code, details, committed=committed),
+                            code, details, call)
+
+    def _failed(self, verdict: Verdict, code: grpc.StatusCode, details: str | None,
+                call: RunnerCall) -> Attempt:
+        """The attempt for an RPC that ended with ``code``: NACK, never reached, canceled
+        or failed after commit."""
+        if verdict is Verdict.NACK:
+            return Attempt(False, ServerTooBusy(details or "server too busy"))
+        if verdict is Verdict.NEVER_REACHED:
+            return Attempt(False, RunnerUnreachable(f"runner {self._address}: {details}"))
+        if verdict is Verdict.CANCELED:
             return Attempt(True, ClientCanceled())
         # Committed (or could have been): the call may have run; never re-send.
         log.warning("runner failed call after commit",
                     extra=kv(call_id=call.model.id, runner=self._address,
-                             code=e.code().name, error=e.details()))
+                             code=code.name, error=details))
         return Attempt(True, RunnerError(
-            f"runner {self._address} failed the call: {e.code().name}: {e.details()}",
+            f"runner {self._address} failed the call: {code.name}: {details}",
             runner=self._address, error_code=502))
 
     async def _stream(self, call: RunnerCall) -> Attempt:
@@ -413,7 +411,8 @@ class GrpcRunner:
                 kind = msg.WhichOneof("body")
                 if kind == "finished":
                     f = msg.finished
-                    if not committed and not f.success and f.errorCode == 503:
+                    if commit.is_nack(success=f.success, error_code=f.errorCode,
+                                      answered=committed):
                         return Attempt(False, ServerTooBusy(
                             f.errorStr or "Timed out - server too busy"))
                     finished = f
@@ -485,14 +484,29 @@ class GrpcRunner:
             call.add_user_execution_time((completed - started).total_seconds())
 
     async def status(self, timeout: float = 2.0) -> RunnerStatus:
-        self._follow_tls()  # every poll (backed off for runners that do not answer)
+        """The runner's Status RPC, and nothing else: no re-dial, no renegotiation."""
         s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
-        # The runner says which fast paths it serves; a runner restarted with
-        # another version on the same address is followed at the next poll.
-        features = set(s.features)
-        self._unary = self._allow_unary and "call" in features
-        self._calls = self._allow_calls and "calls" in features
         return status_from_pb(s)
+
+    def negotiate(self, status: RunnerStatus) -> None:
+        """Use the fast paths ``status.features`` lists, and only those.
+
+        A runner restarted with another version on the same address is
+        followed at the next poll. Paths turned off at construction stay off.
+        """
+        self._unary = self._allow_unary and "call" in status.features
+        self._calls = self._allow_calls and "calls" in status.features
+
+    async def refresh(self, timeout: float = 2.0) -> RunnerStatus:
+        """The prober's step: ``follow_tls``, then ``status``, then ``negotiate`` with it.
+
+        Runs every poll (backed off by the prober for runners that do not
+        answer); the Status RPC goes over the new channel after a re-dial.
+        """
+        self.follow_tls()
+        status = await self.status(timeout)
+        self.negotiate(status)
+        return status
 
     async def drain(self, wait: bool = False, timeout: float = 5.0) -> runner_pb2.CloseResponse:
         """Ask the runner itself to drain (its Close RPC)."""
@@ -512,22 +526,12 @@ class GrpcRunner:
 
 
 def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
-                        server_name: str | None = None) -> Any:
-    """fn's MTLSRunnerFactory: mTLS when given TLS material, plaintext otherwise."""
+                        server_name: str | None = None) -> MTLSRunnerFactory:
+    """fn's MTLSRunnerFactory: mTLS when given the LB's ClientTLS, plaintext otherwise."""
 
-    def factory(address: str, tls: Any | None) -> GrpcRunner:
-        creds = source = None
-        if tls is not None:
-            # fnlb.tls.ClientTLS follows its certificate files: the runner
-            # re-dials when they change. Plain material is fixed.
-            if hasattr(tls, "credentials"):
-                source = tls
-            else:
-                from fnlb.tls import channel_credentials
-
-                creds = channel_credentials(tls)
-        return GrpcRunner(address, creds, metrics=metrics, connect_timeout=connect_timeout,
-                          server_name=server_name, tls_source=source)
+    def factory(address: str, tls: ClientTLS | None) -> GrpcRunner:
+        return GrpcRunner(address, metrics=metrics, connect_timeout=connect_timeout,
+                          server_name=server_name, tls_source=tls)
 
     return factory
 

@@ -1,0 +1,32 @@
+"""The LB's side of the runner protocol: one runner over gRPC, and how a call reaches it.
+
+``GrpcRunner`` is the ``fnlb.runnerpool.Runner`` backed by a ``fnlb.v1.Runner``
+channel; it implements the commit rule (protos/fnlb/v1/runner.proto) over
+Runner/Calls (``CallStream``), Runner/Call and TryExec.
+
+    factory = make_runner_factory(metrics)      # an MTLSRunnerFactory
+    runner = factory("10.0.0.5:9190", None)     # plaintext; ClientTLS for mTLS
+    attempt = await runner.try_exec(call)
+"""
+
+from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
+from fnlb.transport.grpc_runner import (
+    CHANNEL_OPTIONS,
+    CHUNK_SIZE,
+    UNARY_MAX_BODY,
+    GrpcRunner,
+    make_runner_factory,
+    status_from_pb,
+)
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "CHUNK_SIZE",
+    "STREAM_MAX_BODY",
+    "UNARY_MAX_BODY",
+    "CallStream",
+    "CallStreamFailed",
+    "GrpcRunner",
+    "make_runner_factory",
+    "status_from_pb",
+]
