@@ -51,7 +51,8 @@ __all__ = [
     "channel_credentials",
 ]
 
-log = logging.getLogger(__name__)
+# One logger for the whole package: its lines keep saying logger=fnlb.tls.
+log = logging.getLogger("fnlb.tls")
 
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
