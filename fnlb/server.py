@@ -28,6 +28,7 @@ from fnlb.admin import AdminServicer
 from fnlb.agent import Agent
 from fnlb.calls import DETACHED, SYNC, BufferSink, CallModel, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
+from fnlb.error_status import grpc_status
 from fnlb.errors import ConfigError, FnlbError, InvalidRequest
 from fnlb.grpc_runner import make_runner_factory
 from fnlb.load import LoadTracker
@@ -111,11 +112,12 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         try:
             runner = await self._agent.submit(call, _client_deadline(context))
         except FnlbError as e:
+            code = grpc_status(e)
             if not isinstance(e, InvalidRequest):
                 log.warning("call failed", extra=kv(call_id=call.model.id, fn_id=call.model.fn_id,
                                                     runner=getattr(e, "runner", ""),
-                                                    code=e.code.name, error=str(e)))
-            await context.abort(e.code, str(e))
+                                                    code=code.name, error=str(e)))
+            await context.abort(code, str(e))
         return runner.address
 
     def _response(self, call: LBCall, runner: str, with_body: bool) -> lb_pb2.InvokeResponse:
@@ -134,7 +136,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
             call = build_call(request, request.body, self._cfg.max_body_bytes,
                               self._cfg.default_timeout_s)
         except InvalidRequest as e:
-            await context.abort(e.code, str(e))
+            await context.abort(grpc_status(e), str(e))
         runner = await self._run(call, context)
         return self._response(call, runner, with_body=True)
 
@@ -170,7 +172,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         try:
             call = build_call(first, b"".join(parts), limit, self._cfg.default_timeout_s)
         except InvalidRequest as e:
-            await context.abort(e.code, str(e))
+            await context.abort(grpc_status(e), str(e))
         runner = await self._run(call, context)
         yield lb_pb2.InvokeStreamResponse(response=self._response(call, runner, with_body=False))
         body = _buffer(call).body()

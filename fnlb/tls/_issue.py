@@ -121,7 +121,10 @@ def init_ca(
     _check_targets([cert_path, key_path], force)
     start, end = _validity(days, None, None)
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    try:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    except ValueError as e:  # X.509 allows 1-64 characters in a common name
+        raise TLSConfigError(f"CA name {name!r}: {e}") from None
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()

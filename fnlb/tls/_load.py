@@ -19,10 +19,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from fnlb.errors import ConfigError
+
 __all__ = ["TLSConfigError", "TLSFiles", "TLSMaterial"]
 
 
-class TLSConfigError(ValueError):
+class TLSConfigError(ConfigError):
     """Expected: TLS files or settings are unusable; the message names the file and the cause."""
 
 
