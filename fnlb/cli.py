@@ -76,6 +76,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def _percent(text: str) -> float:
     try:
         value = float(text)
@@ -154,6 +161,9 @@ def _add_serve(sub: Any) -> None:
          help="a readmitted or newly joined runner ramps up to its full share over this "
               "long; 0 disables")
     _add(p, "--placer", "naive", metavar="NAME", help="placement strategy (see README)")
+    _add(p, "--chbl-c", "2", type=_number, metavar="C",
+         help="load bound of --placer chbl and warm: a runner is full at c times the mean "
+              "load, ceil(c*(total+1)/n); >= 1 (1.25 is the paper's value)")
     _add(p, "--placer-timeout", "360s", type=_duration, metavar="DUR",
          help="give up placing a sync call after this long (server too busy)")
     _add(p, "--detached-placer-timeout", "30s", type=_duration, metavar="DUR",
@@ -234,6 +244,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         placer=args.placer,
         placer_config=PlacerConfig(args.retry_all_delay, args.placer_timeout,
                                    args.detached_placer_timeout),
+        chbl_c=args.chbl_c,
         max_body_bytes=args.max_body_bytes,
         drain_grace=args.drain_grace,
         connect_timeout=args.connect_timeout,

@@ -36,7 +36,7 @@ from fnlb.logs import kv
 from fnlb.metrics import Metrics, MetricsServer
 from fnlb.placers import make_placer
 from fnlb.pools import DynamicRunnerPool, make_sources
-from fnlb.runnerpool import MTLSRunnerFactory, RunnerPool
+from fnlb.runnerpool import MTLSRunnerFactory, Placer, RunnerPool
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
 __all__ = ["LBServer", "LoadBalancerServicer", "build_call", "serve_admin"]
@@ -250,6 +250,7 @@ class LBServer:
         self.metrics = metrics if metrics is not None else Metrics()
         self._factory = runner_factory
         self.pool = pool
+        self.placer: Placer | None = None  # made by start()
         self._server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
         self._admin_health = health.aio.HealthServicer()
@@ -298,7 +299,9 @@ class LBServer:
         # Status polls; a report stays fresh for two polls, so one slow poll
         # does not blind load-aware placers.
         load = LoadTracker(fresh_for=2 * cfg.health.interval + cfg.health.timeout)
-        placer = make_placer(cfg.placer, cfg.placer_config, self.metrics, load=load)
+        placer = make_placer(cfg.placer, cfg.placer_config, self.metrics, load=load,
+                             c=cfg.chbl_c)
+        self.placer = placer
         if self.pool is None:
             self.pool = self._build_pool(load)
         start_pool = getattr(self.pool, "start", None)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 import fnlb.tls
-from fnlb.cli import main
+from fnlb.cli import build_parser, config_from_args, main
+from fnlb.config import LBConfig
+from fnlb.errors import ConfigError
+from fnlb.metrics import Metrics
+from fnlb.placers.chbl import DEFAULT_C, BoundedLoadHashPlacer
+from fnlb.server import LBServer
+from tests.fakes import FakePool
 
 
 def fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -53,3 +59,28 @@ def test_a_bug_is_not_reported_as_a_user_error(
     monkeypatch.setattr(fnlb.tls, "init_ca", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["certs", "init", "--out", str(tmp_path)])
+
+
+async def test_chbl_c_from_flag_or_environment_reaches_the_placer(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--admin-listen", "",
+            "--runners", "127.0.0.1:1", "--placer", "chbl"]
+    assert config(base).chbl_c == DEFAULT_C
+    assert config([*base, "--chbl-c", "1.5"]).chbl_c == 1.5
+    monkeypatch.setenv("FNLB_CHBL_C", "1.25")
+    cfg = config(base)
+    assert cfg.chbl_c == 1.25
+    assert config([*base, "--chbl-c", "3"]).chbl_c == 3  # the flag wins
+    async with LBServer(cfg, metrics=Metrics(), pool=FakePool([])) as lb:
+        assert isinstance(lb.placer, BoundedLoadHashPlacer) and lb.placer.c == 1.25
+    monkeypatch.setenv("FNLB_CHBL_C", "lots")
+    assert "argument --chbl-c: expected a number, got 'lots'" in fails(base, capsys)
+    monkeypatch.delenv("FNLB_CHBL_C")
+    with pytest.raises(ConfigError, match=r"^--chbl-c must be >= 1, got 0.9$"):
+        config([*base, "--chbl-c", "0.9"])
+
+
+def config(argv: list[str]) -> LBConfig:
+    cfg = config_from_args(build_parser().parse_args(argv))
+    assert isinstance(cfg, LBConfig)
+    return cfg
