@@ -39,7 +39,7 @@ from fnlb.pools import DynamicRunnerPool, make_sources
 from fnlb.runnerpool import MTLSRunnerFactory, Placer, RunnerPool
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
-__all__ = ["LBServer", "LoadBalancerServicer", "build_call", "serve_admin"]
+__all__ = ["LBServer", "LoadBalancerServicer", "build_call", "serve_admin", "start_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,15 @@ def _bind(server: grpc.aio.Server, flag: str, host: str, port: int,
     return int(bound)
 
 
+async def start_metrics(server: MetricsServer, where: str) -> None:
+    """Start ``server``; a failure to bind is a startup error that names the flag."""
+    try:
+        await server.start()
+    except (OSError, UnicodeError) as e:  # UnicodeError: a host name IDNA cannot encode
+        reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+        raise ConfigError(f"{where}: cannot bind: {reason}") from None
+
+
 async def serve_admin(servicer: lb_pb2_grpc.AdminServicer, health_servicer: Any,
                       listen: str, front_tls: Any, *,
                       unix_path: str = "") -> tuple[grpc.aio.Server, str]:
@@ -294,6 +303,28 @@ class LBServer:
                                  metrics=self.metrics, load=load)
 
     async def start(self) -> None:
+        """Start the pool, then the servers; a failure stops whatever had started."""
+        try:
+            await self._start()
+        except BaseException:
+            # Left running, a grpc server shuts itself down from __del__ once the
+            # event loop is closed and prints a traceback under the error that
+            # made the start fail; that error must be the last thing printed.
+            await self._undo_start()
+            raise
+
+    async def _undo_start(self) -> None:
+        servers = [s for s in (self._admin_server, self._server) if s is not None]
+        self._admin_server = self._server = None
+        for server in servers:
+            await server.stop(None)
+        metrics, self._metrics_server = self._metrics_server, None
+        if metrics is not None:
+            await metrics.stop()
+        if self.pool is not None:
+            await self.pool.shutdown()
+
+    async def _start(self) -> None:
         cfg = self.config
         # One load view shared by the placer (its in-flight counts) and the pool's
         # Status polls; a report stays fresh for two polls, so one slow poll
@@ -349,7 +380,9 @@ class LBServer:
                             if cfg.metrics_listen else ("", 0))
             self._metrics_server = MetricsServer(self.metrics, mhost, mport,
                                                  unix_path=cfg.metrics_unix)
-            await self._metrics_server.start()
+            await start_metrics(self._metrics_server,
+                                f"the private metrics socket {cfg.metrics_unix}"
+                                if cfg.metrics_unix else f"--metrics-listen {cfg.metrics_listen}")
             self.metrics_address = self._metrics_server.address
         for name in ("", "fnlb.v1.LoadBalancer"):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
