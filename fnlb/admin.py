@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 import grpc
 
+from fnlb.error_status import grpc_status
 from fnlb.errors import ConfigError, FnlbError
 from fnlb.logs import kv
 from fnlb.pools import DynamicRunnerPool, RunnerView, parse_address
@@ -94,9 +95,8 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
         self._placer = placer
 
     async def _fail(self, context: grpc.aio.ServicerContext[Any, Any],
-                    e: FnlbError | ValueError) -> None:
-        code = e.code if isinstance(e, FnlbError) else grpc.StatusCode.INVALID_ARGUMENT
-        await context.abort(code, str(e))
+                    e: FnlbError | ConfigError) -> None:
+        await context.abort(grpc_status(e), str(e))
 
     async def ListRunners(self, request: lb_pb2.ListRunnersRequest,
                           context: grpc.aio.ServicerContext[Any, Any]
@@ -110,8 +110,8 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
         address = await _caller_address(request.address, context)
         try:
             added = self._pool.add(address, ttl=float(request.ttl_s) if request.ttl_s else None)
-        except (ConfigError, ValueError) as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"address: {e}")
+        except ConfigError as e:  # the message names the field: "address: ..."
+            await self._fail(context, e)
         if added:
             log.info("runner added by admin", extra=kv(
                 runner=address, ttl_s=request.ttl_s, peer=context.peer()))
@@ -123,7 +123,7 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
         address = await _caller_address(request.address, context)
         try:
             removed = self._pool.remove(address)
-        except (FnlbError, ValueError) as e:
+        except (FnlbError, ConfigError) as e:
             await self._fail(context, e)
         return lb_pb2.RemoveRunnerResponse(removed=removed)
 
@@ -132,7 +132,7 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
                           ) -> lb_pb2.DrainRunnerResponse:
         try:
             error = await self._pool.drain(await _caller_address(request.address, context))
-        except (FnlbError, ValueError) as e:
+        except (FnlbError, ConfigError) as e:
             await self._fail(context, e)
         if error:
             # Out of placement here all the same; the caller learns the runner may

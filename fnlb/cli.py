@@ -41,6 +41,31 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _text(text: str) -> str:
+    """Text that goes on the wire or into a certificate: it must encode as UTF-8.
+
+    Bytes that are not UTF-8 reach Python as lone surrogates, which protobuf,
+    grpc and X.509 all refuse; say so here, naming the flag.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not valid UTF-8: {text!r}") from None
+    return text
+
+
+def _memory_mb(text: str) -> int:
+    """What InvokeRequest.memory_mb (uint64) can carry; the LB checks its own limit."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}" if value < 0
+                                         else f"too large, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -49,6 +74,13 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def _percent(text: str) -> float:
@@ -76,6 +108,7 @@ def _add(p: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any) 
         default = raw.lower() in ("1", "true", "yes", "on") if isinstance(raw, str) else default
     else:
         default = _env_default(dest, default)
+        kw.setdefault("type", _text)
     p.add_argument(flag, default=default, **kw)
 
 
@@ -128,6 +161,9 @@ def _add_serve(sub: Any) -> None:
          help="a readmitted or newly joined runner ramps up to its full share over this "
               "long; 0 disables")
     _add(p, "--placer", "naive", metavar="NAME", help="placement strategy (see README)")
+    _add(p, "--chbl-c", "2", type=_number, metavar="C",
+         help="load bound of --placer chbl and warm: a runner is full at c times the mean "
+              "load, ceil(c*(total+1)/n); >= 1 (1.25 is the paper's value)")
     _add(p, "--placer-timeout", "360s", type=_duration, metavar="DUR",
          help="give up placing a sync call after this long (server too busy)")
     _add(p, "--detached-placer-timeout", "30s", type=_duration, metavar="DUR",
@@ -208,6 +244,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         placer=args.placer,
         placer_config=PlacerConfig(args.retry_all_delay, args.placer_timeout,
                                    args.detached_placer_timeout),
+        chbl_c=args.chbl_c,
         max_body_bytes=args.max_body_bytes,
         drain_grace=args.drain_grace,
         connect_timeout=args.connect_timeout,
@@ -371,18 +408,18 @@ def _add_invoke(sub: Any) -> None:
     p = sub.add_parser("invoke", formatter_class=_Formatter, help="call a function through an LB",
                        description="Call FN_ID through the LB; the function's body goes to "
                                    "stdout, status and runner to stderr.")
-    p.add_argument("fn_id", metavar="FN_ID")
-    p.add_argument("--lb", default=os.environ.get("FNLB_LB", "127.0.0.1:9090"),
+    p.add_argument("fn_id", metavar="FN_ID", type=_text)
+    p.add_argument("--lb", default=os.environ.get("FNLB_LB", "127.0.0.1:9090"), type=_text,
                    metavar="HOST:PORT", help="LB front-door address [env FNLB_LB]")
     body = p.add_mutually_exclusive_group()
     body.add_argument("--data", default=None, help="request body (text)")
     body.add_argument("--data-file", default=None, metavar="PATH",
                       help="request body from a file ('-' = stdin)")
-    p.add_argument("--app-id", default="")
+    p.add_argument("--app-id", default="", type=_text)
     p.add_argument("--detached", action="store_true", help="return once a runner accepted it")
-    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", type=_text,
                    help="function config, repeatable (runner-stub reads sleep_ms, status, ...)")
-    p.add_argument("--memory-mb", type=int, default=0)
+    p.add_argument("--memory-mb", type=_memory_mb, default=0)
     p.add_argument("--timeout", type=_duration, default=None, metavar="DUR",
                    help="client deadline for the whole call")
     p.add_argument("--tls-ca", default=None, help="CA of the LB's certificate (front-door TLS)")
@@ -415,13 +452,14 @@ def _add_runners(sub: Any) -> None:
                                    "Admin service (fnlb serve --admin-listen); --add, "
                                    "--remove and --drain change it first.")
     p.add_argument("--lb", default=os.environ.get("FNLB_ADMIN_LB", "127.0.0.1:9092"),
-                   metavar="HOST:PORT",
+                   metavar="HOST:PORT", type=_text,
                    help="LB admin address (its --admin-listen) [env FNLB_ADMIN_LB]")
     change = p.add_mutually_exclusive_group()
-    change.add_argument("--add", metavar="HOST:PORT", help="add a runner (Admin/AddRunner)")
-    change.add_argument("--remove", metavar="HOST:PORT",
+    change.add_argument("--add", metavar="HOST:PORT", type=_text,
+                        help="add a runner (Admin/AddRunner)")
+    change.add_argument("--remove", metavar="HOST:PORT", type=_text,
                         help="remove a runner added with --add (Admin/RemoveRunner)")
-    change.add_argument("--drain", metavar="HOST:PORT",
+    change.add_argument("--drain", metavar="HOST:PORT", type=_text,
                         help="stop placing on a runner and tell it to drain (Admin/DrainRunner)")
     p.add_argument("--tls-ca", default=None, help="CA of the LB's certificate (front-door TLS)")
     p.add_argument("--tls-cert", default=None, help="client certificate (front-door mTLS)")
@@ -442,7 +480,7 @@ def _add_certs(sub: Any) -> None:
     csub = p.add_subparsers(dest="certs_cmd", required=True, metavar="{init,issue}")
     i = csub.add_parser("init", formatter_class=_Formatter, help="create a CA: DIR/ca.crt, ca.key")
     i.add_argument("--out", required=True, metavar="DIR")
-    i.add_argument("--name", default="fnlb-dev-ca", help="CA common name")
+    i.add_argument("--name", default="fnlb-dev-ca", type=_text, help="CA common name")
     i.add_argument("--days", type=_positive_int, default=3650)
     i.add_argument("--force", action="store_true", help="overwrite existing files")
     i.set_defaults(func=_cmd_certs_init)
@@ -493,11 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         return int(args.func(args))
-    except ConfigError as e:
+    except ConfigError as e:  # bad flags, environment or files (TLSConfigError too)
         parser.exit(2, f"fnlb: error: {e}\n")
     except KeyboardInterrupt:
         return 130
-    except ValueError as e:  # e.g. TLSConfigError from fnlb.tls
-        parser.exit(2, f"fnlb: error: {e}\n")
     except OSError as e:
         parser.exit(1, f"fnlb: error: {e}\n")

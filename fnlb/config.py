@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fnlb.errors import ConfigError
+from fnlb.placers.chbl import DEFAULT_C
 from fnlb.pools.health import HealthConfig
 from fnlb.runnerpool import PlacerConfig
 
@@ -44,6 +46,8 @@ class LBConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     placer: str = "naive"
     placer_config: PlacerConfig = field(default_factory=PlacerConfig)
+    # The load bound of the chbl and warm placers (--chbl-c); others ignore it.
+    chbl_c: float = DEFAULT_C
     max_body_bytes: int = 8 * 1024 * 1024
     drain_grace: float = 30.0
     connect_timeout: float = 1.0
@@ -88,6 +92,9 @@ class LBConfig:
             from fnlb.pools.dns import parse_discovery
 
             parse_discovery(self.discovery)  # a bad URI fails at startup, naming the flag
+        if not (math.isfinite(self.chbl_c) and self.chbl_c >= 1):
+            # c < 1 would leave no runner below the bound once load is even.
+            raise ConfigError(f"--chbl-c must be >= 1, got {self.chbl_c}")
         if self.max_body_bytes <= 0:
             raise ConfigError(f"--max-body-bytes must be > 0, got {self.max_body_bytes}")
         if self.drain_grace < 0:

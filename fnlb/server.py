@@ -28,17 +28,18 @@ from fnlb.admin import AdminServicer
 from fnlb.agent import Agent
 from fnlb.calls import BufferSink, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
+from fnlb.error_status import grpc_status
 from fnlb.errors import ConfigError, FnlbError, InvalidRequest
 from fnlb.logs import kv
 from fnlb.metrics import Metrics, MetricsServer
 from fnlb.placers import make_placer
 from fnlb.placers.load import LoadTracker
 from fnlb.pools import DynamicRunnerPool, make_sources
-from fnlb.runnerpool import DETACHED, SYNC, CallModel, MTLSRunnerFactory, RunnerPool
+from fnlb.runnerpool import DETACHED, SYNC, CallModel, MTLSRunnerFactory, Placer, RunnerPool
 from fnlb.transport import make_runner_factory
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
-__all__ = ["LBServer", "LoadBalancerServicer", "build_call", "serve_admin"]
+__all__ = ["LBServer", "LoadBalancerServicer", "build_call", "serve_admin", "start_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,12 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         try:
             runner = await self._agent.submit(call, _client_deadline(context))
         except FnlbError as e:
+            code = grpc_status(e)
             if not isinstance(e, InvalidRequest):
                 log.warning("call failed", extra=kv(call_id=call.model.id, fn_id=call.model.fn_id,
                                                     runner=getattr(e, "runner", ""),
-                                                    code=e.code.name, error=str(e)))
-            await context.abort(e.code, str(e))
+                                                    code=code.name, error=str(e)))
+            await context.abort(code, str(e))
         return runner.address
 
     def _response(self, call: LBCall, runner: str, with_body: bool) -> lb_pb2.InvokeResponse:
@@ -134,7 +136,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
             call = build_call(request, request.body, self._cfg.max_body_bytes,
                               self._cfg.default_timeout_s)
         except InvalidRequest as e:
-            await context.abort(e.code, str(e))
+            await context.abort(grpc_status(e), str(e))
         runner = await self._run(call, context)
         return self._response(call, runner, with_body=True)
 
@@ -170,7 +172,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         try:
             call = build_call(first, b"".join(parts), limit, self._cfg.default_timeout_s)
         except InvalidRequest as e:
-            await context.abort(e.code, str(e))
+            await context.abort(grpc_status(e), str(e))
         runner = await self._run(call, context)
         yield lb_pb2.InvokeStreamResponse(response=self._response(call, runner, with_body=False))
         body = _buffer(call).body()
@@ -192,6 +194,15 @@ def _bind(server: grpc.aio.Server, flag: str, host: str, port: int,
         raise ConfigError(f"{flag} {addr}: cannot bind (address in use, or not an address "
                           "of this machine)")
     return int(bound)
+
+
+async def start_metrics(server: MetricsServer, where: str) -> None:
+    """Start ``server``; a failure to bind is a startup error that names the flag."""
+    try:
+        await server.start()
+    except (OSError, UnicodeError) as e:  # UnicodeError: a host name IDNA cannot encode
+        reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+        raise ConfigError(f"{where}: cannot bind: {reason}") from None
 
 
 async def serve_admin(servicer: lb_pb2_grpc.AdminServicer, health_servicer: Any,
@@ -248,6 +259,7 @@ class LBServer:
         self.metrics = metrics if metrics is not None else Metrics()
         self._factory = runner_factory
         self.pool = pool
+        self.placer: Placer | None = None  # made by start()
         self._server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
         self._admin_health = health.aio.HealthServicer()
@@ -291,12 +303,36 @@ class LBServer:
                                  metrics=self.metrics, load=load)
 
     async def start(self) -> None:
+        """Start the pool, then the servers; a failure stops whatever had started."""
+        try:
+            await self._start()
+        except BaseException:
+            # Left running, a grpc server shuts itself down from __del__ once the
+            # event loop is closed and prints a traceback under the error that
+            # made the start fail; that error must be the last thing printed.
+            await self._undo_start()
+            raise
+
+    async def _undo_start(self) -> None:
+        servers = [s for s in (self._admin_server, self._server) if s is not None]
+        self._admin_server = self._server = None
+        for server in servers:
+            await server.stop(None)
+        metrics, self._metrics_server = self._metrics_server, None
+        if metrics is not None:
+            await metrics.stop()
+        if self.pool is not None:
+            await self.pool.shutdown()
+
+    async def _start(self) -> None:
         cfg = self.config
         # One load view shared by the placer (its in-flight counts) and the pool's
         # Status polls; a report stays fresh for two polls, so one slow poll
         # does not blind load-aware placers.
         load = LoadTracker(fresh_for=2 * cfg.health.interval + cfg.health.timeout)
-        placer = make_placer(cfg.placer, cfg.placer_config, self.metrics, load=load)
+        placer = make_placer(cfg.placer, cfg.placer_config, self.metrics, load=load,
+                             c=cfg.chbl_c)
+        self.placer = placer
         if self.pool is None:
             self.pool = self._build_pool(load)
         start_pool = getattr(self.pool, "start", None)
@@ -344,7 +380,9 @@ class LBServer:
                             if cfg.metrics_listen else ("", 0))
             self._metrics_server = MetricsServer(self.metrics, mhost, mport,
                                                  unix_path=cfg.metrics_unix)
-            await self._metrics_server.start()
+            await start_metrics(self._metrics_server,
+                                f"the private metrics socket {cfg.metrics_unix}"
+                                if cfg.metrics_unix else f"--metrics-listen {cfg.metrics_listen}")
             self.metrics_address = self._metrics_server.address
         for name in ("", "fnlb.v1.LoadBalancer"):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -54,7 +54,7 @@ from fnlb.errors import ConfigError
 from fnlb.logs import kv
 from fnlb.metrics import MetricsServer, SupervisorMetrics, WorkerMetricsCollector
 from fnlb.placers import make_placer
-from fnlb.server import serve_admin
+from fnlb.server import serve_admin, start_metrics
 from fnlb.v1 import lb_pb2_grpc
 
 __all__ = ["Supervisor", "SupervisorLink", "WorkerPaths", "WorkerStartError", "check_port_free",
@@ -248,7 +248,7 @@ class Supervisor:
             if cfg.metrics_listen:
                 host, port = split_hostport(cfg.metrics_listen, "--metrics-listen")
                 self._metrics_server = MetricsServer(self.render_metrics, host, port)
-                await self._metrics_server.start()
+                await start_metrics(self._metrics_server, f"--metrics-listen {cfg.metrics_listen}")
                 self.metrics_address = self._metrics_server.address
             # Every spawn runs to its end (ready or failed) before we judge, so
             # none is left half-started.

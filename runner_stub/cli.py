@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fnlb.errors import ConfigError
 from fnlb.logs import kv, setup_logging
 from fnlb.timefmt import format_duration, parse_duration
-from fnlb.tls import TLSConfigError
 from runner_stub.config import LOG_LEVELS, StubConfig, flag_name, split_host_port
-from runner_stub.errors import ConfigError, StartupError
+from runner_stub.errors import StartupError
 from runner_stub.server import StubServer
 
 __all__ = ["main", "build_parser", "parse_config", "ENV_PREFIX"]
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(cfg.log_level)
     try:
         return asyncio.run(_serve(cfg))
-    except (ConfigError, TLSConfigError) as e:  # TLS material unusable, found at start
+    except ConfigError as e:  # e.g. TLS material unusable (TLSConfigError), found at start
         parser.error(str(e))
     except StartupError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

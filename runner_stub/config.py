@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner_stub.errors import ConfigError
+from fnlb.errors import ConfigError
 
 __all__ = ["StubConfig", "TlsFiles", "split_host_port", "flag_name", "LOG_LEVELS"]
 

@@ -6,13 +6,13 @@ Each one is *expected* (bad input or a decision, mapped to a gRPC status or a
 
 from __future__ import annotations
 
+# One "bad configuration" error for the LB and the stub (and the TLS files both
+# load): a setting is invalid; the message names the command-line flag.
+from fnlb.errors import ConfigError
+
 __all__ = [
     "ConfigError", "ProtocolError", "BadCall", "CallRejected", "FunctionFailed", "StartupError",
 ]
-
-
-class ConfigError(ValueError):
-    """A setting is invalid; the message names the command-line flag."""
 
 
 class ProtocolError(ValueError):

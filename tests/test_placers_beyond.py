@@ -298,14 +298,14 @@ async def test_chbl_concurrent_hot_function_respects_the_bound() -> None:
     await asyncio.gather(*tasks)
 
 
-def test_chbl_c_comes_from_the_environment_and_is_validated(
+def test_chbl_c_is_passed_to_the_bounded_placers_and_validated(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FNLB_CHBL_C", "2")
-    assert make_placer("chbl").c == 2.0  # type: ignore[attr-defined]
-    monkeypatch.setenv("FNLB_CHBL_C", "lots")
-    with pytest.raises(ConfigError, match="FNLB_CHBL_C"):
-        make_placer("chbl")
-    monkeypatch.delenv("FNLB_CHBL_C")
+    assert make_placer("chbl", c=1.25).c == 1.25  # type: ignore[attr-defined]
+    assert make_placer("warm", c=3).c == 3  # type: ignore[attr-defined]
+    assert make_placer("chbl").c == DEFAULT_C  # type: ignore[attr-defined]
+    assert not hasattr(make_placer("naive", c=1.25), "c")  # no bound: ignored
+    # Read by the CLI like every other setting (tests/test_cli.py), not by the placer.
+    monkeypatch.setenv("FNLB_CHBL_C", "5")
     assert make_placer("chbl").c == DEFAULT_C  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=">= 1"):
         BoundedLoadHashPlacer(c=0.9)

@@ -43,17 +43,22 @@ def register_placer(name: str, factory: PlacerFactory) -> None:
 
 def make_placer(name: str, config: PlacerConfig | None = None,
                 metrics: Metrics | None = None, *,
-                load: LoadTracker | None = None) -> BasePlacer:
+                load: LoadTracker | None = None, c: float | None = None) -> BasePlacer:
     """Build the placer called ``name``; unknown names are a ConfigError listing the known ones.
 
     ``load`` is the LB's one LoadTracker (feed runner Status reports into it);
     when omitted the placer makes its own and exposes it as ``placer.load``.
+    ``c`` is the load bound of the bounded-load placers (``chbl``, ``warm``:
+    ``--chbl-c``); placers without one ignore it, and None keeps their default.
     """
     try:
         factory = PLACERS[name]
     except KeyError:
         known = ", ".join(sorted(PLACERS))
         raise ConfigError(f"--placer: unknown placer {name!r} (known: {known})") from None
-    return factory(config if config is not None else PlacerConfig(),
-                   metrics if metrics is not None else Metrics(),
-                   load=load if load is not None else LoadTracker())
+    config = config if config is not None else PlacerConfig()
+    metrics = metrics if metrics is not None else Metrics()
+    load = load if load is not None else LoadTracker()
+    if c is not None and isinstance(factory, type) and issubclass(factory, BoundedLoadHashPlacer):
+        return factory(config, metrics, load=load, c=c)
+    return factory(config, metrics, load=load)

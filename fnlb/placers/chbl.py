@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
@@ -23,13 +22,12 @@ __all__ = ["BoundedLoadHashPlacer", "HashRing", "ring_hash", "DEFAULT_C", "DEFAU
 # wait a few ms for a slot there. bench.placement, pooled over repeats: c = 2
 # cut chbl's Zipf cold-start rate from ~0.60 to ~0.55 (ch: ~0.59) at equal or
 # better latency; at 1,000 runners (bench.sim) c made no difference. Max load
-# is still bounded, by 2x the mean. FNLB_CHBL_C=1.25 restores the paper's value.
+# is still bounded, by 2x the mean. --chbl-c 1.25 restores the paper's value.
 DEFAULT_C = 2.0
 # Points per runner on the ring. The share of keys a runner owns varies by
 # ~1/sqrt(vnodes) (±10% at 100); the bounded load caps what that variance can
 # do to load, so more points would only cost memory and rebuild time.
 DEFAULT_VNODES = 100
-C_ENV = "FNLB_CHBL_C"
 
 
 def ring_hash(data: str) -> int:
@@ -100,16 +98,6 @@ class HashRing:
                 yield idx
 
 
-def _c_from_env() -> float:
-    raw = os.environ.get(C_ENV, "")
-    if not raw:
-        return DEFAULT_C
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{C_ENV} must be a number, got {raw!r}") from None
-
-
 class BoundedLoadHashPlacer(BasePlacer):
     """A function's calls go to its home runner on a hash ring until it is full.
 
@@ -145,13 +133,13 @@ class BoundedLoadHashPlacer(BasePlacer):
     name = "chbl"
 
     def __init__(self, config: PlacerConfig | None = None, metrics: Metrics | None = None,
-                 load: LoadTracker | None = None, *, c: float | None = None,
+                 load: LoadTracker | None = None, *, c: float = DEFAULT_C,
                  vnodes: int = DEFAULT_VNODES) -> None:
         super().__init__(config, metrics, load)
-        self.c = _c_from_env() if c is None else c
+        self.c = c
         if not (math.isfinite(self.c) and self.c >= 1.0):
             # c < 1 would leave no runner below the bound once load is even.
-            raise ConfigError(f"chbl c ({C_ENV}) must be >= 1, got {self.c}")
+            raise ConfigError(f"chbl c (--chbl-c) must be >= 1, got {self.c}")
         if vnodes < 1:
             raise ConfigError(f"chbl vnodes must be >= 1, got {vnodes}")
         self.vnodes = vnodes

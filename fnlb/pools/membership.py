@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import grpc
-
 from fnlb.errors import FnlbError
 from fnlb.logs import kv
 from fnlb.metrics import POOL_STATES, Metrics
@@ -56,11 +54,9 @@ ADMIN_SOURCES = (ADMIN, REGISTERED)
 class MembershipError(FnlbError):
     """The change contradicts a source (e.g. removing a runner DNS lists)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
 
 class UnknownRunner(FnlbError, KeyError):
-    code = grpc.StatusCode.NOT_FOUND
+    """No runner at that address is in the pool."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "unknown runner"
