@@ -22,6 +22,7 @@ from fnlb.errors import (
     RunnerUnreachable,
     ServerTooBusy,
 )
+from fnlb.placers.queue import QueueFull
 from fnlb.pools import MembershipError, UnknownRunner
 
 __all__ = ["STATUS_BY_ERROR", "RUNNER_ERROR_STATUS", "grpc_status"]
@@ -30,6 +31,8 @@ __all__ = ["STATUS_BY_ERROR", "RUNNER_ERROR_STATUS", "grpc_status"]
 STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ServerTooBusy, grpc.StatusCode.UNAVAILABLE),
+    # The wait queue is at --max-queue / --max-queue-per-app: shed at once.
+    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ClientTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ClientCanceled, grpc.StatusCode.CANCELLED),
     (RunnerUnreachable, grpc.StatusCode.UNAVAILABLE),

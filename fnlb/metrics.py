@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 CALL_STATUSES = ("completed", "canceled", "timeouts", "errors", "server_busy")
 # fnlb_pool_runners{state}: "retiring" = removed, waiting for its in-flight calls.
 POOL_STATES = ("healthy", "unknown", "ejected", "draining", "retiring")
+QUEUE_REJECT_REASONS = ("queue_full", "app_queue_full")
 
 # Seconds; from sub-millisecond LB overhead up to fn's longest sync timeouts.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -115,6 +116,19 @@ class Metrics:
         self.discovery_errors = Counter(
             "fnlb_discovery_errors", "Failed lookups of a runner source (last set kept).",
             ["source"], registry=r)
+        # The overload wait queue (fnlb.placers.queue): see docs/design.md.
+        self.queue_depth = Gauge(
+            "fnlb_queue_depth", "Calls waiting for a runner slot in the LB's queue.", registry=r)
+        self.queue_wait = Histogram(
+            "fnlb_queue_wait_seconds",
+            "Time a call waited in the queue before its turn (or before it left).",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_rejected = Counter(
+            "fnlb_queue_rejected",
+            "Calls shed at once (RESOURCE_EXHAUSTED) because the queue was at a bound.",
+            ["reason"], registry=r)
+        self.queue_rejected_by = {r: self.queue_rejected.labels(r)
+                                  for r in QUEUE_REJECT_REASONS}
         for state in POOL_STATES:
             self.pool_runners.labels(state)
         for change in ("added", "removed"):
@@ -131,6 +145,13 @@ class Metrics:
         self.placer_placed_by = {r: self.placer_placed.labels(r)
                                  for r in ("ok", "error", "abort")}
         self.calls_by_type = {t: self.calls.labels(t) for t in ("sync", "detached")}
+
+    def queue_event(self, kind: str, app_id: str, waited_s: float) -> None:
+        """The wait queue's observer: its events as metrics."""
+        if kind in self.queue_rejected_by:
+            self.queue_rejected_by[kind].inc()
+        elif kind in ("granted", "timeout", "cancelled", "closed"):
+            self.queue_wait.observe(waited_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

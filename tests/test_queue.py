@@ -15,6 +15,7 @@ from collections import Counter
 import grpc
 import pytest
 
+from fnlb.error_status import grpc_status
 from fnlb.errors import ConfigError, ServerTooBusy
 from fnlb.placers.queue import (
     PUSHBACK_DEFAULT_MS,
@@ -193,7 +194,7 @@ async def test_bounds_shed_at_once_naming_the_limit() -> None:
         await q.wait("A")
     e = app_full.value
     assert (e.reason, e.limit, e.app_id) == ("app_queue_full", 3, "A")
-    assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert grpc_status(e) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "--max-queue-per-app" in str(e) and "3" in str(e)
     assert e.pushback_ms == PUSHBACK_DEFAULT_MS  # no grant seen yet
     await crowd.join_n("B", 2)

@@ -12,6 +12,7 @@ from typing import Protocol
 from fnlb.errors import ConfigError
 from fnlb.metrics import Metrics
 from fnlb.placers._base import BasePlacer
+from fnlb.placers.capacity import Capacity
 from fnlb.placers.ch import ConsistentHashPlacer
 from fnlb.placers.chbl import BoundedLoadHashPlacer
 from fnlb.placers.load import LoadTracker
@@ -25,7 +26,8 @@ __all__ = ["BasePlacer", "PLACERS", "PlacerFactory", "make_placer", "register_pl
 
 class PlacerFactory(Protocol):
     def __call__(self, config: PlacerConfig, metrics: Metrics, *,
-                 load: LoadTracker | None = None) -> BasePlacer: ...
+                 load: LoadTracker | None = None,
+                 capacity: Capacity | None = None) -> BasePlacer: ...
 
 
 PLACERS: dict[str, PlacerFactory] = {
@@ -43,13 +45,15 @@ def register_placer(name: str, factory: PlacerFactory) -> None:
 
 def make_placer(name: str, config: PlacerConfig | None = None,
                 metrics: Metrics | None = None, *,
-                load: LoadTracker | None = None, c: float | None = None) -> BasePlacer:
+                load: LoadTracker | None = None, c: float | None = None,
+                capacity: Capacity | None = None) -> BasePlacer:
     """Build the placer called ``name``; unknown names are a ConfigError listing the known ones.
 
     ``load`` is the LB's one LoadTracker (feed runner Status reports into it);
     when omitted the placer makes its own and exposes it as ``placer.load``.
     ``c`` is the load bound of the bounded-load placers (``chbl``, ``warm``:
     ``--chbl-c``); placers without one ignore it, and None keeps their default.
+    ``capacity`` (reading that same tracker) turns on the overload wait queue.
     """
     try:
         factory = PLACERS[name]
@@ -60,5 +64,5 @@ def make_placer(name: str, config: PlacerConfig | None = None,
     metrics = metrics if metrics is not None else Metrics()
     load = load if load is not None else LoadTracker()
     if c is not None and isinstance(factory, type) and issubclass(factory, BoundedLoadHashPlacer):
-        return factory(config, metrics, load=load, c=c)
-    return factory(config, metrics, load=load)
+        return factory(config, metrics, load=load, capacity=capacity, c=c)
+    return factory(config, metrics, load=load, capacity=capacity)

@@ -6,9 +6,11 @@ import abc
 import logging
 from collections.abc import Iterable, Sequence
 
-from fnlb.errors import PoolError
+from fnlb.errors import PoolError, ServerTooBusy
 from fnlb.metrics import Metrics
+from fnlb.placers.capacity import Capacity
 from fnlb.placers.load import LoadTracker
+from fnlb.placers.queue import Grant
 from fnlb.placers.tracker import PlacerTracker
 from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall, RunnerPool
 
@@ -26,15 +28,24 @@ class BasePlacer(abc.ABC):
     Every attempt is counted in ``load`` (a ``LoadTracker``) while ``try_exec``
     runs, so load-aware orders see this LB's calls exactly. For a sync call that
     is the whole call; a detached call leaves the count once the runner accepted it.
+
+    With ``capacity`` (the default in ``fnlb serve``; ``--queue off`` leaves it
+    out), a call that finds every runner believed full, or others already
+    waiting, waits in the queue for a turn instead of sweeping the list every
+    ``retry_all_delay``; runners that refused lately are passed over until
+    their NACK mark runs out. Runners of unknown capacity keep fn's sweep.
     """
 
     name = "base"
 
     def __init__(self, config: PlacerConfig | None = None, metrics: Metrics | None = None,
-                 load: LoadTracker | None = None) -> None:
+                 load: LoadTracker | None = None, *, capacity: Capacity | None = None) -> None:
         self._config = config if config is not None else PlacerConfig()
         self._metrics = metrics if metrics is not None else Metrics()
         self._load = load if load is not None else LoadTracker()
+        if capacity is not None and capacity.load is not self._load:
+            raise ValueError("capacity must read the placer's own LoadTracker")
+        self._capacity = capacity
 
     @property
     def config(self) -> PlacerConfig:
@@ -52,6 +63,8 @@ class BasePlacer(abc.ABC):
     async def place_call(self, pool: RunnerPool, call: RunnerCall,
                          deadline: float | None = None) -> Runner:
         tracker = PlacerTracker(self._config, call, self._metrics, deadline)
+        cap = self._capacity
+        turn: Grant | None = None  # our place in the wait queue, once given
         try:
             while True:
                 pool_err: PoolError | None = None
@@ -61,10 +74,21 @@ class BasePlacer(abc.ABC):
                 except PoolError as e:
                     runners, pool_err = (), e
                     tracker.handle_find_runners_failure(e)
+                if cap is not None and runners and (
+                        cap.must_wait(runners) if turn is None else cap.full(runners)):
+                    try:
+                        turn = await cap.wait(call.model.app_id, tracker.time_left(), turn)
+                    except TimeoutError:
+                        turn = None  # the wait ended with its deadline; so does the call
+                    if tracker.is_done():
+                        break
+                    continue
                 for runner in self.order(runners, call):
                     if tracker.is_done():
                         break
                     address = runner.address
+                    if cap is not None and cap.room(address) is False:
+                        continue
                     self._load.started(address)
                     try:
                         placed, err = await tracker.try_runner(runner, call)
@@ -74,8 +98,14 @@ class BasePlacer(abc.ABC):
                         if err is not None:
                             raise err
                         return runner
+                    if cap is not None and isinstance(err, ServerTooBusy):
+                        cap.nacked(address)
+                if cap is not None and runners and cap.full(runners) and not tracker.is_done():
+                    continue  # every runner refused and is marked: wait for a turn
                 if not await tracker.retry_all_backoff(len(runners), pool_err):
                     break
             raise tracker.final_error()
         finally:
+            if turn is not None:
+                turn.done()
             tracker.handle_done()

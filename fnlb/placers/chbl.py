@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from fnlb.errors import ConfigError
 from fnlb.metrics import Metrics
 from fnlb.placers._base import BasePlacer
+from fnlb.placers.capacity import Capacity
 from fnlb.placers.load import LoadTracker
 from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall
 
@@ -133,9 +134,10 @@ class BoundedLoadHashPlacer(BasePlacer):
     name = "chbl"
 
     def __init__(self, config: PlacerConfig | None = None, metrics: Metrics | None = None,
-                 load: LoadTracker | None = None, *, c: float = DEFAULT_C,
+                 load: LoadTracker | None = None, *,
+                 capacity: Capacity | None = None, c: float = DEFAULT_C,
                  vnodes: int = DEFAULT_VNODES) -> None:
-        super().__init__(config, metrics, load)
+        super().__init__(config, metrics, load, capacity=capacity)
         self.c = c
         if not (math.isfinite(self.c) and self.c >= 1.0):
             # c < 1 would leave no runner below the bound once load is even.

@@ -97,6 +97,7 @@ class LoadTracker:
         self._warm_index: dict[str, set[str]] = {}
         self._next_prune = clock() + fresh_for
         self._listeners: list[Callable[[str, int], None]] = []
+        self._report_listeners: list[Callable[[str], None]] = []
 
     # -- local in-flight counts (BasePlacer calls these around try_exec) -------
 
@@ -126,6 +127,10 @@ class LoadTracker:
         """
         self._listeners.append(listener)
 
+    def subscribe_reports(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(address)`` after every ``update_reported``."""
+        self._report_listeners.append(listener)
+
     def inflight(self, address: str) -> int:
         return self._inflight.get(address, 0)
 
@@ -151,6 +156,8 @@ class LoadTracker:
         for key in report.warm:
             self._warm_index.setdefault(key, set()).add(address)
         self._maybe_prune()
+        for listener in self._report_listeners:
+            listener(address)
 
     def _unaccount(self, address: str, r: Report) -> None:
         """Take a report that is leaving out of the running sums and the warm index."""

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 
 from fnlb.metrics import Metrics
 from fnlb.placers._base import BasePlacer
+from fnlb.placers.capacity import Capacity
 from fnlb.placers.load import LoadTracker
 from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall
 
@@ -32,8 +33,9 @@ class PowerOfTwoPlacer(BasePlacer):
     name = "p2c"
 
     def __init__(self, config: PlacerConfig | None = None, metrics: Metrics | None = None,
-                 load: LoadTracker | None = None, *, rng: random.Random | None = None) -> None:
-        super().__init__(config, metrics, load)
+                 load: LoadTracker | None = None, *,
+                 capacity: Capacity | None = None, rng: random.Random | None = None) -> None:
+        super().__init__(config, metrics, load, capacity=capacity)
         self._rng = rng if rng is not None else random.Random()
 
     def order(self, runners: Sequence[Runner], call: RunnerCall) -> Iterator[Runner]:

@@ -97,8 +97,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-import grpc
-
 from fnlb.errors import ConfigError, FnlbError
 
 __all__ = [
@@ -147,9 +145,6 @@ class QueueFull(FnlbError):
     (``max_queue_per_app``), ``limit`` that bound, ``pushback_ms`` when a retry
     may find room (for the ``grpc-retry-pushback-ms`` trailer).
     """
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    http_status = 429
 
     def __init__(self, reason: Literal["queue_full", "app_queue_full"], limit: int,
                  pushback_ms: int, app_id: str = "") -> None:

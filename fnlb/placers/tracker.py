@@ -61,6 +61,13 @@ class PlacerTracker:
     def placer_expired(self) -> bool:
         return self._clock() >= self.placer_deadline
 
+    def time_left(self) -> float:
+        """Seconds until the placer timeout or the client's deadline, whichever is first."""
+        end = self.placer_deadline
+        if self.client_deadline is not None:
+            end = min(end, self.client_deadline)
+        return max(0.0, end - self._clock())
+
     def is_done(self) -> bool:
         return self.canceled or self.client_expired() or self.placer_expired()
 

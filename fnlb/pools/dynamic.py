@@ -133,6 +133,7 @@ class DynamicRunnerPool:
         self._prober = Prober(self.health_config, on_status=self._answered,
                               on_silence=self._silent, clock=clock, rng=rng)
         self._snapshot: tuple[Runner, ...] = ()
+        self._listeners: list[Callable[[], None]] = []
         self._started = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -196,6 +197,10 @@ class DynamicRunnerPool:
 
     def snapshot(self) -> tuple[Runner, ...]:
         return self._snapshot
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` whenever the offered runners change."""
+        self._listeners.append(listener)
 
     # -- what PooledRunner asks around each attempt ----------------------------------
 
@@ -317,6 +322,8 @@ class DynamicRunnerPool:
     def _rebuild(self) -> None:
         self._snapshot = tuple(m.handle for m in self._outliers.offered(self._members))
         self._members.set_gauges()
+        for listener in self._listeners:
+            listener()
 
     def _failure(self, m: Member, error: str, seen_by: str, *, count: int = 1) -> None:
         if self._outliers.failure(m, self._members, error, seen_by, count=count):

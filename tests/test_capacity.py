@@ -1,0 +1,253 @@
+"""The capacity-aware wait: placers with a WaitQueue instead of fn's NACK sweep.
+
+Runners here are fakes with real slot accounting (a call beyond the slots gets
+a busy NACK, as runner-stub does); the placer, LoadTracker, Capacity and
+WaitQueue are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from fnlb.calls import CallModel, LBCall
+from fnlb.errors import ClientTimeout, ServerTooBusy
+from fnlb.metrics import Metrics
+from fnlb.placers import BasePlacer, make_placer
+from fnlb.placers.capacity import Capacity
+from fnlb.placers.load import LoadTracker
+from fnlb.placers.queue import QueueConfig, QueueFull, WaitQueue
+from fnlb.runnerpool import Attempt, PlacerConfig, Runner, RunnerCall, RunnerStatus
+
+
+class SlotRunner:
+    """Holds each call until ``finish_one``; beyond ``slots`` running calls it NACKs."""
+
+    def __init__(self, address: str, slots: int) -> None:
+        self.address = address
+        self.slots = slots
+        self.running: list[asyncio.Future[None]] = []
+        self.started: list[str] = []
+        self.nacks = 0
+        self.changed = asyncio.Event()
+        self.hidden = 0  # slots taken by "another LB" we cannot see
+
+    async def try_exec(self, call: RunnerCall) -> Attempt:
+        if len(self.running) + self.hidden >= self.slots:
+            self.nacks += 1
+            self.changed.set()
+            return Attempt(False, ServerTooBusy(f"{self.address} busy"))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.running.append(done)
+        self.started.append(call.model.id)
+        self.changed.set()
+        try:
+            await done
+        finally:
+            if done in self.running:
+                self.running.remove(done)
+        return Attempt(True, None)
+
+    def finish_one(self) -> None:
+        """End the oldest running call; its slot counts as free from now."""
+        self.running.pop(0).set_result(None)
+
+    def status(self) -> RunnerStatus:
+        busy = len(self.running) + self.hidden
+        return RunnerStatus(active=busy, slots_total=self.slots,
+                            slots_free=max(0, self.slots - busy))
+
+    async def close(self) -> None:
+        return None
+
+
+class Pool:
+    def __init__(self, runners: Sequence[SlotRunner]) -> None:
+        self.list: tuple[Runner, ...] = tuple(runners)
+
+    async def runners(self, call: RunnerCall) -> Sequence[Runner]:
+        return self.list
+
+    async def shutdown(self) -> None:
+        return None
+
+
+def call(i: int, app: str = "a") -> LBCall:
+    return LBCall(CallModel(id=f"{app}{i}", app_id=app, fn_id="f"), b"")
+
+
+_queue_moved = asyncio.Event()
+
+
+def setup(runners: Sequence[SlotRunner], *, placer: str = "naive",
+          queue: QueueConfig | None = None, timeout: float = 30.0,
+          ) -> tuple[Pool, BasePlacer, LoadTracker, Capacity, Metrics]:
+    pool = Pool(runners)
+    load = LoadTracker(fresh_for=3600)
+    wq = WaitQueue(queue or QueueConfig(), on_event=lambda *_: _queue_moved.set())
+    cap = Capacity(load, wq, lambda: pool.list)
+    metrics = Metrics()
+    p = make_placer(placer, PlacerConfig(placer_timeout=timeout), metrics, load=load,
+                    capacity=cap)
+    for r in runners:
+        load.update_reported(r.address, r.status())
+    return pool, p, load, cap, metrics
+
+
+async def depth(cap: Capacity, n: int) -> None:
+    """Await queue events until exactly ``n`` calls wait (no sleeps)."""
+    while cap.queue.depth() != n:
+        _queue_moved.clear()
+        await asyncio.wait_for(_queue_moved.wait(), 5)
+
+
+def busy_retries(m: Metrics) -> float:
+    return m.registry.get_sample_value("fnlb_placer_retries_total", {"reason": "busy"}) or 0.0
+
+
+async def until(cond: object, runners: Sequence[SlotRunner]) -> None:
+    """Await runner progress until ``cond()`` holds (no sleeps)."""
+    assert callable(cond)
+    while not cond():
+        waits = [asyncio.ensure_future(r.changed.wait()) for r in runners]
+        for r in runners:
+            r.changed.clear()
+        if cond():
+            for w in waits:
+                w.cancel()
+            return
+        done, pending = await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+        assert done, "no progress within 5 s"
+
+
+async def test_overload_waits_in_order_without_nacks() -> None:
+    runners = [SlotRunner("r1", 2), SlotRunner("r2", 2)]
+    pool, placer, load, cap, metrics = setup(runners)
+    tasks = []
+    for i in range(20):
+        tasks.append(asyncio.ensure_future(placer.place_call(pool, call(i))))
+        await asyncio.sleep(0)  # arrival order = index order
+    await until(lambda: sum(len(r.running) for r in runners) == 4, runners)
+    assert cap.queue.depth() == 16
+    order: list[str] = []
+    for _ in range(20):
+        r = next(r for r in runners if r.running)
+        r.finish_one()
+        await until(lambda: cap.queue.depth() == 0 or sum(len(r.running) for r in runners) == 4,
+                    runners)
+    await asyncio.gather(*tasks)
+    for r in runners:
+        order += r.started
+    started = sorted(order, key=lambda cid: int(cid[1:]))
+    assert started == [f"a{i}" for i in range(20)]
+    # The view was exact: not one refusal, and nothing was left behind.
+    assert sum(r.nacks for r in runners) == 0 and busy_retries(metrics) == 0
+    assert cap.queue.depth() == 0 and load.table_sizes()[0] == 0
+
+
+async def test_fifo_within_an_app_and_fair_between_apps() -> None:
+    runner = SlotRunner("r1", 1)
+    pool, placer, _load, cap, _m = setup([runner])
+    first = asyncio.ensure_future(placer.place_call(pool, call(0, "a")))
+    await until(lambda: len(runner.running) == 1, [runner])
+    tasks = [asyncio.ensure_future(placer.place_call(pool, call(i, "a")))
+             for i in range(1, 9)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.ensure_future(placer.place_call(pool, call(i, "b")))
+              for i in range(2)]
+    await depth(cap, 10)
+    for _ in range(10):
+        runner.finish_one()
+        await until(lambda: len(runner.running) == 1 or cap.queue.depth() == 0, [runner])
+    runner.finish_one()
+    await asyncio.gather(first, *tasks)
+    served = runner.started[1:]
+    a_calls = [c for c in served if c.startswith("a")]
+    assert a_calls == [f"a{i}" for i in range(1, 9)]  # FIFO within the app
+    # App b queued behind 8 calls of app a, yet both its calls were served within
+    # the first four turns: fair turns, not arrival order across apps.
+    assert max(served.index("b0"), served.index("b1")) <= 3
+
+
+async def test_a_nack_marks_the_runner_full_until_it_reports_again() -> None:
+    runner = SlotRunner("r1", 2)
+    pool, placer, load, cap, metrics = setup([runner])
+    runner.hidden = 2  # another LB filled it after its last report
+    task = asyncio.ensure_future(placer.place_call(pool, call(0)))
+    await depth(cap, 1)
+    assert runner.nacks == 1 and cap.room("r1") is False  # one refusal, then it waits
+    runner.hidden = 0
+    load.update_reported("r1", runner.status())  # the next report shows room: a turn
+    await until(lambda: len(runner.running) == 1, [runner])
+    runner.finish_one()
+    assert (await task).address == "r1"
+    assert runner.nacks == 1 and busy_retries(metrics) == 1
+
+
+async def test_runners_of_unknown_capacity_keep_the_sweep() -> None:
+    runner = SlotRunner("r1", 1)
+    pool = Pool([runner])
+    load = LoadTracker()
+    cap = Capacity(load, WaitQueue(), lambda: pool.list)
+    placer = make_placer("naive", PlacerConfig(retry_all_delay=0.001, placer_timeout=5),
+                         load=load, capacity=cap)  # no report: capacity unknown
+    first = asyncio.ensure_future(placer.place_call(pool, call(0)))
+    await until(lambda: len(runner.running) == 1, [runner])
+    second = asyncio.ensure_future(placer.place_call(pool, call(1)))
+    await until(lambda: runner.nacks >= 3, [runner])
+    assert cap.queue.depth() == 0  # it sweeps, as fn does, instead of waiting
+    runner.finish_one()
+    await first
+    await until(lambda: len(runner.running) == 1, [runner])
+    runner.finish_one()
+    await second
+
+
+async def test_a_queued_call_leaves_at_the_client_deadline_and_at_the_placer_timeout() -> None:
+    runner = SlotRunner("r1", 1)
+    pool, placer, _load, cap, _m = setup([runner], timeout=0.2)
+    held = asyncio.ensure_future(placer.place_call(pool, call(0)))
+    await until(lambda: len(runner.running) == 1, [runner])
+    loop = asyncio.get_running_loop()
+    with pytest.raises(ClientTimeout):
+        await placer.place_call(pool, call(1), loop.time() + 0.05)
+    with pytest.raises(ServerTooBusy):
+        await placer.place_call(pool, call(2))
+    assert cap.queue.depth() == 0 and runner.nacks == 0
+    runner.finish_one()
+    await held
+
+
+async def test_a_full_queue_sheds_at_once_with_a_pushback() -> None:
+    runner = SlotRunner("r1", 1)
+    pool, placer, _load, cap, metrics = setup([runner], queue=QueueConfig(max_queue=2))
+    tasks = [asyncio.ensure_future(placer.place_call(pool, call(i)))
+             for i in range(3)]
+    await depth(cap, 2)
+    with pytest.raises(QueueFull) as e:
+        await placer.place_call(pool, call(9))
+    assert e.value.reason == "queue_full" and e.value.limit == 2 and e.value.pushback_ms > 0
+    for _ in range(3):
+        await until(lambda: len(runner.running) == 1, [runner])
+        runner.finish_one()
+    await asyncio.gather(*tasks)
+
+
+async def test_a_cancelled_waiter_leaves_no_trace() -> None:
+    runner = SlotRunner("r1", 1)
+    pool, placer, load, cap, _m = setup([runner])
+    held = asyncio.ensure_future(placer.place_call(pool, call(0)))
+    await until(lambda: len(runner.running) == 1, [runner])
+    waiting = asyncio.ensure_future(placer.place_call(pool, call(1)))
+    await depth(cap, 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert cap.queue.depth() == 0 and cap.queue.pending_grants() == 0
+    runner.finish_one()
+    await held
+    assert runner.started == ["a0"] and load.table_sizes()[0] == 0
