@@ -14,12 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fnlb.admin import peer_host
 from fnlb.config import LBConfig, TLSPaths
+from fnlb.harness import wait_until
 from fnlb.health import HealthConfig
 from fnlb.metrics import Metrics
 from fnlb.registration import register_loop
 from fnlb.server import LBServer
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import wait_until
 from tests.test_pools import FakeFactory
 
 

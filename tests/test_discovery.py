@@ -18,13 +18,13 @@ import pytest
 
 from fnlb.config import LBConfig
 from fnlb.errors import ConfigError, PoolError
+from fnlb.harness import wait_until
 from fnlb.health import HealthConfig
 from fnlb.metrics import Metrics
 from fnlb.pools import DynamicRunnerPool, make_sources
 from fnlb.pools.dns import DnsPythonLookup, DnsSource, DnsTarget, parse_discovery
 from fnlb.pools.file import FileSource, parse_runners_file
 from tests.fakes import make_call
-from tests.procs import wait_until
 from tests.test_pools import FakeFactory, offered
 
 

@@ -17,8 +17,9 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
+from fnlb.harness import Proc, running, running_stubs, wait_until
 from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2_grpc
-from tests.procs import Proc, grpcurl_path, running, running_stubs, wait_until
+from tests.helpers import grpcurl_path
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
+from fnlb.harness import Proc, running, start, wait_until
 from fnlb.registration import register_loop
 from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2_grpc
-from tests.procs import Proc, running, start, wait_until
 from tests.test_discovery import tiny_dns
 
 pytestmark = pytest.mark.slow
@@ -74,9 +74,7 @@ async def runner_status(addr: str) -> object:
 
 
 def accepted_ids(proc: Proc) -> list[str]:
-    with proc._cond:
-        lines = list(proc.lines)
-    return [m.group(1) for line in lines if "msg=\"call accepted\"" in line
+    return [m.group(1) for line in proc.read_lines() if "msg=\"call accepted\"" in line
             for m in [re.search(r"call_id=(\S+)", line)] if m]
 
 

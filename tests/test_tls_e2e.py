@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from fnlb.harness import Proc, running
 from fnlb.tls import init_ca, issue_cert
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import Proc, running
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fnlb.harness import Proc, parse_logfmt, running, running_stubs, wait_until
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import Proc, parse_logfmt, running, running_stubs, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fnlb.config import LBConfig
+from fnlb.harness import wait_until
 from fnlb.workers import Supervisor, WorkerStartError
-from tests.procs import wait_until
 from tests.test_workers_e2e import _free_port, _gone
 
 
