@@ -13,13 +13,9 @@ from fnlb.placers import PLACERS, make_placer
 from fnlb.placers._hash import fn_key_hash, jump_hash, siphash24
 from fnlb.runnerpool import PlacerConfig
 from tests.fakes import FakePool, FakeRunner, make_call
+from tests.helpers import sample
 
 FAST = PlacerConfig(retry_all_delay=0.001, placer_timeout=0.2, detached_placer_timeout=0.1)
-
-
-def sample(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
-    value = m.registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else value
 
 
 # -- hashes -------------------------------------------------------------------

@@ -20,15 +20,7 @@ from fnlb.load import LoadTracker
 from fnlb.metrics import Metrics
 from fnlb.pools import DynamicRunnerPool, MembershipError, StaticSource, UnknownRunner
 from fnlb.runnerpool import Attempt, RunnerCall, RunnerStatus
-from tests.fakes import make_call
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import Clock, make_call
 
 
 class ProbeRunner:
