@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._load import LoadSpec, hold_calls, ping, run_load
-from fnlb.harness import Proc, ProcGroup
+from fnlb.harness import Proc, ProcGroup, reserved_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
@@ -62,21 +61,6 @@ TARGETS = {
 
 
 # -- processes ---------------------------------------------------------------
-
-
-def closed_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports nothing listens on (bound, then released)."""
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(int(s.getsockname()[1]))
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def cpu_seconds(pid: int) -> float:
@@ -382,7 +366,14 @@ def wait_settled_rss(pid: int, seconds: float) -> int:
 
 
 def memory_idle_runners(cluster: Cluster, n: int, observe_s: float) -> dict[str, Any]:
-    addrs = [f"127.0.0.1:{p}" for p in closed_ports(n)]
+    with contextlib.ExitStack() as ports:
+        # n ports nothing listens on, reserved while the LB keeps dialling them:
+        # they stay refused, as a bound-then-released port might not.
+        addrs = [f"127.0.0.1:{ports.enter_context(reserved_port())}" for _ in range(n)]
+        return _idle_runners(cluster, addrs, observe_s)
+
+
+def _idle_runners(cluster: Cluster, addrs: list[str], observe_s: float) -> dict[str, Any]:
     t0 = time.monotonic()
     lb = cluster.lb("lb-idle", addrs).wait_ready(timeout=120)
     ready_s = time.monotonic() - t0
@@ -390,7 +381,7 @@ def memory_idle_runners(cluster: Cluster, n: int, observe_s: float) -> dict[str,
     c0 = cpu_seconds(lb.pid)
     time.sleep(observe_s)
     out = {
-        "runners": n, "startup_s": ready_s, "rss_ready_kib": rss_ready,
+        "runners": len(addrs), "startup_s": ready_s, "rss_ready_kib": rss_ready,
         "rss_kib": rss_kib(lb.pid),
         "idle_cpu_pct": (cpu_seconds(lb.pid) - c0) * 100 / observe_s,
         "threads": int(next(line.split()[1] for line in open(f"/proc/{lb.pid}/status")

@@ -9,6 +9,10 @@ parses it, so there are no port races and no sleeps::
             "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
             "--runners", ",".join(s.addr for s in stubs)]) as lb:
         print(lb.addr, lb.fields["metrics_addr"])
+
+Where a fixed port is unavoidable (``--workers N`` shares one port through
+SO_REUSEPORT; a runner restarted at the same address), ``reserved_port`` keeps
+the port ours for as long as the block runs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import inspect
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,8 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-__all__ = ["LISTENING", "Proc", "ProcGroup", "parse_logfmt", "running", "running_stubs",
-           "spawn", "start", "wait_until"]
+__all__ = ["LISTENING", "Proc", "ProcGroup", "parse_logfmt", "reserved_port", "running",
+           "running_stubs", "spawn", "start", "wait_until"]
 
 LISTENING = r"msg=listening"
 
@@ -233,6 +238,27 @@ def running_stubs(n: int, args: Sequence[str] = ()) -> Iterator[list[Proc]]:
         for p in list(group.procs):
             p.wait_ready()
         yield list(group.procs)
+
+
+@contextlib.contextmanager
+def reserved_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port no other process gets while the block runs, though our own servers may listen on it.
+
+    For what needs a fixed port; everything else binds port 0. The socket is
+    bound with SO_REUSEADDR and never listens, so on Linux: connecting to the
+    port is refused until a server of ours listens there; such a server may
+    bind it because gRPC and asyncio servers set SO_REUSEADDR too, and it may
+    stop and bind again; binding port 0 never yields it; a plain bind fails.
+    Unlike bind-close-reuse, no one can take the port between our choosing it
+    and our server binding it, nor while our server restarts.
+
+        with reserved_port() as port, running("runner_stub", ["--listen", f"127.0.0.1:{port}"]):
+            ...
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, 0))
+        yield int(s.getsockname()[1])
 
 
 async def wait_until(cond: Callable[[], Any], within: float = 10.0,

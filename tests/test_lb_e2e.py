@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
-from fnlb.harness import Proc, running, running_stubs, wait_until
+from fnlb.harness import Proc, reserved_port, running, running_stubs, wait_until
 from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2_grpc
 from tests.helpers import grpcurl_path
 
@@ -258,14 +257,11 @@ async def test_runner_killed_mid_call() -> None:
             assert (await stub.Invoke(invoke_req(), timeout=10)).runner == survivor.addr
 
 
-def _dead_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 async def test_dead_runner_in_the_list_is_skipped() -> None:
-    with running_stubs(1) as stubs, lb([_dead_address(), stubs[0].addr]) as front:
+    # A reserved port nothing listens on: refused for the whole test, which a
+    # port bound and released could stop being.
+    with reserved_port() as dead, running_stubs(1) as stubs, \
+            lb([f"127.0.0.1:{dead}", stubs[0].addr]) as front:
         async with lb_stub(front) as stub:
             for i in range(6):
                 resp = await stub.Invoke(invoke_req(body=str(i).encode()), timeout=10)

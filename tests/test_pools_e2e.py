@@ -38,11 +38,12 @@ def lb(*args: str) -> Iterator[Proc]:
 
 
 @contextlib.contextmanager
-def stubs(n: int, *args: str) -> Iterator[list[Proc]]:
+def stubs(n: int, *args: str, ports: Sequence[int] = ()) -> Iterator[list[Proc]]:
+    """``n`` stubs, the first ones on ``ports``, the others on port 0."""
     procs: list[Proc] = []
     try:
-        for _ in range(n):
-            procs.append(stub("127.0.0.1:0", *args))
+        for i in range(n):
+            procs.append(stub(f"127.0.0.1:{ports[i] if i < len(ports) else 0}", *args))
         yield procs
     finally:
         for p in procs:
@@ -156,9 +157,12 @@ async def test_churn_under_load_loses_no_call_and_runs_none_twice(tmp_path: Path
                 assert (await states(admin))[a.addr] == "ejected"
 
 
-async def test_dead_runner_is_ejected_and_readmitted_on_restart() -> None:
-    with stubs(2) as (a, b), lb("--runners", f"{a.addr},{b.addr}", "--health-interval", "100ms",
-                                "--slow-start", "0") as front:
+async def test_dead_runner_is_ejected_and_readmitted_on_restart(fixed_port: int) -> None:
+    # a comes back at its address, so it listens on a fixed port, reserved for the
+    # test: no other process can take it while a is down.
+    with stubs(2, ports=[fixed_port]) as (a, b), lb(
+            "--runners", f"{a.addr},{b.addr}", "--health-interval", "100ms",
+            "--slow-start", "0") as front:
         async with clients(front) as (client, admin):
             await wait_until(lambda: _all(admin, "healthy"), 10, "both healthy")
             a.popen.kill()

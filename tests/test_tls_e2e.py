@@ -237,13 +237,13 @@ async def test_runner_registers_over_mtls_and_serves(pki: Path) -> None:
         assert {r.runner for r in results} == {runner.addr}
 
 
-async def test_lb_redials_runners_when_its_client_certificate_changes(tmp_path: Path) -> None:
+async def test_lb_redials_runners_when_its_client_certificate_changes(tmp_path: Path,
+                                                                      fixed_port: int) -> None:
     """A CA rotation: the LB moves to a certificate of the new CA, then the runner drops
     the old CA and restarts. Without the re-dial, the LB's channel would reconnect with the
     old certificate and the runner would stay unreachable."""
     import os
     import shutil
-    import socket
     import time
 
     for ca in ("ca1", "ca2"):
@@ -257,9 +257,9 @@ async def test_lb_redials_runners_when_its_client_certificate_changes(tmp_path: 
     live.mkdir()
     for ext in ("crt", "key"):
         shutil.copy(tmp_path / f"lb-ca1.{ext}", live / f"lb.{ext}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # The runner restarts at the same address, so a fixed port: reserved for the
+    # whole test, no other process can take it while the runner is down.
+    port = fixed_port
 
     def runner(cert: str, trust: Path) -> contextlib.AbstractContextManager[Proc]:
         return running("runner_stub", [
