@@ -27,20 +27,18 @@ import multiprocessing
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench._load import LoadSpec, hold_calls, ping, run_load
+from fnlb.harness import Proc, ProcGroup, reserved_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
@@ -63,27 +61,6 @@ TARGETS = {
 
 
 # -- processes ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def closed_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports nothing listens on (bound, then released)."""
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(int(s.getsockname()[1]))
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def cpu_seconds(pid: int) -> float:
@@ -129,119 +106,46 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-@dataclass
-class Proc:
-    name: str
-    addr: str
-    popen: subprocess.Popen[bytes]
-    log_path: str
-    metrics_addr: str = ""
+class Cluster(ProcGroup):
+    """The benchmark's processes, on port 0; stopped at once, not drained (the load is over).
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    They log at info, the lowest level that prints the listening line with the
+    bound addresses; neither the LB nor the stub logs a served call at info.
+    """
 
-    def log_tail(self) -> str:
-        with contextlib.suppress(OSError), open(self.log_path, errors="replace") as f:
-            return "".join(f.readlines()[-30:])
-        return ""
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            # Twice: the first signal drains, the second exits at once.
-            for _ in range(2):
-                with contextlib.suppress(ProcessLookupError):
-                    self.popen.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.popen.wait(0.5)
-                    break
-            if self.popen.poll() is None:
-                self.popen.kill()
-                self.popen.wait(5)
-
-
-class Cluster:
-    """Starts processes, waits until they serve, and always stops them."""
-
-    def __init__(self, logdir: str, lb_env: dict[str, str] | None = None,
-                 lb_module: str = "fnlb") -> None:
-        self.logdir = logdir
-        self.procs: list[Proc] = []
+    def __init__(self, lb_env: dict[str, str] | None = None, lb_module: str = "fnlb") -> None:
+        super().__init__(drain=False)
         self.lb_env = lb_env or {}
         self.lb_module = lb_module
 
-    def _spawn(self, name: str, module: str, args: Sequence[str], addr: str,
+    def _spawn(self, name: str, module: str, args: Sequence[str],
                env: dict[str, str] | None = None, src: str = "") -> Proc:
-        log_path = os.path.join(self.logdir, f"{name}.log")
         env = dict(env or {})
         if src:
             # `python -m` puts the working directory first on sys.path: run from
             # the other tree, or its packages would lose to ours.
             env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), os.getcwd()])
-        with open(log_path, "wb") as logf:
-            popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=logf,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, **env}, cwd=src or None)
-        proc = Proc(name, addr, popen, log_path)
-        self.procs.append(proc)
-        return proc
-
-    def wait_serving(self, proc: Proc, timeout: float = 30.0) -> None:
-        """Poll the standard gRPC health service (the processes log at warning level)."""
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(proc.addr) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while True:
-                if proc.popen.poll() is not None:
-                    raise RuntimeError(f"{proc.name} exited (rc={proc.popen.returncode}):\n"
-                                       + proc.log_tail())
-                try:
-                    r = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if r.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{proc.name} not serving after {timeout}s:\n"
-                                       + proc.log_tail())
-                time.sleep(0.05)
+        return self.spawn(module, args, env, name=name, cwd=src or None)
 
     def stub(self, name: str, args: Sequence[str], src: str = "") -> Proc:
-        addr = f"127.0.0.1:{free_port()}"
-        return self._spawn(name, "runner_stub", ["--listen", addr, "--log-level", "warning",
-                                                 *args], addr, src=src)
+        """A runner stub, started; ``wait_ready()`` it before use."""
+        return self._spawn(name, "runner_stub", ["--listen", "127.0.0.1:0", *args], src=src)
 
     def lb(self, name: str, runners: Sequence[str], args: Sequence[str] = (),
            src: str = "", module: str = "") -> Proc:
-        """An LB; ``src`` runs the fnlb package found in another source tree (A/B runs)."""
-        addr = f"127.0.0.1:{free_port()}"
-        metrics = f"127.0.0.1:{free_port()}"
+        """An LB, started; ``src`` runs the fnlb package found in another source tree (A/B runs)."""
         module = module or self.lb_module
         module_args = ["serve"] if module == "fnlb" else ["fnlb", "serve"]
         # Env rather than a flag: LB versions without an admin port ignore it.
-        env = {**self.lb_env, "FNLB_ADMIN_LISTEN": f"127.0.0.1:{free_port()}"}
-        proc = self._spawn(name, module, [
-            *module_args, "--listen", addr, "--metrics-listen", metrics,
-            "--runners", ",".join(runners), "--log-level", "warning", *args], addr, env,
+        env = {**self.lb_env, "FNLB_ADMIN_LISTEN": "127.0.0.1:0"}
+        return self._spawn(name, module, [
+            *module_args, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+            "--runners", ",".join(runners), *args], env,
             src=src if os.path.abspath(src or ".") != os.getcwd() else "")
-        proc.metrics_addr = metrics
-        return proc
-
-    def stop(self, proc: Proc) -> None:
-        proc.stop()
-        self.procs.remove(proc)
-
-    def close(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
-        self.procs.clear()
 
 
 def metric_value(proc: Proc, name: str) -> float | None:
-    with urllib.request.urlopen(f"http://{proc.metrics_addr}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(f"http://{proc.fields['metrics_addr']}/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
@@ -462,16 +366,22 @@ def wait_settled_rss(pid: int, seconds: float) -> int:
 
 
 def memory_idle_runners(cluster: Cluster, n: int, observe_s: float) -> dict[str, Any]:
-    addrs = [f"127.0.0.1:{p}" for p in closed_ports(n)]
+    with contextlib.ExitStack() as ports:
+        # n ports nothing listens on, reserved while the LB keeps dialling them:
+        # they stay refused, as a bound-then-released port might not.
+        addrs = [f"127.0.0.1:{ports.enter_context(reserved_port())}" for _ in range(n)]
+        return _idle_runners(cluster, addrs, observe_s)
+
+
+def _idle_runners(cluster: Cluster, addrs: list[str], observe_s: float) -> dict[str, Any]:
     t0 = time.monotonic()
-    lb = cluster.lb("lb-idle", addrs)
-    cluster.wait_serving(lb, timeout=120)
+    lb = cluster.lb("lb-idle", addrs).wait_ready(timeout=120)
     ready_s = time.monotonic() - t0
     rss_ready = rss_kib(lb.pid)
     c0 = cpu_seconds(lb.pid)
     time.sleep(observe_s)
     out = {
-        "runners": n, "startup_s": ready_s, "rss_ready_kib": rss_ready,
+        "runners": len(addrs), "startup_s": ready_s, "rss_ready_kib": rss_ready,
         "rss_kib": rss_kib(lb.pid),
         "idle_cpu_pct": (cpu_seconds(lb.pid) - c0) * 100 / observe_s,
         "threads": int(next(line.split()[1] for line in open(f"/proc/{lb.pid}/status")
@@ -687,11 +597,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "machine": platform.machine(), "loadavg_at_start": os.getloadavg()},
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
     }
-    with tempfile.TemporaryDirectory(prefix="fnlb-bench-") as logdir, _cluster(
-            logdir, args.lb_module) as cluster:
+    with _cluster(args.lb_module) as cluster:
         stub_args = ["--slots", str(args.slots), "--memory-mb", str(args.slots * 128),
                      "--nack-after-ms", "100"]
         stubs = [cluster.stub(f"stub{i}", stub_args, args.stub_src) for i in range(args.stubs)]
+        for stub in stubs:
+            stub.wait_ready()
         lb = cluster.lb("lb", [s.addr for s in stubs], args.lb_arg)
         lbs = {"lb": lb}
         for v in args.variant:
@@ -701,8 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      if a.partition("=")[0] == vname]
             lbs[f"lb:{vname}"] = cluster.lb(f"lb-{vname}", [s.addr for s in stubs],
                                             [*args.lb_arg, *extra], src=src, module=module)
-        for p in (*stubs, *lbs.values()):
-            cluster.wait_serving(p)
+        for p in lbs.values():
+            p.wait_ready()
         report["lb_rss_start_kib"] = rss_kib(lb.pid)
         print(f"bench: {args.stubs} stubs + LB (pid {lb.pid}); {args.reps} x {args.duration:g}s "
               f"per path and scenario", flush=True)
@@ -776,8 +687,8 @@ def fmt_memory(m: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _cluster(logdir: str, lb_module: str) -> Iterator[Cluster]:
-    cluster = Cluster(logdir, lb_module=lb_module)
+def _cluster(lb_module: str) -> Iterator[Cluster]:
+    cluster = Cluster(lb_module=lb_module)
     prev = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

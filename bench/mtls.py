@@ -20,9 +20,9 @@ from pathlib import Path
 import grpc
 
 from bench.datapath import cpu_seconds
+from fnlb.harness import Proc, start
 from fnlb.tls import init_ca, issue_cert
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import Proc, start
 
 
 def _cluster(tls: Path | None) -> list[Proc]:

@@ -43,9 +43,9 @@ import grpc
 from google.protobuf import empty_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from fnlb.harness import Proc, start
 from fnlb.placers import PLACERS
 from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2_grpc
-from tests.procs import Proc, start
 
 __all__ = ["BenchConfig", "main"]
 

@@ -12,14 +12,9 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,45 +22,8 @@ from pathlib import Path
 
 import grpc
 
+from fnlb.harness import Proc, ProcGroup
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-
-
-class Child:
-    """A child process whose log is kept; ``addr``/``metrics_addr`` read from its start line."""
-
-    def __init__(self, name: str, argv: list[str]) -> None:
-        self.name = name
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.fields: dict[str, str] = {}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            if "msg=listening" in line and not self.ready.is_set():
-                self.fields = dict(re.findall(r"(\w+)=(\S+)", line))
-                self.ready.set()
-        self.ready.set()
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        if not self.ready.wait(timeout) or not self.fields:
-            raise RuntimeError(f"{self.name} did not start:\n" + "\n".join(self.lines[-20:]))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def runner_tls(tls_dir: Path | None) -> list[str]:
@@ -76,9 +34,9 @@ def runner_tls(tls_dir: Path | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def cluster(tls_dir: Path | None) -> Iterator[tuple[Child, list[Child]]]:
-    children: list[Child] = []
-    try:
+def cluster(tls_dir: Path | None) -> Iterator[tuple[Proc, list[Proc], ProcGroup]]:
+    """The LB, its runners, and the group that stops them all (and any started later)."""
+    with ProcGroup() as group:
         lb_tls: list[str] = []
         if tls_dir is not None:
             lb_tls = ["--tls-cert", str(tls_dir / "lb.crt"), "--tls-key", str(tls_dir / "lb.key"),
@@ -87,24 +45,18 @@ def cluster(tls_dir: Path | None) -> Iterator[tuple[Child, list[Child]]]:
                       "--front-tls-key", str(tls_dir / "lb.key"),
                       "--front-tls-ca", str(tls_dir / "ca.crt")]
         # Heterogeneous runners: two with 2 slots, one with 1; cold starts cost 30 ms.
-        for i, slots in enumerate((2, 2, 1)):
-            children.append(Child(f"runner-{i}", [
-                "runner_stub", "--listen", "127.0.0.1:0", "--slots", str(slots),
-                "--cold-start-ms", "30", "--warm-cache", "2", "--nack-after-ms", "5",
-                *runner_tls(tls_dir)]))
-        for c in children:
-            c.wait_ready()
-        runners = [c.fields["addr"] for c in children]
-        lb = Child("lb", ["fnlb", "serve", "--listen", "127.0.0.1:0",
-                          "--metrics-listen", "127.0.0.1:0", "--runners", ",".join(runners),
-                          "--admin-listen", "127.0.0.1:0", "--placer", "ch",
-                          "--placer-timeout", "5s", *lb_tls])
-        children.append(lb)
-        lb.wait_ready()
-        yield lb, children
-    finally:
-        for c in reversed(children):
-            c.stop()
+        runners = [group.spawn("runner_stub", [
+            "--listen", "127.0.0.1:0", "--slots", str(slots),
+            "--cold-start-ms", "30", "--warm-cache", "2", "--nack-after-ms", "5",
+            *runner_tls(tls_dir)], name=f"runner-{i}") for i, slots in enumerate((2, 2, 1))]
+        for r in runners:
+            r.wait_ready()
+        lb = group.start("fnlb", ["serve", "--listen", "127.0.0.1:0",
+                                  "--metrics-listen", "127.0.0.1:0",
+                                  "--runners", ",".join(r.addr for r in runners),
+                                  "--admin-listen", "127.0.0.1:0", "--placer", "ch",
+                                  "--placer-timeout", "5s", *lb_tls], name="lb")
+        yield lb, runners, group
 
 
 def make_certs(out: Path) -> None:
@@ -126,7 +78,7 @@ def channel(addr: str, tls_dir: Path | None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(addr, creds)
 
 
-async def traffic(lb: Child, children: list[Child],
+async def traffic(lb: Proc, group: ProcGroup,
                   tls_dir: Path | None) -> list[tuple[str, str, float, str]]:
     """(phase, outcome, latency_s, runner) for every call."""
     results: list[tuple[str, str, float, str]] = []
@@ -137,8 +89,7 @@ async def traffic(lb: Child, children: list[Child],
             progress.clear()
             await progress.wait()
 
-    addr = lb.fields["addr"]
-    async with channel(addr, tls_dir) as ch, channel(lb.fields["admin_addr"], tls_dir) as ach:
+    async with channel(lb.addr, tls_dir) as ch, channel(lb.fields["admin_addr"], tls_dir) as ach:
         admin = lb_pb2_grpc.AdminStub(ach)
         stub = lb_pb2_grpc.LoadBalancerStub(ch)
 
@@ -173,11 +124,10 @@ async def traffic(lb: Child, children: list[Child],
 
         print("6) membership: 120 calls at concurrency 10; a 4th runner joins mid-load "
               "(Admin/AddRunner), then is drained and removed")
-        newcomer = Child("runner-3", ["runner_stub", "--listen", "127.0.0.1:0", "--slots", "2",
-                                        *runner_tls(tls_dir)])
-        children.insert(-1, newcomer)  # stopped with the others
-        await asyncio.to_thread(newcomer.wait_ready)
-        new_addr = newcomer.fields["addr"]
+        newcomer = await asyncio.to_thread(  # stopped with the others
+            group.start, "runner_stub", ["--listen", "127.0.0.1:0", "--slots", "2",
+                                         *runner_tls(tls_dir)], name="runner-3")
+        new_addr = newcomer.addr
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(120):
             queue.put_nowait(i)
@@ -212,7 +162,7 @@ async def traffic(lb: Child, children: list[Child],
     return results
 
 
-def summary(results: list[tuple[str, str, float, str]], lb: Child) -> None:
+def summary(results: list[tuple[str, str, float, str]], lb: Proc) -> None:
     print("\n== calls per runner ==")
     for runner, n in sorted(collections.Counter(r[3] for r in results).items()):
         print(f"  {runner:<22} {n}")
@@ -249,13 +199,12 @@ def main() -> int:
             make_certs(tls_dir)
             print(f"minted a dev CA and certificates in {tls_dir} (fnlb certs init/issue)")
         try:
-            with cluster(tls_dir) as (lb, children):
-                runners = children[:-1]
-                print(f"LB on {lb.fields['addr']} (metrics {lb.fields['metrics_addr']}, admin "
+            with cluster(tls_dir) as (lb, runners, group):
+                print(f"LB on {lb.addr} (metrics {lb.fields['metrics_addr']}, admin "
                       f"{lb.fields['admin_addr']}), runners "
-                      f"{', '.join(r.fields['addr'] for r in runners)}, "
+                      f"{', '.join(r.addr for r in runners)}, "
                       f"{'mTLS' if tls_dir else 'plaintext'}\n")
-                results = asyncio.run(traffic(lb, children, tls_dir))
+                results = asyncio.run(traffic(lb, group, tls_dir))
                 summary(results, lb)
         except KeyboardInterrupt:
             print("\ninterrupted: everything stopped", file=sys.stderr)

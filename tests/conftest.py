@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
 
+from fnlb.harness import reserved_port
 from fnlb.transport import GrpcRunner
 from fnlb.v1 import runner_pb2_grpc
 from tests.inproc import Counting, MiB, StreamOnlyRunner
+
+
+@pytest.fixture
+def fixed_port() -> Iterator[int]:
+    """A port reserved for the test (``fnlb.harness.reserved_port``): for what cannot use 0."""
+    with reserved_port() as port:
+        yield port
 
 
 @pytest.fixture

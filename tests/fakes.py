@@ -1,6 +1,7 @@
-"""In-process fake runners and pools for placer/tracker unit tests.
+"""In-process fake runners, pools and a clock for placer/tracker/pool unit tests.
 
-They stand in for the *runners*, never for the placer or tracker under test.
+They stand in for the *runners* and for time, never for the placer, tracker or
+pool under test.
 """
 
 from __future__ import annotations
@@ -11,6 +12,21 @@ from collections.abc import Callable, Sequence
 from fnlb.calls import LBCall
 from fnlb.errors import PoolError, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.runnerpool import Attempt, CallModel, RunnerCall, RunnerStatus
+
+
+class Clock:
+    """A hand-moved monotonic clock: timeouts and freshness are tested without sleeping.
+
+        clock = Clock()
+        tracker = LoadTracker(fresh_for=1.0, clock=clock)
+        clock.now += 1.5
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class FakeRunner:

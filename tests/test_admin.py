@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,12 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fnlb.admin import peer_host
 from fnlb.config import LBConfig, TLSPaths
+from fnlb.harness import wait_until
 from fnlb.metrics import Metrics
 from fnlb.pools.health import HealthConfig
 from fnlb.runnerside import register_loop
 from fnlb.server import LBServer
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import wait_until
 from tests.test_pools import FakeFactory
 
 
@@ -126,13 +127,30 @@ async def test_registration_heartbeat_and_expiry() -> None:
         await wait_until(lambda: factory.last("127.0.0.1:9011").closed, 3, "channel closed")
 
 
-async def test_registration_retries_until_the_lb_is_up() -> None:
+async def test_registration_retries_until_the_lb_is_up(
+        fixed_port: int, caplog: pytest.LogCaptureFixture) -> None:
+    # The LB starts after the runner, at an address known in advance: a port
+    # reserved for the test, refused until the LB listens there.
+    admin_addr = f"127.0.0.1:{fixed_port}"
     stop = asyncio.Event()
-    # Nothing listens there yet: the loop keeps trying without raising.
-    task = asyncio.create_task(register_loop("127.0.0.1:1", "127.0.0.1:9012", 3, stop))
-    await asyncio.sleep(0)
-    stop.set()
-    await asyncio.wait_for(task, 5)
+    task = asyncio.create_task(register_loop(admin_addr, "127.0.0.1:9012", 3, stop))
+    try:
+        with caplog.at_level(logging.WARNING, logger="fnlb.runnerside.registration"):
+            await wait_until(lambda: any(r.getMessage() == "registration failed, retrying"
+                                         for r in caplog.records), 10, "a failed registration")
+        assert not task.done()  # it failed and keeps trying, without raising
+        # A connection of its own: a shared one would still be in the loop's
+        # reconnect back-off and fail at once.
+        async with lb_server(admin_listen=admin_addr), grpc.aio.insecure_channel(
+                admin_addr, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            info = await wait_until(lambda: _present(lb_pb2_grpc.AdminStub(ch), "127.0.0.1:9012"),
+                                    15, "registration once the LB is up")
+            assert info.source == "registered"
+            stop.set()
+            await asyncio.wait_for(task, 5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
 
 
 async def _present(stub: lb_pb2_grpc.AdminStub, address: str) -> lb_pb2.RunnerInfo | None:

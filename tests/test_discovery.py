@@ -18,13 +18,14 @@ import pytest
 
 from fnlb.config import LBConfig
 from fnlb.errors import ConfigError, PoolError
+from fnlb.harness import wait_until
 from fnlb.metrics import Metrics
 from fnlb.pools import DynamicRunnerPool, make_sources
 from fnlb.pools.dns import DnsPythonLookup, DnsSource, DnsTarget, parse_discovery
 from fnlb.pools.file import FileSource, parse_runners_file
 from fnlb.pools.health import HealthConfig
 from tests.fakes import make_call
-from tests.procs import wait_until
+from tests.helpers import sample
 from tests.test_pools import FakeFactory, offered
 
 
@@ -210,7 +211,7 @@ async def test_dns_a_aaaa_records_follow_changes_and_failures_keep_the_last_set(
         del server.records[("runners.test", "AAAA")]  # NXDOMAIN: kept too
         await source.refresh()
         assert len(await offered(pool)) == 3
-        assert pool.metrics.discovery_errors.labels("dns")._value.get() == 3
+        assert sample(pool.metrics, "fnlb_discovery_errors_total", {"source": "dns"}) == 3
         server.records[("runners.test", "A")] = ["10.1.0.9"]
         await source.refresh()
         assert await offered(pool) == ["10.1.0.9:9190"]

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,9 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
+from fnlb.harness import Proc, reserved_port, running, running_stubs, wait_until
 from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2_grpc
-from tests.procs import Proc, grpcurl_path, running, running_stubs, wait_until
+from tests.helpers import grpcurl_path
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +180,9 @@ async def test_all_busy_past_placer_timeout_is_unavailable() -> None:
                 await stub.Invoke(invoke_req(), timeout=30)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "too busy" in (e.value.details() or "")
-            assert 0.3 <= time.monotonic() - t0 < 3
+            # Not before the 300 ms placer timeout; the upper bound is generous and
+            # only catches a hang (the timeouts metric shows which timeout ended it).
+            assert 0.3 <= time.monotonic() - t0 < 20
             assert metric(front, 'fnlb_call_latency_seconds_count{call_status="server_busy"}') == 1
             assert metric(front, "fnlb_placer_timeouts_total") == 1
             assert (await hog).status_code == 200
@@ -257,14 +259,11 @@ async def test_runner_killed_mid_call() -> None:
             assert (await stub.Invoke(invoke_req(), timeout=10)).runner == survivor.addr
 
 
-def _dead_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 async def test_dead_runner_in_the_list_is_skipped() -> None:
-    with running_stubs(1) as stubs, lb([_dead_address(), stubs[0].addr]) as front:
+    # A reserved port nothing listens on: refused for the whole test, which a
+    # port bound and released could stop being.
+    with reserved_port() as dead, running_stubs(1) as stubs, \
+            lb([f"127.0.0.1:{dead}", stubs[0].addr]) as front:
         async with lb_stub(front) as stub:
             for i in range(6):
                 resp = await stub.Invoke(invoke_req(body=str(i).encode()), timeout=10)
@@ -275,12 +274,12 @@ async def test_dead_runner_in_the_list_is_skipped() -> None:
 async def test_detached_call_returns_on_acceptance(cluster: tuple[list[Proc], Proc]) -> None:
     _, front = cluster
     async with lb_stub(front) as stub:
-        t0 = time.monotonic()
         resp = await stub.Invoke(lb_pb2.InvokeRequest(
             fn_id="bg", type=lb_pb2.DETACHED, config={"sleep_ms": "3000"}), timeout=20)
-        assert time.monotonic() - t0 < 2.0
     assert resp.status_code == 202
     assert resp.runner
+    # Returned while the function still runs there (for 3 s), not once it was done.
+    assert await _active(resp.runner) >= 1
 
 
 async def test_sigterm_drains_in_flight_calls() -> None:

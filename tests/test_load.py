@@ -12,19 +12,9 @@ from fnlb.metrics import Metrics
 from fnlb.placers import PLACERS, make_placer
 from fnlb.placers.load import LoadTracker
 from fnlb.runnerpool import Attempt, PlacerConfig, RunnerCall, RunnerStatus
-from tests.fakes import FakePool, FakeRunner, make_call
+from tests.fakes import Clock, FakePool, FakeRunner, make_call
 
 FAST = PlacerConfig(retry_all_delay=0.001, placer_timeout=0.2, detached_placer_timeout=0.1)
-
-
-class Clock:
-    """A hand-moved monotonic clock: freshness is tested without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_inflight_counts_up_and_down_and_drops_zero_entries() -> None:

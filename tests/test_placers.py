@@ -13,13 +13,9 @@ from fnlb.placers import PLACERS, make_placer
 from fnlb.placers._hash import fn_key_hash, jump_hash, siphash24
 from fnlb.runnerpool import PlacerConfig
 from tests.fakes import FakePool, FakeRunner, make_call
+from tests.helpers import sample
 
 FAST = PlacerConfig(retry_all_delay=0.001, placer_timeout=0.2, detached_placer_timeout=0.1)
-
-
-def sample(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
-    value = m.registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else value
 
 
 # -- hashes -------------------------------------------------------------------
@@ -114,7 +110,8 @@ async def test_detached_calls_use_the_detached_placer_timeout() -> None:
     with pytest.raises(ServerTooBusy):
         await make_placer("naive", cfg, Metrics()).place_call(
             FakePool([FakeRunner("a", "busy")]), make_call(call_type="detached"))
-    assert time.monotonic() - t0 < 5
+    # Generous: only tells the 50 ms detached timeout from the 30 s sync one.
+    assert time.monotonic() - t0 < 20
 
 
 async def test_committed_failure_is_never_retried_elsewhere() -> None:
@@ -178,7 +175,9 @@ async def test_pool_error_that_retry_cannot_fix_fails_fast() -> None:
     t0 = time.monotonic()
     with pytest.raises(PoolError, match="bad discovery name"):
         await make_placer("naive", cfg, m).place_call(pool, make_call())
-    assert time.monotonic() - t0 < 1
+    # Generous, only catches retrying until the 30 s placer timeout; the one
+    # lookup below is the proof that it failed fast.
+    assert time.monotonic() - t0 < 20
     assert pool.lookups == 1
     assert sample(m, "fnlb_pool_errors_total") == 1
 

@@ -20,15 +20,11 @@ from fnlb.placers.load import LoadTracker
 from fnlb.placers.p2c import PowerOfTwoPlacer
 from fnlb.placers.warm import WarmFirstPlacer
 from fnlb.runnerpool import Attempt, PlacerConfig, Runner, RunnerCall, RunnerStatus
-from tests.fakes import FakePool, FakeRunner, make_call
+from tests.fakes import Clock, FakePool, FakeRunner, make_call
+from tests.helpers import sample
 
 FAST = PlacerConfig(retry_all_delay=0.001, placer_timeout=0.2, detached_placer_timeout=0.1)
 BEYOND = ["p2c", "chbl", "warm"]
-
-
-def sample(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
-    value = m.registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else value
 
 
 def addresses(runners: Sequence[Runner]) -> list[str]:
@@ -376,14 +372,6 @@ def test_ch_jump_hash_over_the_list_moves_far_more_when_a_mid_list_runner_leaves
 
 
 # -- warm ------------------------------------------------------------------------------
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 def test_warm_without_reports_is_exactly_chbl() -> None:
     runners = [FakeRunner(f"r{i}") for i in range(6)]

@@ -21,15 +21,7 @@ from fnlb.placers.load import LoadTracker
 from fnlb.pools import DynamicRunnerPool, MembershipError, StaticSource, UnknownRunner
 from fnlb.pools.health import HealthConfig, RunnerHealth, attempt_verdict
 from fnlb.runnerpool import DETACHED, Attempt, Runner, RunnerCall, RunnerStatus
-from tests.fakes import make_call
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import Clock, make_call
 
 
 class ProbeRunner:

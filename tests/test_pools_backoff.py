@@ -16,8 +16,8 @@ from fnlb.metrics import Metrics
 from fnlb.pools import DynamicRunnerPool
 from fnlb.pools.health import HealthConfig
 from fnlb.runnerpool import Attempt, RunnerStatus
-from tests.fakes import make_call
-from tests.test_pools import Clock, FakeFactory, ProbeRunner, addrs, offered
+from tests.fakes import Clock, make_call
+from tests.test_pools import FakeFactory, ProbeRunner, addrs, offered
 
 CFG = HealthConfig(interval=2, timeout=1, eject_after=3, poll_backoff_max=30, slow_start=0)
 

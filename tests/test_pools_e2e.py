@@ -21,9 +21,9 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
+from fnlb.harness import Proc, running, start, wait_until
 from fnlb.runnerside import register_loop
 from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2_grpc
-from tests.procs import Proc, running, start, wait_until
 from tests.test_discovery import tiny_dns
 
 pytestmark = pytest.mark.slow
@@ -38,11 +38,12 @@ def lb(*args: str) -> Iterator[Proc]:
 
 
 @contextlib.contextmanager
-def stubs(n: int, *args: str) -> Iterator[list[Proc]]:
+def stubs(n: int, *args: str, ports: Sequence[int] = ()) -> Iterator[list[Proc]]:
+    """``n`` stubs, the first ones on ``ports``, the others on port 0."""
     procs: list[Proc] = []
     try:
-        for _ in range(n):
-            procs.append(stub("127.0.0.1:0", *args))
+        for i in range(n):
+            procs.append(stub(f"127.0.0.1:{ports[i] if i < len(ports) else 0}", *args))
         yield procs
     finally:
         for p in procs:
@@ -74,9 +75,7 @@ async def runner_status(addr: str) -> object:
 
 
 def accepted_ids(proc: Proc) -> list[str]:
-    with proc._cond:
-        lines = list(proc.lines)
-    return [m.group(1) for line in lines if "msg=\"call accepted\"" in line
+    return [m.group(1) for line in proc.read_lines() if "msg=\"call accepted\"" in line
             for m in [re.search(r"call_id=(\S+)", line)] if m]
 
 
@@ -158,9 +157,12 @@ async def test_churn_under_load_loses_no_call_and_runs_none_twice(tmp_path: Path
                 assert (await states(admin))[a.addr] == "ejected"
 
 
-async def test_dead_runner_is_ejected_and_readmitted_on_restart() -> None:
-    with stubs(2) as (a, b), lb("--runners", f"{a.addr},{b.addr}", "--health-interval", "100ms",
-                                "--slow-start", "0") as front:
+async def test_dead_runner_is_ejected_and_readmitted_on_restart(fixed_port: int) -> None:
+    # a comes back at its address, so it listens on a fixed port, reserved for the
+    # test: no other process can take it while a is down.
+    with stubs(2, ports=[fixed_port]) as (a, b), lb(
+            "--runners", f"{a.addr},{b.addr}", "--health-interval", "100ms",
+            "--slow-start", "0") as front:
         async with clients(front) as (client, admin):
             await wait_until(lambda: _all(admin, "healthy"), 10, "both healthy")
             a.popen.kill()
@@ -276,8 +278,8 @@ async def test_dead_runner_cost_with_default_health_flags() -> None:
     """Measure what a SIGKILLed runner costs callers before ejection (default flags).
 
     Prints one summary line (run with -s); asserts no call is lost and the
-    ejection comes from placement within a second, long before the probes
-    (3 x 2 s) would notice.
+    ejection comes from placement (within a second here, long before the
+    probes, 3 x 2 s, would notice; that figure is printed, not asserted).
     """
     with stubs(3, "--slots", "4") as (a, b, c), \
             lb("--runners", f"{a.addr},{b.addr},{c.addr}") as front:
@@ -325,7 +327,10 @@ async def test_dead_runner_cost_with_default_health_flags() -> None:
                   f"{1000 * p50:.0f} ms p99 {1000 * p99:.0f} ms; errors (in flight on the "
                   f"killed runner) {len(errors)}; "
                   f"all {len(samples)} calls returned")
-            assert ejected_at - killed_at < 1.0
+            # How soon is the measurement printed above, not a test: this bound
+            # is generous and only catches a hang. That placement, not the probes,
+            # ejected the runner is what seen_by=placement shows.
+            assert ejected_at - killed_at < 20
             assert len(errors) <= 4  # only calls the killed runner had accepted (4 slots)
             line = front.wait_for_line(r"msg=\"runner ejected\" runner=" + re.escape(a.addr))
             assert "seen_by=placement" in line

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from fnlb.harness import running, wait_until
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import running, wait_until
 
 pytestmark = pytest.mark.slow
 

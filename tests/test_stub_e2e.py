@@ -24,10 +24,10 @@ from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from fnlb import harness
 from fnlb.timefmt import parse_rfc3339
 from fnlb.v1 import runner_pb2 as pb
 from fnlb.v1 import runner_pb2_grpc
-from tests import procs
 
 MiB = 1024 * 1024
 CHUNK = 10 * 1024
@@ -115,15 +115,15 @@ async def status(runner: runner_pb2_grpc.RunnerStub) -> pb.RunnerStatus:
     return await runner.Status(empty_pb2.Empty(), timeout=10)
 
 
-async def wait_line(proc: procs.Proc, pattern: str, start: int = 0) -> str:
+async def wait_line(proc: harness.Proc, pattern: str, start: int = 0) -> str:
     return await asyncio.to_thread(proc.wait_for_line, pattern, 20.0, start)
 
 
-async def accepted(proc: procs.Proc, call: dict[str, Any]) -> None:
+async def accepted(proc: harness.Proc, call: dict[str, Any]) -> None:
     await wait_line(proc, rf'msg="call accepted" call_id={call["id"]}')
 
 
-async def running(proc: procs.Proc, call: dict[str, Any]) -> None:
+async def running(proc: harness.Proc, call: dict[str, Any]) -> None:
     """Wait until the call's function runs (body read, cold start done)."""
     await wait_line(proc, rf'msg="function started" call_id={call["id"]}')
 
@@ -135,15 +135,15 @@ def ms_between(a: str, b: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[procs.Proc]:
+def stub() -> Iterator[harness.Proc]:
     """One shared stub for tests that leave it as they found it (counters compared as deltas)."""
-    with procs.running(STUB, ["--listen", "127.0.0.1:0", "--max-body-bytes", str(MAX_BODY),
+    with harness.running(STUB, ["--listen", "127.0.0.1:0", "--max-body-bytes", str(MAX_BODY),
                               "--log-level", "debug"]) as p:
         yield p
 
 
 def run_stub(*args: str) -> Any:
-    return procs.running(STUB, ["--listen", "127.0.0.1:0", "--log-level", "debug", *args])
+    return harness.running(STUB, ["--listen", "127.0.0.1:0", "--log-level", "debug", *args])
 
 
 def custom(st: pb.RunnerStatus, key: str) -> int:
@@ -152,7 +152,7 @@ def custom(st: pb.RunnerStatus, key: str) -> int:
 
 # -- the happy path -----------------------------------------------------------
 
-async def test_echo(stub: procs.Proc, channel_to: Any) -> None:
+async def test_echo(stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     call = new_call(headers={"Content-Type": ["text/plain"]})
     out = await exec_call(runner, call, b"hello runner")
@@ -166,7 +166,7 @@ async def test_echo(stub: procs.Proc, channel_to: Any) -> None:
     assert fin.schedulerDuration >= 0 and fin.executionDuration > 0
 
 
-async def test_empty_body_is_one_eof_frame(stub: procs.Proc, channel_to: Any) -> None:
+async def test_empty_body_is_one_eof_frame(stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call())
     out.assert_ok()
@@ -174,7 +174,7 @@ async def test_empty_body_is_one_eof_frame(stub: procs.Proc, channel_to: Any) ->
     assert out.frames[0] == pb.DataFrame(eof=True)
 
 
-async def test_five_mib_round_trip_in_10k_frames(stub: procs.Proc, channel_to: Any) -> None:
+async def test_five_mib_round_trip_in_10k_frames(stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     body = bytes(range(256)) * (MAX_BODY // 256)
     assert len(data_msgs(body)) == 512
@@ -184,7 +184,7 @@ async def test_five_mib_round_trip_in_10k_frames(stub: procs.Proc, channel_to: A
     assert len(out.frames) == 512 and all(len(f.data) == CHUNK for f in out.frames)
 
 
-async def test_config_sleep_ms_holds_the_call(stub: procs.Proc, channel_to: Any) -> None:
+async def test_config_sleep_ms_holds_the_call(stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call(config={"sleep_ms": "300"}))
     out.assert_ok()
@@ -192,7 +192,7 @@ async def test_config_sleep_ms_holds_the_call(stub: procs.Proc, channel_to: Any)
     assert ms_between(out.finished.startedAt, out.finished.completedAt) >= 300
 
 
-async def test_config_status_and_response_size(stub: procs.Proc, channel_to: Any) -> None:
+async def test_config_status_and_response_size(stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call(config={"status": "404"}), b"gone")
     out.assert_ok()  # a function answering 404 is still a successful call
@@ -204,7 +204,7 @@ async def test_config_status_and_response_size(stub: procs.Proc, channel_to: Any
     assert out.headers["content-type"] == "application/octet-stream"
 
 
-async def test_config_fail_sends_only_a_finished_error(stub: procs.Proc, channel_to: Any) -> None:
+async def test_config_fail_sends_only_a_finished_error(stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     before = await status(runner)
     out = await exec_call(runner, new_call(config={"fail": "boom"}))
@@ -217,7 +217,7 @@ async def test_config_fail_sends_only_a_finished_error(stub: procs.Proc, channel
 
 
 async def test_detached_call_is_acknowledged_with_202_before_it_runs(
-        stub: procs.Proc, channel_to: Any) -> None:
+        stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     stream = runner.TryExec(iter([try_msg(new_call(type="detached", config={"sleep_ms": "200"})),
                                   *data_msgs(b"later")]), timeout=30)
@@ -232,7 +232,7 @@ async def test_detached_call_is_acknowledged_with_202_before_it_runs(
     assert rest[0].data == pb.DataFrame(eof=True) and rest[1].finished.success
 
 
-async def test_call_timeout_stops_the_function_with_504(stub: procs.Proc,
+async def test_call_timeout_stops_the_function_with_504(stub: harness.Proc,
                                                         channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call(timeout=0.2, config={"sleep_ms": "30000"}))
@@ -240,10 +240,11 @@ async def test_call_timeout_stops_the_function_with_504(stub: procs.Proc,
     fin = out.finished
     assert (fin.success, fin.errorCode, fin.errorStr, fin.errorUser) == (
         False, 504, "Timed out", True)
-    assert 200 <= ms_between(fin.startedAt, fin.completedAt) < 5000
+    # Not before the 0.2 s timeout; generous after: only tells it from the 30 s sleep.
+    assert 200 <= ms_between(fin.startedAt, fin.completedAt) < 20000
 
 
-async def test_health_and_reflection(stub: procs.Proc) -> None:
+async def test_health_and_reflection(stub: harness.Proc) -> None:
     async with grpc.aio.insecure_channel(stub.addr) as ch:
         health = health_pb2_grpc.HealthStub(ch)
         for service in ("", "fnlb.v1.Runner"):
@@ -281,7 +282,7 @@ BAD_STREAMS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_STREAMS))
-async def test_protocol_errors_are_invalid_argument(stub: procs.Proc, channel_to: Any,
+async def test_protocol_errors_are_invalid_argument(stub: harness.Proc, channel_to: Any,
                                                     case: str) -> None:
     runner = channel_to(stub.addr)
     msgs, message = BAD_STREAMS[case]
@@ -295,7 +296,7 @@ async def test_protocol_errors_are_invalid_argument(stub: procs.Proc, channel_to
     assert (after.active, after.slots_free) == (0, after.slots_total)
 
 
-async def test_body_over_max_body_bytes_is_a_413(stub: procs.Proc, channel_to: Any) -> None:
+async def test_body_over_max_body_bytes_is_a_413(stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     out = await exec_call(runner, new_call(), b"y" * (MAX_BODY + 1))
     assert out.kinds == ["finished"]
@@ -305,7 +306,7 @@ async def test_body_over_max_body_bytes_is_a_413(stub: procs.Proc, channel_to: A
     (await exec_call(runner, new_call(), b"still here")).assert_ok()
 
 
-async def test_memory_over_total_is_refused_not_nacked(stub: procs.Proc, channel_to: Any) -> None:
+async def test_memory_over_total_is_refused_not_nacked(stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     before = await status(runner)
     out = await exec_call(runner, new_call(memory=2048), b"big")
@@ -320,7 +321,7 @@ async def test_memory_over_total_is_refused_not_nacked(stub: procs.Proc, channel
 
 
 async def test_client_cancel_stops_the_function_and_frees_the_slot(
-        stub: procs.Proc, channel_to: Any) -> None:
+        stub: harness.Proc, channel_to: Any) -> None:
     runner = channel_to(stub.addr)
     before = await status(runner)
     call = new_call(config={"sleep_ms": "60000"})
@@ -420,7 +421,8 @@ async def test_drain_grace_bounds_the_wait_for_inflight_calls(channel_to: Any) -
         t0 = time.monotonic()
         proc.signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait) == 0
-        assert 0.25 <= time.monotonic() - t0 < 10
+        # The 300 ms grace was waited; generous after: only catches waiting out the call.
+        assert 0.25 <= time.monotonic() - t0 < 30
         await wait_line(proc, rf'msg="call canceled" call_id={call["id"]}')
         with pytest.raises(grpc.aio.AioRpcError):
             await inflight
@@ -455,7 +457,7 @@ async def test_fail_rate_one_fails_every_accepted_call(channel_to: Any) -> None:
         assert (st.requestsHandled, custom(st, "failed")) == (3, 3)
 
 
-async def _crash_mid_call(proc: procs.Proc, runner: runner_pb2_grpc.RunnerStub,
+async def _crash_mid_call(proc: harness.Proc, runner: runner_pb2_grpc.RunnerStub,
                           call: dict[str, Any]) -> None:
     got: list[pb.RunnerMsg] = []
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -489,7 +491,8 @@ async def test_hang_ms_answers_nothing_before_the_client_deadline(channel_to: An
                                           timeout=0.3):
                 got.append(m)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert got == [] and 0.25 <= time.monotonic() - t0 < 5
+        # Generous after the 0.3 s deadline: only catches waiting out the 10 s hang.
+        assert got == [] and 0.25 <= time.monotonic() - t0 < 9
 
 
 async def test_nack_delay_ms_delays_every_nack(channel_to: Any) -> None:

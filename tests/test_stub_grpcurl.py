@@ -6,7 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.procs import grpcurl_path, running
+from fnlb.harness import running
+from tests.helpers import grpcurl_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from fnlb.harness import Proc, running, wait_until
 from fnlb.tls import init_ca, issue_cert
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import Proc, running
 
 pytestmark = pytest.mark.slow
 
@@ -188,39 +188,48 @@ async def test_runner_certificate_reload_fails_no_call(pki: Path, tmp_path: Path
         old = _served_serial(pki, runner.addr)
         failures: list[BaseException] = []
         done = asyncio.Event()
-        flowing = asyncio.Event()
+        before = after = 0  # calls that completed before / started after the reload line
+        reloaded = False
 
-        async def load() -> int:
-            n = 0
+        async def load() -> None:
+            nonlocal before, after
             async with grpc.aio.insecure_channel(front.addr) as ch:
                 s = lb_pb2_grpc.LoadBalancerStub(ch)
                 while not done.is_set():
+                    started_after = reloaded
                     try:
                         r = await s.Invoke(lb_pb2.InvokeRequest(
                             fn_id="f", body=b"x", config={"sleep_ms": "20"}), timeout=10)
                         assert r.body == b"x"
-                        n += 1
-                        flowing.set()
                     except grpc.aio.AioRpcError as e:
                         failures.append(e)
-            return n
+                        continue
+                    if started_after:
+                        after += 1
+                    else:
+                        before += 1
 
         tasks = [asyncio.ensure_future(load()) for _ in range(4)]
-        await asyncio.wait_for(flowing.wait(), 10)
-        # Rotate: atomic renames, as a cert manager would, then SIGHUP.
-        for ext in ("key", "crt"):
-            os.replace(shutil.copy(tmp_path / f"runner-next.{ext}", live / f"next.{ext}"),
-                       live / f"runner.{ext}")
-        runner.signal(signal.SIGHUP)
-        runner.wait_for_line("tls certificate reloaded")
-        new = _served_serial(pki, runner.addr)
-        # Calls keep flowing over the LB's existing connection and new ones.
-        await asyncio.sleep(0.3)
-        done.set()
-        served = sum(await asyncio.gather(*tasks))
-        assert new != old
+        try:
+            await wait_until(lambda: before >= 4, 10, "calls flowing before the rotation")
+            # Rotate: atomic renames, as a cert manager would, then SIGHUP.
+            start = len(runner.lines)
+            for ext in ("key", "crt"):
+                os.replace(shutil.copy(tmp_path / f"runner-next.{ext}", live / f"next.{ext}"),
+                           live / f"runner.{ext}")
+            runner.signal(signal.SIGHUP)
+            # In a thread: the calls go on on this loop meanwhile.
+            await asyncio.to_thread(runner.wait_for_line, "tls certificate reloaded", 20, start)
+            reloaded = True
+            # Calls keep flowing over the LB's existing connection: counted only
+            # those started once the runner had logged the reload.
+            await wait_until(lambda: after >= 20, 20, "calls after the reload")
+        finally:
+            done.set()
+            await asyncio.gather(*tasks)
+        new = await asyncio.to_thread(_served_serial, pki, runner.addr)
+        assert new != old  # new connections get the new certificate
         assert failures == []
-        assert served > 0
 
 
 async def test_runner_registers_over_mtls_and_serves(pki: Path) -> None:
@@ -237,13 +246,13 @@ async def test_runner_registers_over_mtls_and_serves(pki: Path) -> None:
         assert {r.runner for r in results} == {runner.addr}
 
 
-async def test_lb_redials_runners_when_its_client_certificate_changes(tmp_path: Path) -> None:
+async def test_lb_redials_runners_when_its_client_certificate_changes(tmp_path: Path,
+                                                                      fixed_port: int) -> None:
     """A CA rotation: the LB moves to a certificate of the new CA, then the runner drops
     the old CA and restarts. Without the re-dial, the LB's channel would reconnect with the
     old certificate and the runner would stay unreachable."""
     import os
     import shutil
-    import socket
     import time
 
     for ca in ("ca1", "ca2"):
@@ -257,9 +266,9 @@ async def test_lb_redials_runners_when_its_client_certificate_changes(tmp_path: 
     live.mkdir()
     for ext in ("crt", "key"):
         shutil.copy(tmp_path / f"lb-ca1.{ext}", live / f"lb.{ext}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # The runner restarts at the same address, so a fixed port: reserved for the
+    # whole test, no other process can take it while the runner is down.
+    port = fixed_port
 
     def runner(cert: str, trust: Path) -> contextlib.AbstractContextManager[Proc]:
         return running("runner_stub", [

@@ -18,12 +18,12 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
+from fnlb import harness
 from fnlb.calls import LBCall
 from fnlb.errors import ClientCanceled, RunnerError, ServerTooBusy
 from fnlb.runnerpool import CallModel
 from fnlb.transport import GrpcRunner
 from fnlb.v1 import lb_pb2, runner_pb2
-from tests import procs
 from tests.inproc import EchoBothRunner, StreamOnlyRunner
 from tests.test_lb_e2e import invoke_req, lb, lb_stub, runner_status
 
@@ -47,7 +47,8 @@ def lb_call(body: bytes = b"hello", call_type: str = "sync",
 
 
 def stub_proc(*args: str) -> Any:
-    return procs.running("runner_stub", ["--listen", "127.0.0.1:0", "--log-level", "debug", *args])
+    return harness.running("runner_stub",
+                           ["--listen", "127.0.0.1:0", "--log-level", "debug", *args])
 
 
 @pytest.fixture
@@ -145,7 +146,7 @@ async def test_crash_mid_call_via_call_is_an_error_not_a_retry(runners: Any) -> 
 
 @pytest.mark.slow
 async def test_crash_through_the_lb_is_not_rerun_elsewhere() -> None:
-    with procs.running_stubs(2) as stubs, lb([s.addr for s in stubs]) as front:
+    with harness.running_stubs(2) as stubs, lb([s.addr for s in stubs]) as front:
         async with lb_stub(front) as stub:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await stub.Invoke(invoke_req(crash="1"), timeout=20)

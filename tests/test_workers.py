@@ -18,11 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from fnlb.admin import AdminLedger, FanOutAdminServicer, merge_runner_infos
 from fnlb.config import LBConfig
 from fnlb.errors import ConfigError
+from fnlb.harness import wait_until
 from fnlb.metrics import Metrics, WorkerMetricsCollector
 from fnlb.pools.health import HealthConfig
 from fnlb.server import LBServer, serve_admin
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import wait_until
 from tests.test_pools import FakeFactory
 
 # -- merged metrics ---------------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,8 +15,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fnlb.harness import Proc, parse_logfmt, reserved_port, running, running_stubs, wait_until
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import Proc, parse_logfmt, running, running_stubs, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +25,16 @@ pytestmark = pytest.mark.slow
 _OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def supervisor(runners: Sequence[str], *args: str) -> Iterator[Proc]:
-    with running("fnlb", ["serve", "--workers", "2", "--listen", f"127.0.0.1:{_free_port()}",
-                          "--metrics-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-                          "--runners", ",".join(runners), "--drain-grace", "10s",
-                          "--health-interval", "200ms", *args]) as p:
+    # --workers needs a fixed port: the workers share it through SO_REUSEPORT
+    # (port 0 would give each its own). It stays reserved while the supervisor
+    # lives, so no other process takes it before, or between, the workers' binds.
+    with reserved_port() as port, running("fnlb", [
+            "serve", "--workers", "2", "--listen", f"127.0.0.1:{port}",
+            "--metrics-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+            "--runners", ",".join(runners), "--drain-grace", "10s",
+            "--health-interval", "200ms", *args]) as p:
         yield p
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from fnlb.config import LBConfig
+from fnlb.harness import wait_until
 from fnlb.workers import Supervisor, WorkerStartError
-from tests.procs import wait_until
-from tests.test_workers_e2e import _free_port, _gone
+from tests.helpers import sample
+from tests.test_workers_e2e import _gone
 
 
 def _script(path: Path, body: str) -> str:
@@ -23,8 +24,10 @@ def _script(path: Path, body: str) -> str:
     return str(path)
 
 
-def _supervisor(python: str, **kw: object) -> Supervisor:
-    listen = f"127.0.0.1:{_free_port()}"
+def _supervisor(python: str, port: int, **kw: object) -> Supervisor:
+    # --workers needs a fixed port (the workers share it through SO_REUSEPORT):
+    # fixed_port keeps it ours for the test, for the workers that do start.
+    listen = f"127.0.0.1:{port}"
     cfg = LBConfig(listen=listen, metrics_listen="", admin_listen="",
                    runners=("127.0.0.1:1",), workers=2, drain_grace=5)
     args = ["--listen", listen, "--metrics-listen", "", "--admin-listen", "",
@@ -39,16 +42,18 @@ def _left_behind(sup: Supervisor) -> list[str]:
     return left + [sup._dir] * os.path.exists(sup._dir)
 
 
-async def test_a_worker_that_never_gets_ready_is_killed_and_named(tmp_path: Path) -> None:
-    sup = _supervisor(_script(tmp_path / "py", "exec sleep 30"), ready_timeout=0.3)
+async def test_a_worker_that_never_gets_ready_is_killed_and_named(tmp_path: Path,
+                                                                  fixed_port: int) -> None:
+    sup = _supervisor(_script(tmp_path / "py", "exec sleep 30"), fixed_port, ready_timeout=0.3)
     with pytest.raises(WorkerStartError, match=r"worker \d was not ready within 0.3s; killed it"):
         await sup.start()
     assert _left_behind(sup) == []
 
 
-async def test_cancelling_the_start_leaves_no_worker_and_no_directory(tmp_path: Path) -> None:
+async def test_cancelling_the_start_leaves_no_worker_and_no_directory(tmp_path: Path,
+                                                                      fixed_port: int) -> None:
     # What a SIGTERM while the workers start does (the CLI cancels start()).
-    sup = _supervisor(_script(tmp_path / "py", "exec sleep 30"))
+    sup = _supervisor(_script(tmp_path / "py", "exec sleep 30"), fixed_port)
     starting = asyncio.ensure_future(sup.start())
     await wait_until(lambda: len(sup.pids()) == 2, 10, "both workers started")
     starting.cancel()
@@ -59,11 +64,11 @@ async def test_cancelling_the_start_leaves_no_worker_and_no_directory(tmp_path: 
 
 @pytest.mark.slow
 async def test_a_worker_that_keeps_failing_to_start_stops_the_supervisor(
-        tmp_path: Path) -> None:
+        tmp_path: Path, fixed_port: int) -> None:
     broken = tmp_path / "broken"
     python = _script(tmp_path / "py", f'[ -e {broken} ] && {{ echo "worker: bad certificate" >&2;'
                                       f' exit 3; }}\nexec {sys.executable} "$@"')
-    sup = _supervisor(python, restart_backoff=(0.01, 0.05), max_start_failures=3)
+    sup = _supervisor(python, fixed_port, restart_backoff=(0.01, 0.05), max_start_failures=3)
     await sup.start()
     try:
         broken.touch()  # from now on a worker cannot start, as after a bad certificate change
@@ -73,8 +78,8 @@ async def test_a_worker_that_keeps_failing_to_start_stops_the_supervisor(
         await sup.stop(0)
     assert sup.error.startswith("worker 0 failed to start 3 times in a row; last: worker 0 "
                                 "exited with code 3 before it was ready"), sup.error
-    assert sup.metrics.worker_restarts.labels("0")._value.get() == 3
-    assert sup.metrics.worker_restarts.labels("1")._value.get() == 0
+    assert sample(sup.metrics, "fnlb_worker_restarts_total", {"worker": "0"}) == 3
+    assert sample(sup.metrics, "fnlb_worker_restarts_total", {"worker": "1"}) == 0
     assert _left_behind(sup) == []
     # Worker 1 was drained, not killed.
     assert [w.returncode for w in sup._workers][1] == 0
