@@ -15,6 +15,7 @@ from fnlb.errors import (
 )
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
+from fnlb.placers.queue import QueueFull
 from fnlb.placers.tracker import DEADLINE_SLACK
 from fnlb.runnerpool import Placer, Runner, RunnerPool
 
@@ -47,7 +48,8 @@ class Agent:
             runner_addr = runner.address
             call_status = "completed"
             return runner
-        except ServerTooBusy:
+        except (ServerTooBusy, QueueFull):
+            # Too busy to place, shed by the full queue, or stopped before placing.
             call_status = "server_busy"
             raise
         except ClientTimeout:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -76,6 +77,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -91,6 +102,27 @@ def _percent(text: str) -> float:
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError(f"must be 0..100, got {text}")
     return value
+
+
+def _app_weights(text: str) -> dict[str, float]:
+    """``APP=WEIGHT,APP=WEIGHT``: an app's share of the queue's turns (default 1)."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        app, sep, value = (x.strip() for x in item.partition("="))
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = 0.0
+        if not (sep and app and 0 < weight < math.inf):
+            raise argparse.ArgumentTypeError(f"expected APP=WEIGHT with WEIGHT > 0, got {item!r}")
+        weights[app] = weight
+    return weights
+
+
+def _on_off(text: str) -> bool:
+    if text in ("on", "off"):
+        return text == "on"
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -169,7 +201,23 @@ def _add_serve(sub: Any) -> None:
     _add(p, "--detached-placer-timeout", "30s", type=_duration, metavar="DUR",
          help="the same for detached calls")
     _add(p, "--retry-all-delay", "10ms", type=_duration, metavar="DUR",
-         help="pause after every runner refused before trying them all again")
+         help="pause after every runner refused before trying them all again (runners "
+              "that report no slot counts, or every runner with --queue off)")
+    _add(p, "--queue", "on", type=_on_off, metavar="on|off",
+         help="overload wait queue: a call that finds every runner believed full waits "
+              "for a free slot, fairly across app_id, instead of re-trying every runner "
+              "every --retry-all-delay; off = fn's NACK sweep (see README, Overload)")
+    _add(p, "--max-queue", "10000", type=_positive_int, metavar="N",
+         help="calls that may wait in the queue at once; the next one gets "
+              "RESOURCE_EXHAUSTED at once, with a grpc-retry-pushback-ms trailer")
+    _add(p, "--max-queue-per-app", "5000", type=_positive_int, metavar="N",
+         help="calls of one app_id that may wait at once (same answer beyond it)")
+    _add(p, "--app-weights", "", type=_app_weights, metavar="APP=W,...",
+         help="share of the queue's turns per app_id (default 1 each): app=2 gets twice "
+              "the turns of an app with weight 1 while both wait")
+    _add(p, "--app-max-inflight", "0", type=_non_negative_int, metavar="N",
+         help="most calls of one app_id that the queue lets run at once (0: no limit); "
+              "calls placed without waiting do not count")
     _add(p, "--connect-timeout", "1s", type=_duration, metavar="DUR",
          help="how long to wait for a runner connection before trying the next runner")
     _add(p, "--max-body-bytes", str(8 * 1024 * 1024), type=_positive_int, metavar="N",
@@ -222,6 +270,7 @@ def _tls_paths(args: argparse.Namespace, prefix: str, flag: str) -> Any:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from fnlb.config import LBConfig
+    from fnlb.placers.queue import QueueConfig
     from fnlb.pools import parse_address_list
     from fnlb.pools.health import HealthConfig
     from fnlb.runnerpool import PlacerConfig
@@ -245,6 +294,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
         placer_config=PlacerConfig(args.retry_all_delay, args.placer_timeout,
                                    args.detached_placer_timeout),
         chbl_c=args.chbl_c,
+        queue=args.queue,
+        queue_config=QueueConfig(max_queue=args.max_queue,
+                                 max_queue_per_app=args.max_queue_per_app,
+                                 weights=args.app_weights,
+                                 inflight_limit=args.app_max_inflight or None),
         max_body_bytes=args.max_body_bytes,
         drain_grace=args.drain_grace,
         connect_timeout=args.connect_timeout,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fnlb.errors import ConfigError
 from fnlb.placers.chbl import DEFAULT_C
+from fnlb.placers.queue import QueueConfig
 from fnlb.pools.health import HealthConfig
 from fnlb.runnerpool import PlacerConfig
 
@@ -48,6 +49,9 @@ class LBConfig:
     placer_config: PlacerConfig = field(default_factory=PlacerConfig)
     # The load bound of the chbl and warm placers (--chbl-c); others ignore it.
     chbl_c: float = DEFAULT_C
+    # The overload wait queue (--queue on); off is fn's NACK sweep.
+    queue: bool = True
+    queue_config: QueueConfig = field(default_factory=QueueConfig)
     max_body_bytes: int = 8 * 1024 * 1024
     drain_grace: float = 30.0
     connect_timeout: float = 1.0

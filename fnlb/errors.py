@@ -40,6 +40,14 @@ class ServerTooBusy(FnlbError):
         super().__init__(msg)
 
 
+class ShuttingDown(ServerTooBusy):
+    """The LB stopped before the call got a runner: it ran nowhere, retry elsewhere."""
+
+    def __init__(self, msg: str = "LB is shutting down: the call was not placed on any "
+                                  "runner; retry it on another LB") -> None:
+        super().__init__(msg)
+
+
 class ClientTimeout(FnlbError, TimeoutError):
     def __init__(self, msg: str = "client deadline exceeded") -> None:
         super().__init__(msg)

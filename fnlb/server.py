@@ -29,11 +29,13 @@ from fnlb.agent import Agent
 from fnlb.calls import BufferSink, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
 from fnlb.error_status import grpc_status
-from fnlb.errors import ConfigError, FnlbError, InvalidRequest
+from fnlb.errors import ConfigError, FnlbError, InvalidRequest, ShuttingDown
 from fnlb.logs import kv
 from fnlb.metrics import Metrics, MetricsServer
 from fnlb.placers import make_placer
+from fnlb.placers.capacity import Capacity
 from fnlb.placers.load import LoadTracker
+from fnlb.placers.queue import QueueFull, WaitQueue
 from fnlb.pools import DynamicRunnerPool, make_sources
 from fnlb.runnerpool import DETACHED, SYNC, CallModel, MTLSRunnerFactory, Placer, RunnerPool
 from fnlb.transport import make_runner_factory
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 _MAX_TIMEOUT_S = 3600
 _MAX_MEMORY_MB = 1 << 20
 _STREAM_CHUNK = 64 * 1024
+# How long before the drain grace ends calls still queued are answered UNAVAILABLE.
+_QUEUE_CLOSE_MARGIN_S = 0.25
 
 
 def build_call(req: lb_pb2.InvokeRequest, body: bytes, max_body_bytes: int,
@@ -113,7 +117,14 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
             runner = await self._agent.submit(call, _client_deadline(context))
         except FnlbError as e:
             code = grpc_status(e)
-            if not isinstance(e, InvalidRequest):
+            if isinstance(e, QueueFull):
+                # gRPC's retry pushback: when a retry may find room in the queue.
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(e.pushback_ms)),))
+                # Shedding is the designed answer to overload: the metrics count
+                # it; a log line per call would flood the log exactly then.
+                log.debug("call shed", extra=kv(call_id=call.model.id, app_id=e.app_id,
+                                                reason=e.reason, limit=e.limit))
+            elif not isinstance(e, InvalidRequest):
                 log.warning("call failed", extra=kv(call_id=call.model.id, fn_id=call.model.fn_id,
                                                     runner=getattr(e, "runner", ""),
                                                     code=code.name, error=str(e)))
@@ -270,6 +281,8 @@ class LBServer:
         self.metrics_address = ""
         self.admin_address = ""
         self.front_tls: Any = None
+        self.capacity: Capacity | None = None
+        self._queue_closer: asyncio.TimerHandle | None = None
         self.runner_tls: Any = None
 
     def reload_tls(self) -> None:
@@ -302,6 +315,20 @@ class LBServer:
         return DynamicRunnerPool(factory, tls, sources=sources, health=cfg.health,
                                  metrics=self.metrics, load=load)
 
+    def _build_capacity(self, load: LoadTracker, pool: RunnerPool) -> Capacity | None:
+        """The overload wait queue (``--queue on``) over the pool's offered runners."""
+        if not self.config.queue:
+            log.info("overload queue off (--queue off): busy calls sweep the runners "
+                     "every --retry-all-delay, as fn does")
+            return None
+        if not isinstance(pool, DynamicRunnerPool):
+            return None  # an embedded pool of another kind: fn's sweep
+        queue = WaitQueue(self.config.queue_config, on_event=self.metrics.queue_event)
+        self.metrics.queue_depth.set_function(queue.depth)
+        capacity = Capacity(load, queue, pool.snapshot)
+        pool.subscribe(capacity.changed)
+        return capacity
+
     async def start(self) -> None:
         """Start the pool, then the servers; a failure stops whatever had started."""
         try:
@@ -330,11 +357,12 @@ class LBServer:
         # Status polls; a report stays fresh for two polls, so one slow poll
         # does not blind load-aware placers.
         load = LoadTracker(fresh_for=2 * cfg.health.interval + cfg.health.timeout)
-        placer = make_placer(cfg.placer, cfg.placer_config, self.metrics, load=load,
-                             c=cfg.chbl_c)
-        self.placer = placer
         if self.pool is None:
             self.pool = self._build_pool(load)
+        self.capacity = self._build_capacity(load, self.pool)
+        placer = make_placer(cfg.placer, cfg.placer_config, self.metrics, load=load,
+                             c=cfg.chbl_c, capacity=self.capacity)
+        self.placer = placer
         start_pool = getattr(self.pool, "start", None)
         if start_pool is not None:
             await start_pool()  # first lookups; a bad --runners-file stops us here
@@ -401,6 +429,13 @@ class LBServer:
             grace = self.config.drain_grace
         await self._health.enter_graceful_shutdown()
         log.info("draining", extra=kv(grace_s=grace))
+        if self.capacity is not None and self._queue_closer is None:
+            # Queued calls may still get a runner while the grace lasts; shortly
+            # before it ends, those still waiting get a clear UNAVAILABLE (they
+            # ran nowhere) rather than gRPC's "Cancelling all calls".
+            queue = self.capacity.queue
+            self._queue_closer = asyncio.get_running_loop().call_later(
+                max(0.0, grace - _QUEUE_CLOSE_MARGIN_S), queue.close, ShuttingDown)
         if self._admin_server is not None:
             # Membership is frozen while calls drain; admin calls are short.
             await self._admin_health.enter_graceful_shutdown()
