@@ -377,6 +377,14 @@ class LBServer:
             # second LB on the same port would silently share it instead of
             # failing with "address in use".
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
+            # gRPC core holds the calls that arrived before the aio server asked
+            # for them (one at a time) and by default drops them at random from
+            # 1,000 waiting, all from 3,000: the client gets a bare CANCELLED and
+            # no handler, log or metric of ours sees the call (bench/burst.py).
+            # Take every call in and let the LB shed with a status of its own;
+            # 100,000 only guards memory.
+            ("grpc.server.max_pending_requests", 100_000),
+            ("grpc.server.max_pending_requests_hard_limit", 100_000),
         ])
         lb_pb2_grpc.add_LoadBalancerServicer_to_server(LoadBalancerServicer(agent, cfg), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
