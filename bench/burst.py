@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.datapath import cpu_seconds
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
-from tests.procs import Proc, running, running_stubs
+from fnlb.harness import Proc, running, running_stubs
 
 __all__ = ["main", "scrape"]
 
