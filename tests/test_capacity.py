@@ -180,12 +180,22 @@ async def test_a_nack_marks_the_runner_full_until_it_reports_again() -> None:
     task = asyncio.ensure_future(placer.place_call(pool, call(0)))
     await depth(cap, 1)
     assert runner.nacks == 1 and cap.room("r1") is False  # one refusal, then it waits
+    assert load.load("r1") == 2  # the refusal taught the tracker: others hold both slots
     runner.hidden = 0
     load.update_reported("r1", runner.status())  # the next report shows room: a turn
     await until(lambda: len(runner.running) == 1, [runner])
     runner.finish_one()
     assert (await task).address == "r1"
     assert runner.nacks == 1 and busy_retries(metrics) == 1
+
+
+async def test_a_wait_finds_a_turn_that_is_already_due() -> None:
+    # A slot believed free while nobody waited produced no event: the wait
+    # itself must hand out the turn, not sleep until the next completion.
+    runner = SlotRunner("r1", 2)
+    _pool, _placer, _load, cap, _m = setup([runner])
+    grant = await cap.wait("a", 1.0, None)
+    assert grant.app_id == "a" and cap.queue.depth() == 0
 
 
 async def test_runners_of_unknown_capacity_keep_the_sweep() -> None:

@@ -239,6 +239,28 @@ class LoadTracker:
             return False
         return self.load(address) < r.slots_total
 
+    def saturated(self, address: str) -> bool:
+        """The runner refused a call (busy NACK): count it as full until we learn more.
+
+        A NACK proves the runner runs at least ``slots_total`` calls, so the
+        calls of others there are at least ``slots_total`` minus ours. Raising
+        that estimate makes ``has_room`` False until one of our calls there
+        ends (then exactly the slot we freed is free) or a new report arrives.
+        Several LBs sharing runners thus each reuse the slots they free and
+        stop colliding on slots another LB holds. False when the runner's
+        capacity is unknown (no fresh report with a slot count): nothing learned.
+        """
+        r = self.report(address)
+        if r is None or r.slots_total <= 0:
+            return False
+        others = max(r.others, r.slots_total - self._inflight.get(address, 0))
+        if others != r.others:
+            self._reports[address] = Report(
+                at=r.at, others=others, slots_total=r.slots_total, slots_free=r.slots_free,
+                warm=r.warm, draining=r.draining)
+            self._total_others += others - r.others
+        return True
+
     # -- membership --------------------------------------------------------------
 
     def forget(self, address: str) -> None:
