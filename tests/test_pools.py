@@ -85,6 +85,13 @@ def make_pool(*, health: HealthConfig | None = None, load: LoadTracker | None = 
     return pool, factory, clock
 
 
+def value(pool: DynamicRunnerPool, name: str, **labels: str) -> float:
+    """A sample of the pool's metrics, read the way Prometheus would."""
+    got = pool.metrics.registry.get_sample_value(name, labels)
+    assert got is not None, f"no sample {name}{labels}"
+    return got
+
+
 def addrs(n: int, base: int = 9000) -> list[str]:
     return [f"127.0.0.1:{base + i}" for i in range(n)]
 
@@ -142,7 +149,7 @@ async def test_state_gauges_follow_the_first_answer() -> None:
     await pool.start(watch=False)
 
     def gauge(state: str) -> float:
-        return float(pool.metrics.pool_runners.labels(state)._value.get())
+        return value(pool, "fnlb_pool_runners", state=state)
 
     assert (gauge("unknown"), gauge("healthy")) == (2, 0)
     await pool.poll_once()  # both answer their first poll
@@ -331,7 +338,7 @@ async def test_probe_failures_eject_and_recovery_readmits_with_growing_backoff()
     clock.now += 0.6
     await pool.poll_once()
     assert "127.0.0.1:9000" in await offered(pool)
-    assert pool.metrics.pool_readmissions._value.get() == 2
+    assert value(pool, "fnlb_pool_readmissions_total") == 2
 
 
 async def test_placement_failures_count_but_busy_never_does() -> None:
@@ -359,7 +366,7 @@ async def test_placement_failures_count_but_busy_never_does() -> None:
     assert handle.address in await offered(pool)
     await handle.try_exec(make_call())
     assert handle.address not in await offered(pool)
-    assert pool.metrics.pool_ejections.labels("placement")._value.get() == 1
+    assert value(pool, "fnlb_pool_ejections_total", seen_by="placement") == 1
 
 
 def test_attempt_verdicts() -> None:
@@ -385,7 +392,7 @@ async def test_max_ejection_percent_caps_ejections() -> None:
     states = [v.state for v in pool.views()]
     assert states.count("ejected") == 2  # floor(50% of 5)
     assert len(await offered(pool)) == 3
-    assert pool.metrics.pool_ejections_blocked._value.get() >= 2
+    assert value(pool, "fnlb_pool_ejections_blocked_total") >= 2
 
 
 async def test_panic_offers_everything_when_all_are_ejected() -> None:
@@ -399,7 +406,7 @@ async def test_panic_offers_everything_when_all_are_ejected() -> None:
         await pool.poll_once()
         clock.now += 2
     assert all(v.state == "ejected" for v in pool.views())
-    assert pool.panic and pool.metrics.pool_panic._value.get() == 1
+    assert pool.panic and value(pool, "fnlb_pool_panic") == 1
     assert await offered(pool) == addrs(3)  # try them all rather than fail every call
     factory.last(addrs(3)[1]).up = True
     clock.now += 5
@@ -475,7 +482,7 @@ async def test_slow_start_ramps_a_joining_runner() -> None:
     assert 50 < at_start < 170  # ~10%
     assert 420 < halfway < 580  # ~50%
     assert after == 1000
-    assert pool.metrics.pool_slow_start_skips._value.get() == 2000 - at_start - halfway
+    assert value(pool, "fnlb_pool_slow_start_skips_total") == 2000 - at_start - halfway
 
 
 async def test_slow_start_never_skips_when_no_full_share_runner_exists() -> None:
