@@ -164,13 +164,13 @@ def _zipf_cum(n: int, s: float) -> list[float]:
     return list(itertools.accumulate(1.0 / (k ** s) for k in range(1, n + 1)))
 
 
-def simulate(placer_name: str, cfg: SimConfig) -> dict[str, Any]:
+def simulate(placer_name: str, cfg: SimConfig, c: float | None = None) -> dict[str, Any]:
     """Run the workload through one placer; returns per-phase stats and load spread."""
     rng = random.Random(cfg.seed)  # same seed -> same arrivals and functions for all
     now = 0.0
     # Fresh for two report intervals, as the LB sets it from its health interval.
     load = LoadTracker(fresh_for=max(2 * cfg.report_ms / 1000, 0.001) + 0.5, clock=lambda: now)
-    placer = make_placer(placer_name, PlacerConfig(), Metrics(), load=load)
+    placer = make_placer(placer_name, PlacerConfig(), Metrics(), load=load, c=c)
     runners = tuple(SimRunner(i, cfg.slots[i % len(cfg.slots)]) for i in range(cfg.runners))
     capacity = sum(r.slots for r in runners)
     rate = cfg.utilization * capacity / (cfg.exec_ms / 1000)
@@ -1103,7 +1103,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], Any] = print) -
         else:
             p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
     p.add_argument("--c", type=float, default=None,
-                   help="chbl/warm load bound c (sets FNLB_CHBL_C; default: its default)")
+                   help="chbl/warm load bound c (as --chbl-c; default: its default)")
     p.add_argument("--cost-sizes", default="10,100,1000")
     p.add_argument("--json", default="", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
@@ -1111,8 +1111,6 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], Any] = print) -
     kwargs["slots"] = tuple(int(x) for x in str(args.slots).split(","))
     cfg = SimConfig(**kwargs)
     names = [n for n in args.placers.split(",") if n]
-    if args.c is not None:
-        os.environ["FNLB_CHBL_C"] = str(args.c)
 
     out(f"# bench.sim: {cfg.runners} runners (slots {cfg.slots}), {cfg.calls} calls, "
         f"{cfg.functions} functions Zipf s={cfg.zipf_s}, warm cache {cfg.warm_cache}, "
@@ -1121,7 +1119,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], Any] = print) -
     results = []
     for name in names:
         t0 = time.perf_counter()
-        res = simulate(name, cfg)
+        res = simulate(name, cfg, args.c)
         res["wall_seconds"] = time.perf_counter() - t0
         results.append(res)
     for phase in ("zipf", "hot"):
