@@ -148,7 +148,7 @@ WorkerStubs = Callable[[], Sequence[tuple[int, Any]]]
 
 # Worst first: ListRunners shows a runner in the most severe state any worker
 # has it in, as each worker judges health on its own.
-_STATE_SEVERITY = ("retiring", "draining", "ejected", "unknown", "healthy")
+_STATE_SEVERITY = ("retiring", "draining", "ejected", "suspect", "unknown", "healthy")
 
 
 def _severity(state: str) -> int:

@@ -40,6 +40,13 @@ class ServerTooBusy(FnlbError):
         super().__init__(msg)
 
 
+class PassedOn(ServerTooBusy):
+    """The pool passed the attempt on without asking the runner (slow start).
+
+    Counted as busy like a NACK, but it says nothing about the runner's slots.
+    """
+
+
 class ShuttingDown(ServerTooBusy):
     """The LB stopped before the call got a runner: it ran nowhere, retry elsewhere."""
 

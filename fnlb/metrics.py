@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 CALL_STATUSES = ("completed", "canceled", "timeouts", "errors", "server_busy")
 # fnlb_pool_runners{state}: "retiring" = removed, waiting for its in-flight calls.
-POOL_STATES = ("healthy", "unknown", "ejected", "draining", "retiring")
+# "suspect": not ejected, but its last probe or a call could not reach it.
+POOL_STATES = ("healthy", "unknown", "suspect", "ejected", "draining", "retiring")
 QUEUE_REJECT_REASONS = ("queue_full", "app_queue_full")
 
 # Seconds; from sub-millisecond LB overhead up to fn's longest sync timeouts.

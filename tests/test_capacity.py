@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pytest
 
 from fnlb.calls import CallModel, LBCall
-from fnlb.errors import ClientTimeout, ServerTooBusy
+from fnlb.errors import ClientTimeout, PassedOn, ServerTooBusy
 from fnlb.metrics import Metrics
 from fnlb.placers import BasePlacer, make_placer
 from fnlb.placers.capacity import Capacity
@@ -261,3 +261,22 @@ async def test_a_cancelled_waiter_leaves_no_trace() -> None:
     runner.finish_one()
     await held
     assert runner.started == ["a0"] and load.table_sizes()[0] == 0
+
+
+async def test_an_attempt_the_pool_passed_on_says_nothing_about_the_runners_slots() -> None:
+    # Slow start passes attempts on without asking the runner: unlike a NACK,
+    # that must not make the runner look full (it would starve its ramp).
+    class Ramping(SlotRunner):
+        async def try_exec(self, call: RunnerCall) -> Attempt:
+            self.nacks += 1
+            return Attempt(False, PassedOn(f"{self.address} is in slow start"))
+
+    ramping, other = Ramping("r1", 2), SlotRunner("r2", 2)
+    pool, placer, load, cap, _m = setup([ramping, other])
+    for i in range(2):  # naive's moving start: one of the two tries r1 first
+        task = asyncio.ensure_future(placer.place_call(pool, call(i)))
+        await until(lambda: len(other.running) == 1, [other])
+        other.finish_one()
+        assert (await task).address == "r2"
+    assert ramping.nacks >= 1
+    assert cap.room("r1") is True and load.load("r1") == 0

@@ -314,7 +314,9 @@ async def test_probe_failures_eject_and_recovery_readmits_with_growing_backoff()
     for _ in range(2):
         await pool.poll_once()
         clock.now += 2
-    assert "127.0.0.1:9000" in await offered(pool)  # 2 failures: not yet
+    # 2 failures: not ejected yet, but no new calls until a probe reaches it.
+    assert pool.views()[0].state == "suspect"
+    assert "127.0.0.1:9000" not in await offered(pool)
     await pool.poll_once()
     assert "127.0.0.1:9000" not in await offered(pool)
     assert pool.views()[0].state == "ejected"
@@ -391,7 +393,10 @@ async def test_max_ejection_percent_caps_ejections() -> None:
         clock.now += 2
     states = [v.state for v in pool.views()]
     assert states.count("ejected") == 2  # floor(50% of 5)
-    assert len(await offered(pool)) == 3
+    # The two that could not be ejected are not offered either while a runner
+    # that answers is: dead runners must not tax every call.
+    assert states.count("suspect") == 2
+    assert await offered(pool) == addrs(5)[4:]
     assert value(pool, "fnlb_pool_ejections_blocked_total") >= 2
 
 
@@ -540,3 +545,50 @@ async def test_inflight_has_one_count_when_a_runner_leaves_and_comes_back() -> N
     assert (load.inflight(a), view.inflight) == (0, 0)
     assert len(factory.made[a]) == 1 and not factory.last(a).closed  # still a member
     await pool.shutdown()
+
+
+# -- dead runners do not tax calls ------------------------------------------------------
+
+async def test_runners_that_do_not_answer_are_not_offered_while_others_do() -> None:
+    pool, factory, clock = make_pool(health=HealthConfig(slow_start=0,
+                                                         max_ejection_percent=50))
+    await pool.start(watch=False)
+    live, dead = addrs(2), addrs(50, 9100)
+    pool.set_source("static", live + dead)
+    for a in dead:
+        factory.last(a).up = False
+    await pool.poll_once()
+    # One failed probe: not offered (whatever --max-ejection-percent allows).
+    assert await offered(pool) == live
+    for _ in range(3):
+        clock.now += 2
+        await pool.poll_once()
+    states = [v.state for v in pool.views()]
+    assert states.count("ejected") == 26 and states.count("suspect") == 24
+    assert await offered(pool) == live
+    # One of them comes back: offered again at its next answered probe.
+    back = dead[-1]
+    factory.last(back).up = True
+    for _ in range(20):
+        if back in await offered(pool):
+            break
+        clock.now += 2
+        await pool.poll_once()
+    assert back in await offered(pool)
+
+
+async def test_a_runner_a_call_cannot_reach_gets_no_new_calls_until_a_probe_does() -> None:
+    pool, factory, clock = make_pool()
+    await pool.start(watch=False)
+    pool.set_source("static", addrs(3))
+    await pool.poll_once()
+    assert await offered(pool) == addrs(3)
+    first = factory.last(addrs(3)[0])
+    first.outcome = Attempt(False, RunnerUnreachable("connection refused"))
+    handle = pool.snapshot()[0]
+    assert not (await handle.try_exec(make_call())).placed
+    assert await offered(pool) == addrs(3)[1:]  # at once, not after eject_after failures
+    assert pool.views()[0].state == "suspect"
+    clock.now += 2
+    await pool.poll_once()  # the probe reaches it: back in placement
+    assert await offered(pool) == addrs(3)

@@ -120,6 +120,7 @@ async def test_san_pinning_refuses_runners_without_the_name(pki: Path) -> None:
             lb([a.addr, b.addr], *lb_tls(pki), "--runner-server-name", "runner-a") as front:
         results = await invoke_plain(front.addr, 6)
         assert {r.runner for r in results} == {a.addr}
+        # Out of placement once a probe or a call could not reach it, with why.
         front.wait_for_line(rf"runner unreachable.*runner={b.addr}")
 
 

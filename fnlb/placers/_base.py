@@ -6,7 +6,7 @@ import abc
 import logging
 from collections.abc import Iterable, Sequence
 
-from fnlb.errors import PoolError, ServerTooBusy
+from fnlb.errors import PassedOn, PoolError, ServerTooBusy
 from fnlb.metrics import Metrics
 from fnlb.placers.capacity import Capacity
 from fnlb.placers.load import LoadTracker
@@ -98,8 +98,9 @@ class BasePlacer(abc.ABC):
                         if err is not None:
                             raise err
                         return runner
-                    if cap is not None and isinstance(err, ServerTooBusy):
-                        cap.nacked(address)
+                    if (cap is not None and isinstance(err, ServerTooBusy)
+                            and not isinstance(err, PassedOn)):
+                        cap.nacked(address)  # the runner itself refused: our view was wrong
                 if cap is not None and runners and cap.full(runners) and not tracker.is_done():
                     continue  # every runner refused and is marked: wait for a turn
                 if not await tracker.retry_all_backoff(len(runners), pool_err):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from fnlb.errors import PoolError, RunnerUnreachable, ServerTooBusy
+from fnlb.errors import PassedOn, PoolError, RunnerUnreachable
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.placers.load import LoadTracker
@@ -213,7 +213,7 @@ class DynamicRunnerPool:
         if skip is None:
             self._rebuild()  # a ramp ended: recount full-share runners
         elif skip:
-            return Attempt(False, ServerTooBusy(f"runner {m.address} is in slow start"))
+            return Attempt(False, PassedOn(f"runner {m.address} is in slow start"))
         return None
 
     def attempted(self, m: Member, call: RunnerCall, result: Attempt) -> None:
@@ -226,6 +226,12 @@ class DynamicRunnerPool:
         verdict = attempt_verdict(result)
         if verdict is None or m.retired:
             return
+        if not result.placed:
+            # It could not even be reached: no new calls until a probe reaches it.
+            self._set_down(m, str(result.error), "placement")
+        elif m.up is False:
+            m.up = True  # the call reached it
+            self._rebuild()
         if verdict:
             # Polls may be backing off, but a call just ran: it is up. Back to the
             # usual interval, so an ejected runner (panic) is readmitted soon.
@@ -332,14 +338,23 @@ class DynamicRunnerPool:
             self._wake.set()
 
     def _silent(self, m: Member, error: str) -> None:
+        self._set_down(m, error, "probe")
         self._failure(m, error, "probe")
+
+    def _set_down(self, m: Member, error: str, seen_by: str) -> None:
+        """Unreachable: no new calls until a probe reaches it (while others are up)."""
+        if m.up is not False:
+            m.up = False
+            log.warning("runner unreachable: no new calls until a probe reaches it",
+                        extra=kv(runner=m.address, seen_by=seen_by, error=error))
+            self._rebuild()
 
     def _answered(self, m: Member, status: RunnerStatus) -> None:
         m.status = status
         m.status_at = now_rfc3339()
-        # The first answer turns "unknown" into "healthy": the gauges must say so.
-        changed = not m.probed
-        m.probed = True
+        # An answer turns "unknown" or "suspect" into "healthy" (and offered).
+        changed = m.up is not True
+        m.up = True
         # Received just now, on the tracker's own clock (ours may be a test's).
         self.load.update_reported(m.address, status)
         draining = status.draining or status.drained

@@ -82,7 +82,7 @@ class Member:
     """Everything the pool keeps about one runner address (plain data)."""
 
     __slots__ = ("address", "runner", "sources", "health", "placed", "status", "status_at",
-                 "probed", "admin_drained", "reported_draining", "retired", "closing",
+                 "up", "admin_drained", "reported_draining", "retired", "closing",
                  "detached_until", "next_probe", "blocked_logged", "handle")
 
     def __init__(self, address: str, runner: Runner, health: RunnerHealth) -> None:
@@ -93,7 +93,10 @@ class Member:
         self.placed = 0
         self.status: RunnerStatus | None = None
         self.status_at = ""
-        self.probed = False
+        # None: never heard from; True: its last probe (or a call) went through;
+        # False: a probe or a call could not reach it. Only runners that are up
+        # are offered while any is (see OutlierDetector.offered).
+        self.up: bool | None = None
         self.admin_drained = False
         self.reported_draining = False
         self.retired = False
@@ -114,7 +117,9 @@ class Member:
             return "draining"
         if self.health.ejected:
             return "ejected"
-        return "healthy" if self.probed else "unknown"
+        if self.up is None:
+            return "unknown"
+        return "healthy" if self.up else "suspect"
 
 
 def ip_order(address: str) -> tuple[int, str]:

@@ -9,7 +9,12 @@ share of a ramping runner. It holds no member table; the pool passes members in.
 
 What is offered (``docs/pools.md`` has the why):
 
-* healthy and never-probed runners; not ejected or draining ones;
+* never ejected or draining runners; among the rest, only those that are
+  **up** (their last probe or call reached them) while any is: a runner that
+  never answered, or that a probe or a call just failed to reach, is not
+  offered until a probe reaches it, whatever ``--max-ejection-percent`` allows
+  (500 dead runners must not tax every call). When none is up, all the
+  non-ejected ones are offered;
 * **panic**: when every non-draining runner is ejected, all of them are offered
   (Envoy's panic threshold) rather than failing every call;
 * **slow start**: a readmitted runner (or one that joined a running pool) is in
@@ -49,6 +54,9 @@ class OutlierDetector:
         live = [m for m in members if not m.draining]
         offered = [m for m in live if not m.health.ejected]
         panic = bool(live) and not offered
+        up = [m for m in offered if m.up]
+        if up:
+            offered = up
         if panic != self.panic:
             self.panic = panic
             self._metrics.pool_panic.set(1 if panic else 0)
