@@ -2,17 +2,18 @@
 
 ``GrpcRunner`` is the ``fnlb.runnerpool.Runner`` backed by a ``fnlb.v1.Runner``
 channel; it implements the commit rule (protos/fnlb/v1/runner.proto) over
-Runner/Calls (``CallStream``), Runner/Call and TryExec.
+Runner/Calls (``CallStream``), Runner/Call and TryExec (``_tryexec``); the
+decisions are the pure functions of ``commit``, acted on by ``_answers``.
 
     factory = make_runner_factory(metrics)      # an MTLSRunnerFactory
     runner = factory("10.0.0.5:9190", None)     # plaintext; ClientTLS for mTLS
     attempt = await runner.try_exec(call)
 """
 
+from fnlb.transport._tryexec import CHUNK_SIZE
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.transport.grpc_runner import (
     CHANNEL_OPTIONS,
-    CHUNK_SIZE,
     UNARY_MAX_BODY,
     GrpcRunner,
     make_runner_factory,

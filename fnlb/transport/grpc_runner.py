@@ -5,7 +5,9 @@ over Runner/Calls (small sync calls, shared stream), Runner/Call (sync calls
 up to 1 MiB) or TryExec (everything, and fn's runners): only a NACK, or a
 failure that proves the runner never got the call, returns ``placed=False``.
 Everything else is committed and never re-sent. The decisions are the pure
-functions of ``fnlb.transport.commit``; this module acts on them.
+functions of ``fnlb.transport.commit``; ``_answers`` turns them into attempts,
+``_tryexec`` is the TryExec stream, and this module keeps the channel, picks the
+path for each call and follows what the runner serves.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import empty_pb2
 
-from fnlb.errors import ClientCanceled, RunnerError, RunnerUnreachable, ServerTooBusy
+from fnlb.errors import RunnerError, RunnerUnreachable
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.runnerpool import DETACHED, Attempt, MTLSRunnerFactory, RunnerCall, RunnerStatus
-from fnlb.timefmt import parse_rfc3339
 from fnlb.transport import commit
+from fnlb.transport._answers import Answers
+from fnlb.transport._tryexec import try_call, try_exec_stream
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.transport.commit import Verdict
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
@@ -33,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GrpcRunner",
-    "CHUNK_SIZE",
     "UNARY_MAX_BODY",
     "STREAM_MAX_BODY",
     "CHANNEL_OPTIONS",
@@ -42,14 +44,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Request body frame size. fn's LB uses 10 KiB (MaxDataChunk), but every
-# gRPC message costs the same fixed work whatever its size: 256 KiB frames cut
-# the LB's CPU for a 1 MiB call by a third (make bench). Still fn-compatible:
-# fn's pure runner copies DataFrames of any size into the function's input;
-# the bound is the runner's gRPC receive limit (Go's default 4 MiB, the stub's
-# 64 MiB).
-CHUNK_SIZE = 256 * 1024
 
 # Sync calls with a request body up to this size go over the unary Runner/Call
 # (one message each way: about half the LB's CPU per call of a TryExec stream,
@@ -80,9 +74,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 # the old channel may take before it is closed under them: the longest sync
 # timeout fn allows plus the placer's.
 _RETIRE_GRACE_S = 3600.0
-
-def _ns(value: int) -> float:
-    return value / 1e9
 
 
 def status_from_pb(s: runner_pb2.RunnerStatus) -> RunnerStatus:
@@ -116,7 +107,7 @@ class GrpcRunner:
             credentials = tls_source.credentials()
         self._retiring: list[grpc.aio.Channel] = []
         self._dial(credentials)
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._answers = Answers(address, metrics if metrics is not None else Metrics())
         self._connect_timeout = connect_timeout
         self._closed = False
         # Runner/Calls and Runner/Call are tried until the runner shows it has
@@ -224,37 +215,6 @@ class GrpcRunner:
 
         self._keep(asyncio.create_task(probe()))
 
-    @staticmethod
-    def _try_call(call: RunnerCall) -> runner_pb2.TryCall:
-        return runner_pb2.TryCall(models_call_json=call.model_json,
-                                  slot_hash_id=call.slot_hash_id, extensions=call.extensions)
-
-    @classmethod
-    async def _send(cls, stream: Any, call: RunnerCall) -> None:
-        """Write ``try``, the body frames (last with eof) and half-close."""
-        # `try` is a Python keyword, hence the dict (the stubs cannot type it).
-        await stream.write(runner_pb2.ClientMsg(**{"try": cls._try_call(call)}))  # type: ignore[arg-type]
-        body = call.request_body()
-        n = len(body)
-        if n <= CHUNK_SIZE:
-            # The common case: the body as it is, no slicing copy.
-            await stream.write(runner_pb2.ClientMsg(data=runner_pb2.DataFrame(data=body, eof=True)))
-        else:
-            view = memoryview(body)
-            for off in range(0, n, CHUNK_SIZE):
-                end = off + CHUNK_SIZE
-                await stream.write(runner_pb2.ClientMsg(data=runner_pb2.DataFrame(
-                    data=bytes(view[off:end]), eof=end >= n)))
-        await stream.done_writing()
-
-    async def _send_quietly(self, stream: Any, call: RunnerCall) -> None:
-        try:
-            await self._send(stream, call)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            # The stream ended while we were sending (NACK, runner gone): the
-            # reader sees why.
-            pass
-
     @property
     def unary(self) -> bool:
         """False once the runner is known not to serve Runner/Call."""
@@ -284,11 +244,11 @@ class GrpcRunner:
                 if attempt is not None:
                     return attempt
             # UNIMPLEMENTED: the runner never ran it; same attempt, over TryExec.
-        return await self._stream(call)
+        return await try_exec_stream(self._stub, call, self._answers, self._keep)
 
     def _call_request(self, call: RunnerCall) -> runner_pb2.CallRequest:
         # `try` is a Python keyword, hence the dict (the stubs cannot type it).
-        return runner_pb2.CallRequest(**{"try": self._try_call(call)},  # type: ignore[arg-type]
+        return runner_pb2.CallRequest(**{"try": try_call(call)},  # type: ignore[arg-type]
                                       body=call.request_body())
 
     async def _via_call_stream(self, call: RunnerCall) -> Attempt | None:
@@ -306,16 +266,16 @@ class GrpcRunner:
             if verdict is Verdict.NEVER_REACHED:
                 return Attempt(False, RunnerUnreachable(f"runner {self._address}: {e}"))
             if code is not None:
-                return self._failed(verdict, code, details, call)
+                return self._answers.failed(verdict, code, details, call)
             # Verdict.LOST: the LB closed the stream under a call it had sent.
             return Attempt(True, RunnerError(f"runner {self._address}: {e}",
                                              runner=self._address, error_code=502))
-        return self._replied(reply, call)
+        return self._answers.replied(reply, call)
 
     async def _call(self, call: RunnerCall) -> Attempt | None:
         """One Runner/Call; None when the runner does not serve Call (it never ran the call).
 
-        The commit rule as in ``_stream``: only a NACK reply (finished 503, no
+        The commit rule as in ``try_exec_stream``: only a NACK reply (finished 503, no
         http), a "too busy" status or a failure that proves the runner never got
         the request is "not placed"; anything else is committed.
         """
@@ -329,159 +289,8 @@ class GrpcRunner:
                 log.info("runner does not serve Call; using TryExec",
                          extra=kv(runner=self._address, error=details))
                 return None
-            return self._failed(verdict, code, details, call)
-        return self._replied(reply, call)
-
-    def _replied(self, reply: runner_pb2.CallReply, call: RunnerCall) -> Attempt:
-        """A CallReply (Call or Calls) as an attempt: NACK, or committed."""
-        f = reply.finished
-        has_http = reply.HasField("http")
-        verdict = commit.replied(has_http=has_http, has_finished=reply.HasField("finished"),
-                                 success=f.success, error_code=f.errorCode)
-        if verdict is Verdict.NACK:
-            return Attempt(False, ServerTooBusy(f.errorStr or "Timed out - server too busy"))
-        if has_http:
-            sink = call.response
-            sink.start(reply.http.status_code or 200,
-                       [(h.key, h.value) for h in reply.http.headers])
-            sink.write(reply.body)
-        if verdict is Verdict.INCOMPLETE:
-            return Attempt(True, RunnerError(
-                f"runner {self._address} answered the call without a finished message",
-                runner=self._address, error_code=502))
-        return self._finished(f, call)
-
-    def _finished(self, f: runner_pb2.CallFinished, call: RunnerCall) -> Attempt:
-        """A committed call's ``finished``: record its timings, map its outcome."""
-        self._record_finish(f, call)
-        if not f.success:
-            return Attempt(True, RunnerError(
-                f.errorStr or "unknown error from runner", runner=self._address,
-                error_code=f.errorCode or 500, user_error=f.errorUser))
-        return Attempt(True, None)
-
-    def _rpc_failed(self, e: grpc.aio.AioRpcError, call: RunnerCall, *,
-                    committed: bool) -> Attempt:
-        """An RPC ended with an error status: NACK, never reached, canceled or committed."""
-        code, details = e.code(), e.details()
-        return self._failed(commit.rpc_failed(code, details, committed=committed),
-                            code, details, call)
-
-    def _failed(self, verdict: Verdict, code: grpc.StatusCode, details: str | None,
-                call: RunnerCall) -> Attempt:
-        """The attempt for an RPC that ended with ``code``: NACK, never reached, canceled
-        or failed after commit."""
-        if verdict is Verdict.NACK:
-            return Attempt(False, ServerTooBusy(details or "server too busy"))
-        if verdict is Verdict.NEVER_REACHED:
-            return Attempt(False, RunnerUnreachable(f"runner {self._address}: {details}"))
-        if verdict is Verdict.CANCELED:
-            return Attempt(True, ClientCanceled())
-        # Committed (or could have been): the call may have run; never re-send.
-        log.warning("runner failed call after commit",
-                    extra=kv(call_id=call.model.id, runner=self._address,
-                             code=code.name, error=details))
-        return Attempt(True, RunnerError(
-            f"runner {self._address} failed the call: {code.name}: {details}",
-            runner=self._address, error_code=502))
-
-    async def _stream(self, call: RunnerCall) -> Attempt:
-        """One TryExec stream (the fn protocol): every call a Call cannot take."""
-        # Reader/writer style, not a request iterator: for one the iterator
-        # grpc.aio runs an extra task per stream (measured: ~5% of LB CPU).
-        stream = self._stub.TryExec()
-        committed = False
-        finished: runner_pb2.CallFinished | None = None
-        sink = call.response
-        detached = call.model.type == DETACHED
-        sender: asyncio.Task[None] | None = None
-        try:
-            if len(call.request_body()) <= CHUNK_SIZE:
-                # Two small messages always fit the HTTP/2 window: write them
-                # before reading, in this task.
-                await self._send_quietly(stream, call)
-            else:
-                # A big body is written while the answer is read, as fn does:
-                # a runner may stream its answer before it has read all input.
-                sender = asyncio.create_task(self._send_quietly(stream, call))
-            while True:
-                msg = await stream.read()
-                if msg is grpc.aio.EOF:
-                    break
-                kind = msg.WhichOneof("body")
-                if kind == "finished":
-                    f = msg.finished
-                    if commit.is_nack(success=f.success, error_code=f.errorCode,
-                                      answered=committed):
-                        return Attempt(False, ServerTooBusy(
-                            f.errorStr or "Timed out - server too busy"))
-                    finished = f
-                    committed = True
-                    continue
-                committed = True
-                if kind == "result_start":
-                    http = msg.result_start.http
-                    sink.start(http.status_code or 200,
-                               [(h.key, h.value) for h in http.headers])
-                    if detached:
-                        # fn: a detached call is answered once a runner accepted it.
-                        # Read the rest in the background: cancelling the stream
-                        # could cancel the function on the runner.
-                        self._keep(asyncio.create_task(self._drain_detached(stream, call)))
-                        return Attempt(True, None)
-                elif kind == "data":
-                    sink.write(msg.data.data)
-        except grpc.aio.AioRpcError as e:
-            return self._rpc_failed(e, call, committed=committed)
-        finally:
-            if not stream.done() and not (detached and committed):
-                if sender is not None:
-                    sender.cancel()
-                stream.cancel()
-            elif sender is not None and not sender.done():
-                # A detached call goes on without us: let the body finish sending.
-                self._keep(sender)
-        if finished is None:
-            return Attempt(True, RunnerError(
-                f"runner {self._address} ended the call without a finished message",
-                runner=self._address, error_code=502))
-        attempt = self._finished(finished, call)
-        if attempt.error is None and detached and not getattr(sink, "started", True):
-            sink.start(202, [])
-        return attempt
-
-    async def _drain_detached(self, stream: Any, call: RunnerCall) -> None:
-        try:
-            async with asyncio.timeout(call.model.timeout + 30):
-                while True:
-                    msg = await stream.read()
-                    if msg is grpc.aio.EOF:
-                        return
-                    if msg.WhichOneof("body") == "finished":
-                        self._record_finish(msg.finished, call)
-                        if not msg.finished.success:
-                            log.warning("detached call failed on runner",
-                                        extra=kv(call_id=call.model.id, runner=self._address,
-                                                 error=msg.finished.errorStr))
-        except (grpc.aio.AioRpcError, TimeoutError) as e:
-            log.warning("lost track of detached call",
-                        extra=kv(call_id=call.model.id, runner=self._address, error=repr(e)))
-        finally:
-            if not stream.done():
-                stream.cancel()
-
-    def _record_finish(self, f: runner_pb2.CallFinished, call: RunnerCall) -> None:
-        created = parse_rfc3339(f.createdAt)
-        started = parse_rfc3339(f.startedAt)
-        completed = parse_rfc3339(f.completedAt)
-        if created and started and completed and created <= started <= completed:
-            self._metrics.runner_sched_latency.observe((started - created).total_seconds())
-            self._metrics.runner_exec_latency.observe((completed - started).total_seconds())
-        # The nanosecond durations are more precise than millisecond timestamps.
-        if f.executionDuration > 0:
-            call.add_user_execution_time(_ns(f.executionDuration))
-        elif started and completed and started <= completed:
-            call.add_user_execution_time((completed - started).total_seconds())
+            return self._answers.failed(verdict, code, details, call)
+        return self._answers.replied(reply, call)
 
     async def status(self, timeout: float = 2.0) -> RunnerStatus:
         """The runner's Status RPC, and nothing else: no re-dial, no renegotiation."""

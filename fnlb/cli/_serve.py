@@ -1,4 +1,5 @@
-"""``fnlb`` command line: serve, invoke, runners, certs.
+"""``fnlb serve``: its flags, the LBConfig they make, and running it (one LB, or
+the supervisor of ``--workers N``) with two-stage signal handling.
 
 Every flag of ``serve`` can also be set by an environment variable
 ``FNLB_<FLAG>`` (``--placer-timeout`` -> ``FNLB_PLACER_TIMEOUT``); fn's names are
@@ -10,20 +11,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import signal
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fnlb.cli._args import (
+    HelpFormatter,
+    app_weights,
+    duration,
+    non_negative_int,
+    number,
+    on_off,
+    percent,
+    positive_int,
+    utf8_text,
+)
 from fnlb.errors import ConfigError
 from fnlb.logs import setup_logging
-from fnlb.timefmt import format_duration, parse_duration
+from fnlb.timefmt import format_duration
 
-__all__ = ["main", "build_parser"]
+__all__ = ["add_serve_parser", "config_from_args"]
 
 _FN_ALIASES = {"runners": ("FN_RUNNER_ADDRESSES",), "placer": ("FN_PLACER",)}
 
@@ -33,100 +43,6 @@ def _env_default(dest: str, default: Any) -> Any:
         if name in os.environ:
             return os.environ[name]
     return default
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _text(text: str) -> str:
-    """Text that goes on the wire or into a certificate: it must encode as UTF-8.
-
-    Bytes that are not UTF-8 reach Python as lone surrogates, which protobuf,
-    grpc and X.509 all refuse; say so here, naming the flag.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(f"not valid UTF-8: {text!r}") from None
-    return text
-
-
-def _memory_mb(text: str) -> int:
-    """What InvokeRequest.memory_mb (uint64) can carry; the LB checks its own limit."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 1 << 64:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}" if value < 0
-                                         else f"too large, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be 0..100, got {text}")
-    return value
-
-
-def _app_weights(text: str) -> dict[str, float]:
-    """``APP=WEIGHT,APP=WEIGHT``: an app's share of the queue's turns (default 1)."""
-    weights: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        app, sep, value = (x.strip() for x in item.partition("="))
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = 0.0
-        if not (sep and app and 0 < weight < math.inf):
-            raise argparse.ArgumentTypeError(f"expected APP=WEIGHT with WEIGHT > 0, got {item!r}")
-        weights[app] = weight
-    return weights
-
-
-def _on_off(text: str) -> bool:
-    if text in ("on", "off"):
-        return text == "on"
-    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def _add(p: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any) -> None:
@@ -140,13 +56,13 @@ def _add(p: argparse.ArgumentParser, flag: str, default: Any = None, **kw: Any) 
         default = raw.lower() in ("1", "true", "yes", "on") if isinstance(raw, str) else default
     else:
         default = _env_default(dest, default)
-        kw.setdefault("type", _text)
+        kw.setdefault("type", utf8_text)
     p.add_argument(flag, default=default, **kw)
 
 
-def _add_serve(sub: Any) -> None:
+def add_serve_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "serve", formatter_class=_Formatter,
+        "serve", formatter_class=HelpFormatter,
         help="run the load balancer",
         description=(
             "Run the LB: clients call fnlb.v1.LoadBalancer/Invoke on --listen; calls are placed\n"
@@ -165,66 +81,66 @@ def _add_serve(sub: Any) -> None:
          help="static runner pool: comma-separated HOST:PORT runner addresses")
     _add(p, "--runners-file", None, metavar="PATH",
          help="file pool: runner addresses, one per line (# comments), re-read when it changes")
-    _add(p, "--runners-file-interval", "1s", type=_duration, metavar="DUR",
+    _add(p, "--runners-file-interval", "1s", type=duration, metavar="DUR",
          help="how often to check --runners-file for changes")
     _add(p, "--discovery", "", metavar="URI",
          help="DNS pool, e.g. dns:///runners.ns.svc:9190 or dns+srv:///_grpc._tcp.runners.ns.svc; "
               "'registration': only runners that register through --admin-listen")
-    _add(p, "--discovery-interval", "5s", type=_duration, metavar="DUR",
+    _add(p, "--discovery-interval", "5s", type=duration, metavar="DUR",
          help="how often to re-resolve --discovery (a failed lookup keeps the last runners)")
     _add(p, "--admin-listen", "127.0.0.1:9092", metavar="HOST:PORT",
          help="fnlb.v1.Admin gRPC address (list/add/remove/drain runners, self-registration); "
               "never on --listen; uses front-door mTLS when --front-tls-ca is set; "
               "empty to disable")
-    _add(p, "--health-interval", "2s", type=_duration, metavar="DUR",
+    _add(p, "--health-interval", "2s", type=duration, metavar="DUR",
          help="how often to poll every runner's Status")
-    _add(p, "--health-timeout", "1s", type=_duration, metavar="DUR",
+    _add(p, "--health-timeout", "1s", type=duration, metavar="DUR",
          help="a Status poll slower than this is a failure")
-    _add(p, "--health-backoff-max", "30s", type=_duration, metavar="DUR",
+    _add(p, "--health-backoff-max", "30s", type=duration, metavar="DUR",
          help="longest gap between Status polls of a runner that does not answer (the gap "
               "doubles per missed poll after --eject-after); at most --health-interval "
               "turns the back-off off")
-    _add(p, "--eject-after", "3", type=_positive_int, metavar="N",
+    _add(p, "--eject-after", "3", type=positive_int, metavar="N",
          help="eject a runner after N failures in a row (Status polls, connection failures, "
               "non-busy runner errors; a busy NACK is never a failure)")
-    _add(p, "--max-ejection-percent", "50", type=_percent, metavar="P",
+    _add(p, "--max-ejection-percent", "50", type=percent, metavar="P",
          help="never eject more than P%% of the runners at once")
-    _add(p, "--slow-start", "10s", type=_duration, metavar="DUR",
+    _add(p, "--slow-start", "10s", type=duration, metavar="DUR",
          help="a readmitted or newly joined runner ramps up to its full share over this "
               "long; 0 disables")
     _add(p, "--placer", "naive", metavar="NAME", help="placement strategy (see README)")
-    _add(p, "--chbl-c", "2", type=_number, metavar="C",
+    _add(p, "--chbl-c", "2", type=number, metavar="C",
          help="load bound of --placer chbl and warm: a runner is full at c times the mean "
               "load, ceil(c*(total+1)/n); >= 1 (1.25 is the paper's value)")
-    _add(p, "--placer-timeout", "360s", type=_duration, metavar="DUR",
+    _add(p, "--placer-timeout", "360s", type=duration, metavar="DUR",
          help="give up placing a sync call after this long (server too busy)")
-    _add(p, "--detached-placer-timeout", "30s", type=_duration, metavar="DUR",
+    _add(p, "--detached-placer-timeout", "30s", type=duration, metavar="DUR",
          help="the same for detached calls")
-    _add(p, "--retry-all-delay", "10ms", type=_duration, metavar="DUR",
+    _add(p, "--retry-all-delay", "10ms", type=duration, metavar="DUR",
          help="pause after every runner refused before trying them all again (runners "
               "that report no slot counts, or every runner with --queue off)")
-    _add(p, "--queue", "on", type=_on_off, metavar="on|off",
+    _add(p, "--queue", "on", type=on_off, metavar="on|off",
          help="overload wait queue: a call that finds every runner believed full waits "
               "for a free slot, fairly across app_id, instead of re-trying every runner "
               "every --retry-all-delay; off = fn's NACK sweep (see README, Overload)")
-    _add(p, "--max-queue", "10000", type=_positive_int, metavar="N",
+    _add(p, "--max-queue", "10000", type=positive_int, metavar="N",
          help="calls that may wait in the queue at once; the next one gets "
               "RESOURCE_EXHAUSTED at once, with a grpc-retry-pushback-ms trailer")
-    _add(p, "--max-queue-per-app", "5000", type=_positive_int, metavar="N",
+    _add(p, "--max-queue-per-app", "5000", type=positive_int, metavar="N",
          help="calls of one app_id that may wait at once (same answer beyond it)")
-    _add(p, "--app-weights", "", type=_app_weights, metavar="APP=W,...",
+    _add(p, "--app-weights", "", type=app_weights, metavar="APP=W,...",
          help="share of the queue's turns per app_id (default 1 each): app=2 gets twice "
               "the turns of an app with weight 1 while both wait")
-    _add(p, "--app-max-inflight", "0", type=_non_negative_int, metavar="N",
+    _add(p, "--app-max-inflight", "0", type=non_negative_int, metavar="N",
          help="most calls of one app_id that the queue lets run at once (0: no limit); "
               "calls placed without waiting do not count")
-    _add(p, "--connect-timeout", "1s", type=_duration, metavar="DUR",
+    _add(p, "--connect-timeout", "1s", type=duration, metavar="DUR",
          help="how long to wait for a runner connection before trying the next runner")
-    _add(p, "--max-body-bytes", str(8 * 1024 * 1024), type=_positive_int, metavar="N",
+    _add(p, "--max-body-bytes", str(8 * 1024 * 1024), type=positive_int, metavar="N",
          help="largest request body accepted (buffered at the LB for retries)")
-    _add(p, "--drain-grace", "30s", type=_duration, metavar="DUR",
+    _add(p, "--drain-grace", "30s", type=duration, metavar="DUR",
          help="on SIGTERM, how long in-flight calls may take to finish")
-    _add(p, "--default-timeout", "30", type=_positive_int, metavar="SECONDS",
+    _add(p, "--default-timeout", "30", type=positive_int, metavar="SECONDS",
          help="function timeout for calls that set none")
     _add(p, "--tls-cert", None, metavar="FILE", help="LB client certificate for mTLS to runners")
     _add(p, "--tls-key", None, metavar="FILE", help="key of --tls-cert")
@@ -239,7 +155,7 @@ def _add_serve(sub: Any) -> None:
          help="log verbosity (debug logs one line per call)")
     _add(p, "--event-loop", "auto", choices=("auto", "uvloop", "asyncio"),
          help="event loop: uvloop costs less CPU per call; auto = uvloop when installed")
-    _add(p, "--workers", "1", type=_positive_int, metavar="N",
+    _add(p, "--workers", "1", type=positive_int, metavar="N",
          help="LB processes sharing --listen through SO_REUSEPORT, to use N cores (the kernel "
               "spreads client connections; one connection stays on one worker). With N > 1 "
               "this process supervises them: it needs a fixed --listen port, serves "
@@ -456,138 +372,3 @@ def _run(coro: Any, event_loop: str) -> int:
             factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return int(runner.run(coro))
-
-
-def _add_invoke(sub: Any) -> None:
-    p = sub.add_parser("invoke", formatter_class=_Formatter, help="call a function through an LB",
-                       description="Call FN_ID through the LB; the function's body goes to "
-                                   "stdout, status and runner to stderr.")
-    p.add_argument("fn_id", metavar="FN_ID", type=_text)
-    p.add_argument("--lb", default=os.environ.get("FNLB_LB", "127.0.0.1:9090"), type=_text,
-                   metavar="HOST:PORT", help="LB front-door address [env FNLB_LB]")
-    body = p.add_mutually_exclusive_group()
-    body.add_argument("--data", default=None, help="request body (text)")
-    body.add_argument("--data-file", default=None, metavar="PATH",
-                      help="request body from a file ('-' = stdin)")
-    p.add_argument("--app-id", default="", type=_text)
-    p.add_argument("--detached", action="store_true", help="return once a runner accepted it")
-    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", type=_text,
-                   help="function config, repeatable (runner-stub reads sleep_ms, status, ...)")
-    p.add_argument("--memory-mb", type=_memory_mb, default=0)
-    p.add_argument("--timeout", type=_duration, default=None, metavar="DUR",
-                   help="client deadline for the whole call")
-    p.add_argument("--tls-ca", default=None, help="CA of the LB's certificate (front-door TLS)")
-    p.add_argument("--tls-cert", default=None, help="client certificate (front-door mTLS)")
-    p.add_argument("--tls-key", default=None, help="key of --tls-cert")
-    p.set_defaults(func=_cmd_invoke)
-
-
-def _cmd_invoke(args: argparse.Namespace) -> int:
-    from fnlb.client import invoke
-
-    if args.data_file == "-":
-        data = sys.stdin.buffer.read()
-    elif args.data_file:
-        data = Path(args.data_file).read_bytes()
-    else:
-        data = (args.data or "").encode()
-    config: dict[str, str] = {}
-    for item in args.config:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--config: expected KEY=VALUE, got {item!r}")
-        config[key] = value
-    return asyncio.run(invoke(args, data, config))
-
-
-def _add_runners(sub: Any) -> None:
-    p = sub.add_parser("runners", formatter_class=_Formatter, help="print an LB's runner pool",
-                       description="Print the runner pool of the LB as a table, through its "
-                                   "Admin service (fnlb serve --admin-listen); --add, "
-                                   "--remove and --drain change it first.")
-    p.add_argument("--lb", default=os.environ.get("FNLB_ADMIN_LB", "127.0.0.1:9092"),
-                   metavar="HOST:PORT", type=_text,
-                   help="LB admin address (its --admin-listen) [env FNLB_ADMIN_LB]")
-    change = p.add_mutually_exclusive_group()
-    change.add_argument("--add", metavar="HOST:PORT", type=_text,
-                        help="add a runner (Admin/AddRunner)")
-    change.add_argument("--remove", metavar="HOST:PORT", type=_text,
-                        help="remove a runner added with --add (Admin/RemoveRunner)")
-    change.add_argument("--drain", metavar="HOST:PORT", type=_text,
-                        help="stop placing on a runner and tell it to drain (Admin/DrainRunner)")
-    p.add_argument("--tls-ca", default=None, help="CA of the LB's certificate (front-door TLS)")
-    p.add_argument("--tls-cert", default=None, help="client certificate (front-door mTLS)")
-    p.add_argument("--tls-key", default=None, help="key of --tls-cert")
-    p.set_defaults(func=_cmd_runners)
-
-
-def _cmd_runners(args: argparse.Namespace) -> int:
-    from fnlb.client import list_runners
-
-    return asyncio.run(list_runners(args))
-
-
-def _add_certs(sub: Any) -> None:
-    p = sub.add_parser("certs", help="make a dev CA and certificates for mTLS",
-                       description="Development PKI: a CA and certificates usable as both "
-                                   "server and client certificates (EC P-256).")
-    csub = p.add_subparsers(dest="certs_cmd", required=True, metavar="{init,issue}")
-    i = csub.add_parser("init", formatter_class=_Formatter, help="create a CA: DIR/ca.crt, ca.key")
-    i.add_argument("--out", required=True, metavar="DIR")
-    i.add_argument("--name", default="fnlb-dev-ca", type=_text, help="CA common name")
-    i.add_argument("--days", type=_positive_int, default=3650)
-    i.add_argument("--force", action="store_true", help="overwrite existing files")
-    i.set_defaults(func=_cmd_certs_init)
-    s = csub.add_parser("issue", formatter_class=_Formatter,
-                        help="issue DIR2/NAME.crt, NAME.key signed by the CA in DIR")
-    s.add_argument("--ca", required=True, metavar="DIR", help="directory with ca.crt and ca.key")
-    s.add_argument("--name", required=True, help="certificate name (CN and file name)")
-    s.add_argument("--san", action="append", required=True, metavar="HOST_OR_IP",
-                   help="subject alternative name, repeatable (DNS name or IP)")
-    s.add_argument("--out", required=True, metavar="DIR2")
-    s.add_argument("--days", type=_positive_int, default=825)
-    s.add_argument("--force", action="store_true", help="overwrite existing files")
-    s.set_defaults(func=_cmd_certs_issue)
-
-
-def _cmd_certs_init(args: argparse.Namespace) -> int:
-    from fnlb.tls import init_ca
-
-    crt, key = init_ca(Path(args.out), name=args.name, days=args.days, force=args.force)
-    print(f"wrote {crt} and {key}")
-    return 0
-
-
-def _cmd_certs_issue(args: argparse.Namespace) -> int:
-    from fnlb.tls import issue_cert
-
-    crt, key = issue_cert(Path(args.ca), args.name, args.san, Path(args.out),
-                          days=args.days, force=args.force)
-    print(f"wrote {crt} and {key}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fnlb", description="fnlb: a gRPC load balancer for function runners.")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    _add_serve(sub)
-    _add_invoke(sub)
-    _add_runners(sub)
-    _add_certs(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    try:
-        return int(args.func(args))
-    except ConfigError as e:  # bad flags, environment or files (TLSConfigError too)
-        parser.exit(2, f"fnlb: error: {e}\n")
-    except KeyboardInterrupt:
-        return 130
-    except OSError as e:
-        parser.exit(1, f"fnlb: error: {e}\n")

@@ -1,26 +1,6 @@
-"""``fnlb serve --workers N``: N LB processes on one front-door port.
-
-One Python process drives gRPC from one core at best, so the LB runs N worker
-processes, each a full ``fnlb serve`` (its own placer state and pool, the same
-flags) whose front door binds ``--listen`` with SO_REUSEPORT: the kernel
-spreads client *connections* over the workers (one HTTP/2 connection stays on
-one worker). The process the user started becomes the supervisor:
-
-- it validates the configuration and refuses a port already in use before any
-  worker starts;
-- it serves ``--admin-listen`` (``FanOutAdminServicer``: changes reach every
-  worker, ListRunners merges their answers) and ``--metrics-listen`` (every
-  worker's metrics with a ``worker="i"`` label, plus its own);
-- workers serve Admin and metrics only on unix sockets in a private (0700)
-  directory, so no other local user reaches them;
-- SIGTERM/SIGINT drain every worker (a second signal kills them), SIGHUP is
-  passed on (certificate reload); a worker that dies is restarted with
-  back-off and counted in ``fnlb_worker_restarts_total``; one that fails to
-  start ``max_start_failures`` times in a row stops the supervisor with its
-  error (``Supervisor.error``) rather than being retried for ever;
-- each worker holds one end of a socketpair: the supervisor learns it is ready
-  from it, and the worker sees EOF on it when the supervisor dies, and drains.
-  No worker outlives its supervisor, even after a SIGKILL.
+"""The supervisor of ``fnlb serve --workers N`` (see ``fnlb.workers``): it starts the
+workers, restarts one that dies, drains them on a signal, and serves the public
+admin and metrics addresses for all of them.
 
     sup = Supervisor(cfg, ["--listen", "0.0.0.0:9090", "--runners", "r1:9190"])
     await sup.start()
@@ -33,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,31 +35,18 @@ from fnlb.metrics import MetricsServer, SupervisorMetrics, WorkerMetricsCollecto
 from fnlb.placers import make_placer
 from fnlb.server import serve_admin, start_metrics
 from fnlb.v1 import lb_pb2_grpc
+from fnlb.workers._worker import READY, WorkerPaths
 
-__all__ = ["Supervisor", "SupervisorLink", "WorkerPaths", "WorkerStartError", "check_port_free",
-           "remove_private_endpoints", "tag_worker_logs"]
+__all__ = ["Supervisor", "WorkerStartError", "check_port_free"]
 
-log = logging.getLogger(__name__)
+# The package's one logger, as when it was one module.
+log = logging.getLogger("fnlb.workers")
 
-_READY = b"ready\n"
 # Past --drain-grace: the worker still closes its runner connections and pool.
 _STOP_MARGIN_S = 10.0
 _SCRAPE_TIMEOUT_S = 5.0
 # A worker that ran this long before dying restarts at the shortest back-off.
 _STABLE_AFTER_S = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerPaths:
-    """A worker's private endpoints, inside the supervisor's 0700 directory."""
-
-    admin: str
-    metrics: str
-
-    @classmethod
-    def of(cls, directory: str, index: int) -> WorkerPaths:
-        return cls(admin=os.path.join(directory, f"w{index}-admin.sock"),
-                   metrics=os.path.join(directory, f"w{index}-metrics.sock"))
 
 
 def check_port_free(listen: str, flag: str = "--listen") -> None:
@@ -103,61 +69,6 @@ def check_port_free(listen: str, flag: str = "--listen") -> None:
             except OSError as e:
                 raise ConfigError(f"{flag} {listen}: cannot bind (address in use, or not an "
                                   f"address of this machine): {e.strerror}") from None
-
-
-def remove_private_endpoints(config: LBConfig) -> None:
-    """A worker whose supervisor died removes its sockets, and the directory if it is last."""
-    for path in (config.admin_unix, config.metrics_unix):
-        if path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-    if config.admin_unix:
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(config.admin_unix))
-
-
-def tag_worker_logs(index: int) -> None:
-    """Add ``worker=i`` to every log line of this process (call after setup_logging)."""
-
-    class _WorkerField(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            record.kv = {"worker": index, **(getattr(record, "kv", None) or {})}
-            return True
-
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_WorkerField())
-
-
-class SupervisorLink:
-    """A worker's end of its socketpair with the supervisor (``--worker-fd``)."""
-
-    def __init__(self, fd: int) -> None:
-        self._sock = socket.socket(fileno=fd)
-
-    def ready(self) -> None:
-        # A supervisor that died while this worker started is no error here:
-        # watch() sees the closed end at once and the worker drains.
-        with contextlib.suppress(OSError):
-            self._sock.sendall(_READY)
-
-    def watch(self, on_gone: Callable[[], None]) -> None:
-        """Call ``on_gone`` once on the running loop when the supervisor's end closes."""
-        loop = asyncio.get_running_loop()
-        self._sock.setblocking(False)
-        fd = self._sock.fileno()
-
-        def readable() -> None:
-            try:
-                data = self._sock.recv(64)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                loop.remove_reader(fd)
-                on_gone()
-
-        loop.add_reader(fd, readable)
 
 
 class WorkerStartError(ConfigError):
@@ -417,7 +328,7 @@ class Supervisor:
                 line = await asyncio.wait_for(reader.readline(), self._ready_timeout)
             except TimeoutError:
                 line = None
-            if line != _READY:
+            if line != READY:
                 if line is None and proc.returncode is None:
                     log.error("worker not ready in time; killing it", extra=kv(
                         worker=w.index, timeout_s=self._ready_timeout))

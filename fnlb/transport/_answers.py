@@ -1,0 +1,104 @@
+"""What a runner's answer means for the call: the commit rule's verdicts
+(``fnlb.transport.commit``) turned into an ``Attempt``, and a finished call's
+timings recorded. Shared by every path of ``GrpcRunner`` (Calls, Call, TryExec).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from fnlb.errors import ClientCanceled, RunnerError, RunnerUnreachable, ServerTooBusy
+from fnlb.logs import kv
+from fnlb.metrics import Metrics
+from fnlb.runnerpool import Attempt, RunnerCall
+from fnlb.timefmt import parse_rfc3339
+from fnlb.transport import commit
+from fnlb.transport.commit import Verdict
+from fnlb.v1 import runner_pb2
+
+__all__ = ["Answers"]
+
+# GrpcRunner's logger, whichever of its modules logs.
+log = logging.getLogger("fnlb.transport.grpc_runner")
+
+
+def _ns(value: int) -> float:
+    return value / 1e9
+
+
+class Answers:
+    """One runner's answers as attempts: NACK, never reached, canceled or committed."""
+
+    __slots__ = ("address", "_metrics")
+
+    def __init__(self, address: str, metrics: Metrics) -> None:
+        self.address = address
+        self._metrics = metrics
+
+    def replied(self, reply: runner_pb2.CallReply, call: RunnerCall) -> Attempt:
+        """A CallReply (Call or Calls) as an attempt: NACK, or committed."""
+        f = reply.finished
+        has_http = reply.HasField("http")
+        verdict = commit.replied(has_http=has_http, has_finished=reply.HasField("finished"),
+                                 success=f.success, error_code=f.errorCode)
+        if verdict is Verdict.NACK:
+            return Attempt(False, ServerTooBusy(f.errorStr or "Timed out - server too busy"))
+        if has_http:
+            sink = call.response
+            sink.start(reply.http.status_code or 200,
+                       [(h.key, h.value) for h in reply.http.headers])
+            sink.write(reply.body)
+        if verdict is Verdict.INCOMPLETE:
+            return Attempt(True, RunnerError(
+                f"runner {self.address} answered the call without a finished message",
+                runner=self.address, error_code=502))
+        return self.finished(f, call)
+
+    def finished(self, f: runner_pb2.CallFinished, call: RunnerCall) -> Attempt:
+        """A committed call's ``finished``: record its timings, map its outcome."""
+        self.record_finish(f, call)
+        if not f.success:
+            return Attempt(True, RunnerError(
+                f.errorStr or "unknown error from runner", runner=self.address,
+                error_code=f.errorCode or 500, user_error=f.errorUser))
+        return Attempt(True, None)
+
+    def rpc_failed(self, e: grpc.aio.AioRpcError, call: RunnerCall, *,
+                   committed: bool) -> Attempt:
+        """An RPC ended with an error status: NACK, never reached, canceled or committed."""
+        code, details = e.code(), e.details()
+        return self.failed(commit.rpc_failed(code, details, committed=committed),
+                           code, details, call)
+
+    def failed(self, verdict: Verdict, code: grpc.StatusCode, details: str | None,
+               call: RunnerCall) -> Attempt:
+        """The attempt for an RPC that ended with ``code``: NACK, never reached, canceled
+        or failed after commit."""
+        if verdict is Verdict.NACK:
+            return Attempt(False, ServerTooBusy(details or "server too busy"))
+        if verdict is Verdict.NEVER_REACHED:
+            return Attempt(False, RunnerUnreachable(f"runner {self.address}: {details}"))
+        if verdict is Verdict.CANCELED:
+            return Attempt(True, ClientCanceled())
+        # Committed (or could have been): the call may have run; never re-send.
+        log.warning("runner failed call after commit",
+                    extra=kv(call_id=call.model.id, runner=self.address,
+                             code=code.name, error=details))
+        return Attempt(True, RunnerError(
+            f"runner {self.address} failed the call: {code.name}: {details}",
+            runner=self.address, error_code=502))
+
+    def record_finish(self, f: runner_pb2.CallFinished, call: RunnerCall) -> None:
+        created = parse_rfc3339(f.createdAt)
+        started = parse_rfc3339(f.startedAt)
+        completed = parse_rfc3339(f.completedAt)
+        if created and started and completed and created <= started <= completed:
+            self._metrics.runner_sched_latency.observe((started - created).total_seconds())
+            self._metrics.runner_exec_latency.observe((completed - started).total_seconds())
+        # The nanosecond durations are more precise than millisecond timestamps.
+        if f.executionDuration > 0:
+            call.add_user_execution_time(_ns(f.executionDuration))
+        elif started and completed and started <= completed:
+            call.add_user_execution_time((completed - started).total_seconds())
