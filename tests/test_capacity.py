@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pytest
 
 from fnlb.calls import CallModel, LBCall
-from fnlb.errors import ClientTimeout, PassedOn, ServerTooBusy
+from fnlb.errors import ClientTimeout, InvalidRequest, PassedOn, ServerTooBusy
 from fnlb.metrics import Metrics
 from fnlb.placers import BasePlacer, make_placer
 from fnlb.placers.capacity import Capacity
@@ -280,3 +280,21 @@ async def test_an_attempt_the_pool_passed_on_says_nothing_about_the_runners_slot
         assert (await task).address == "r2"
     assert ramping.nacks >= 1
     assert cap.room("r1") is True and load.load("r1") == 0
+
+
+async def test_a_call_only_some_runners_fit_goes_to_those_and_none_fit_is_invalid() -> None:
+    small, big = SlotRunner("small", 2), SlotRunner("big", 2)
+    pool, placer, load, _cap, _m = setup([small, big])
+    load.update_reported("small", RunnerStatus(slots_total=2, slots_free=2, memory_mb_total=1024))
+    load.update_reported("big", RunnerStatus(slots_total=2, slots_free=2, memory_mb_total=4096))
+    big_call = LBCall(CallModel(id="m", app_id="a", fn_id="f", memory=2048), b"")
+    tasks = [asyncio.ensure_future(placer.place_call(pool, big_call)) for _ in range(3)]
+    await until(lambda: len(big.running) == 2, [big, small])
+    assert small.started == [] and small.nacks == 0  # never asked the runner that cannot fit
+    for _ in range(3):
+        await until(lambda: len(big.running) >= 1, [big])
+        big.finish_one()
+    assert {(await t).address for t in tasks} == {"big"}
+    huge = LBCall(CallModel(id="h", app_id="a", fn_id="f", memory=8192), b"")
+    with pytest.raises(InvalidRequest, match=r"8192 MiB is more than any runner has"):
+        await placer.place_call(pool, huge)

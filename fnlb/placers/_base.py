@@ -6,7 +6,7 @@ import abc
 import logging
 from collections.abc import Iterable, Sequence
 
-from fnlb.errors import PassedOn, PoolError, ServerTooBusy
+from fnlb.errors import InvalidRequest, PassedOn, PoolError, ServerTooBusy
 from fnlb.metrics import Metrics
 from fnlb.placers.capacity import Capacity
 from fnlb.placers.load import LoadTracker
@@ -74,10 +74,23 @@ class BasePlacer(abc.ABC):
                 except PoolError as e:
                     runners, pool_err = (), e
                     tracker.handle_find_runners_failure(e)
-                if cap is not None and runners and (
-                        cap.must_wait(runners) if turn is None else cap.full(runners)):
+                memory = call.model.memory
+                fitting = [r for r in runners if self._load.fits(r.address, memory) is not False]
+                if runners and not fitting:
+                    raise InvalidRequest(
+                        f"memory_mb: {memory} MiB is more than any runner has (largest: "
+                        f"{max(self._load.memory_mb(r.address) for r in runners)} MiB)")
+                if len(fitting) < len(runners):
+                    # Only some runners can ever run it: skip the others. Such a call
+                    # keeps the sweep (over the runners that fit): in the queue it
+                    # would take turns that slots it cannot use freed.
+                    runners, queue = fitting, None
+                else:
+                    queue = cap
+                if queue is not None and runners and (
+                        queue.must_wait(runners) if turn is None else queue.full(runners)):
                     try:
-                        turn = await cap.wait(call.model.app_id, tracker.time_left(), turn)
+                        turn = await queue.wait(call.model.app_id, tracker.time_left(), turn)
                     except TimeoutError:
                         turn = None  # the wait ended with its deadline; so does the call
                     if tracker.is_done():
@@ -88,7 +101,7 @@ class BasePlacer(abc.ABC):
                         break
                     address = runner.address
                     if cap is not None and cap.room(address) is False:
-                        continue
+                        continue  # believed full: no attempt that would only be refused
                     self._load.started(address)
                     try:
                         placed, err = await tracker.try_runner(runner, call)
@@ -101,7 +114,7 @@ class BasePlacer(abc.ABC):
                     if (cap is not None and isinstance(err, ServerTooBusy)
                             and not isinstance(err, PassedOn)):
                         cap.nacked(address)  # the runner itself refused: our view was wrong
-                if cap is not None and runners and cap.full(runners) and not tracker.is_done():
+                if queue is not None and runners and queue.full(runners) and not tracker.is_done():
                     continue  # every runner refused and is marked: wait for a turn
                 if not await tracker.retry_all_backoff(len(runners), pool_err):
                     break

@@ -50,7 +50,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fnlb.runnerpool import RunnerStatus
 
@@ -72,6 +72,7 @@ class Report:
     slots_free: int
     warm: frozenset[str]  # slot hash ids the runner holds warm
     draining: bool
+    memory_mb_total: int = 0  # 0: not reported
 
 
 class LoadTracker:
@@ -147,7 +148,8 @@ class LoadTracker:
         report = Report(
             at=now, others=others, slots_total=max(0, status.slots_total),
             slots_free=status.slots_free, warm=frozenset(status.warm_slots),
-            draining=status.draining or status.drained)
+            draining=status.draining or status.drained,
+            memory_mb_total=max(0, status.memory_mb_total))
         self._reports[address] = report
         self._total_others += others
         if report.slots_total > 0:
@@ -239,6 +241,18 @@ class LoadTracker:
             return False
         return self.load(address) < r.slots_total
 
+    def fits(self, address: str, memory_mb: int) -> bool | None:
+        """Can the runner ever run a call of ``memory_mb``? None: it reports no memory."""
+        r = self.report(address)
+        if r is None or r.memory_mb_total <= 0:
+            return None
+        return memory_mb <= r.memory_mb_total
+
+    def memory_mb(self, address: str) -> int:
+        """The runner's reported total memory (MiB); 0 when unknown."""
+        r = self.report(address)
+        return 0 if r is None else r.memory_mb_total
+
     def saturated(self, address: str) -> bool:
         """The runner refused a call (busy NACK): count it as full until we learn more.
 
@@ -255,9 +269,7 @@ class LoadTracker:
             return False
         others = max(r.others, r.slots_total - self._inflight.get(address, 0))
         if others != r.others:
-            self._reports[address] = Report(
-                at=r.at, others=others, slots_total=r.slots_total, slots_free=r.slots_free,
-                warm=r.warm, draining=r.draining)
+            self._reports[address] = replace(r, others=others)
             self._total_others += others - r.others
         return True
 
