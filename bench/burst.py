@@ -38,8 +38,8 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.datapath import cpu_seconds
-from fnlb.v1 import lb_pb2, lb_pb2_grpc
 from fnlb.harness import Proc, running, running_stubs
+from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
 __all__ = ["main", "scrape"]
 
