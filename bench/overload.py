@@ -412,6 +412,7 @@ def chart(results: Sequence[dict[str, Any]], path: Path) -> str:
 
     colours = {"queue": ("tab:blue", "tab:green"), "off": ("tab:orange", "tab:red")}
     for ax, case in zip(axes.flat, cases, strict=False):
+        lo, hi = math.inf, 0.0
         for r in results:
             if r["case"] != case:
                 continue
@@ -419,13 +420,15 @@ def chart(results: Sequence[dict[str, Any]], path: Path) -> str:
                 if not xs:
                     continue
                 xs = sorted(xs)
+                lo, hi = min(lo, xs[0]), max(hi, xs[-1])
                 label = r["mode"] + (f" app {app}" if len(r["latencies_ms"]) > 1 else "")
                 ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post",
                         label=label, color=colours[r["mode"]][k % 2],
                         linestyle="-" if r["mode"] == "queue" else "--")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        if lo > 0 and hi / lo > 5:  # a log axis only where it has decades to show
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(case)
         ax.set_xlabel("latency (ms)")
         ax.grid(True, alpha=0.3)
