@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/fnlb/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-mtls bench-sim bench-sim-overload clean
+.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload clean
 
 help:
 	@echo "make demo             start an LB and 3 runner stubs, send calls, show results and metrics"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-fast        the suite without end-to-end tests marked slow"
 	@echo "make bench            data-path benchmark: direct-to-runner vs through the LB"
 	@echo "make bench-placement  placement benchmark: every placer on the same workload"
+	@echo "make bench-overload   overload: wait queue vs NACK sweep (1x-8x, noisy neighbour, 2 LBs, burst)"
 	@echo "make bench-mtls       the same cluster plaintext vs mutual TLS, side by side"
 	@echo "make bench-sim        placement simulation at 1,000 runners (no processes)"
 	@echo "make bench-sim-overload  simulated overload: fn's NACK sweep vs a wait queue, 1 and 10 LBs"
@@ -65,6 +66,10 @@ bench: $(STAMP)
 bench-placement: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.placement
+
+bench-overload: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.overload
 
 bench-sim: $(STAMP)
 	$(BIN)/python -m bench.sim
