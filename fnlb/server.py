@@ -28,6 +28,7 @@ from fnlb.admin import AdminServicer
 from fnlb.agent import Agent
 from fnlb.calls import BufferSink, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
+from fnlb.drain import Drain
 from fnlb.error_status import grpc_status
 from fnlb.errors import ConfigError, FnlbError, InvalidRequest, ShuttingDown
 from fnlb.logs import kv
@@ -108,13 +109,20 @@ def _client_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | Non
 
 
 class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
-    def __init__(self, agent: Agent, config: LBConfig) -> None:
+    def __init__(self, agent: Agent, config: LBConfig, drain: Drain | None = None) -> None:
         self._agent = agent
         self._cfg = config
+        self._drain = drain if drain is not None else Drain()
 
     async def _run(self, call: LBCall, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        drain = self._drain
         try:
+            drain.enter()
             runner = await self._agent.submit(call, _client_deadline(context))
+        except asyncio.CancelledError:
+            if drain.cut_reason:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, drain.cut_reason)
+            raise
         except FnlbError as e:
             code = grpc_status(e)
             if isinstance(e, QueueFull):
@@ -124,11 +132,15 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
                 # it; a log line per call would flood the log exactly then.
                 log.debug("call shed", extra=kv(call_id=call.model.id, app_id=e.app_id,
                                                 reason=e.reason, limit=e.limit))
+            elif isinstance(e, ShuttingDown):
+                log.debug("call refused: shutting down", extra=kv(call_id=call.model.id))
             elif not isinstance(e, InvalidRequest):
                 log.warning("call failed", extra=kv(call_id=call.model.id, fn_id=call.model.fn_id,
                                                     runner=getattr(e, "runner", ""),
                                                     code=code.name, error=str(e)))
             await context.abort(code, str(e))
+        finally:
+            drain.leave()
         return runner.address
 
     def _response(self, call: LBCall, runner: str, with_body: bool) -> lb_pb2.InvokeResponse:
@@ -282,7 +294,9 @@ class LBServer:
         self.admin_address = ""
         self.front_tls: Any = None
         self.capacity: Capacity | None = None
-        self._queue_closer: asyncio.TimerHandle | None = None
+        self._drain = Drain()
+        self._drain_deadline: float | None = None
+        self._drain_hurry = asyncio.Event()
         self.runner_tls: Any = None
 
     def reload_tls(self) -> None:
@@ -386,7 +400,8 @@ class LBServer:
             ("grpc.server.max_pending_requests", 100_000),
             ("grpc.server.max_pending_requests_hard_limit", 100_000),
         ])
-        lb_pb2_grpc.add_LoadBalancerServicer_to_server(LoadBalancerServicer(agent, cfg), server)
+        lb_pb2_grpc.add_LoadBalancerServicer_to_server(
+            LoadBalancerServicer(agent, cfg, self._drain), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (
             lb_pb2.DESCRIPTOR.services_by_name["LoadBalancer"].full_name,
@@ -430,28 +445,61 @@ class LBServer:
                           tls=cfg.front_tls is not None))
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting calls, let in-flight ones finish for ``grace`` s, close runners."""
+        """Drain: refuse new calls, let in-flight ones finish for ``grace`` s, close.
+
+        The listener stays open while the grace lasts, so new calls get a clear
+        UNAVAILABLE ("draining") rather than "connection refused"; calls still
+        running when it ends are cut with UNAVAILABLE saying so. May be called
+        again (a second signal): the shortest grace wins.
+        """
         if self._server is None:
             return
         if grace is None:
             grace = self.config.drain_grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._drain_deadline is None or deadline < self._drain_deadline:
+            self._drain_deadline = deadline
+            self._drain_hurry.set()
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain_and_close(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _drain_and_close(self, grace: float) -> None:
+        assert self._server is not None and self._drain_deadline is not None
+        loop = asyncio.get_running_loop()
+        self._drain.begin()
         await self._health.enter_graceful_shutdown()
-        log.info("draining", extra=kv(grace_s=grace))
-        if self.capacity is not None and self._queue_closer is None:
-            # Queued calls may still get a runner while the grace lasts; shortly
-            # before it ends, those still waiting get a clear UNAVAILABLE (they
-            # ran nowhere) rather than gRPC's "Cancelling all calls".
-            queue = self.capacity.queue
-            self._queue_closer = asyncio.get_running_loop().call_later(
-                max(0.0, grace - _QUEUE_CLOSE_MARGIN_S), queue.close, ShuttingDown)
+        log.info("draining", extra=kv(grace_s=grace, inflight=len(self._drain)))
         if self._admin_server is not None:
             # Membership is frozen while calls drain; admin calls are short.
             await self._admin_health.enter_graceful_shutdown()
             await self._admin_server.stop(min(grace, 1.0))
-        await self._server.stop(grace)
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._close_rest())
-        await asyncio.shield(self._stopping)
+        queue = self.capacity.queue if self.capacity is not None else None
+        while True:
+            self._drain_hurry.clear()
+            left = self._drain_deadline - loop.time()
+            if queue is not None and left <= _QUEUE_CLOSE_MARGIN_S:
+                # Queued calls could still get a runner while the grace lasted;
+                # those still waiting now ran nowhere: a clear UNAVAILABLE.
+                queue.close(ShuttingDown)
+                queue = None
+            if not len(self._drain) or left <= 0:
+                break
+            until = left - _QUEUE_CLOSE_MARGIN_S if queue is not None else left
+            idle = asyncio.ensure_future(self._drain.wait_idle(until))
+            hurry = asyncio.ensure_future(self._drain_hurry.wait())
+            await asyncio.wait((idle, hurry), return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            hurry.cancel()
+        if len(self._drain):
+            cut = self._drain.cut(
+                f"LB shut down before the call finished (--drain-grace {grace:g}s ran out); "
+                "it may have run on its runner")
+            log.warning("drain grace over: cutting calls still running", extra=kv(calls=cut))
+            await self._drain.wait_idle(1.0)  # their handlers answer the clients
+        await self._server.stop(0)
+        await self._close_rest()
 
     async def _close_rest(self) -> None:
         if self._metrics_server is not None:

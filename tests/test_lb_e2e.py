@@ -313,6 +313,12 @@ async def test_sigterm_drains_in_flight_calls() -> None:
             await wait_until(lambda: _active(stubs[0].addr), what="call running")
             front.signal(signal.SIGTERM)
             front.wait_for_line("msg=draining")
+            # The listener stays open while it drains: a new call is told why,
+            # not refused by a closed port.
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.Invoke(invoke_req(), timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "draining" in (e.value.details() or "")
             resp = await call
             assert resp.status_code == 200 and resp.body == b"hello"
         assert front.wait(15) == 0

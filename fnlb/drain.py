@@ -1,0 +1,78 @@
+"""The front door's calls in flight, and its graceful drain.
+
+On SIGTERM the LB keeps its listener open for the whole ``--drain-grace``:
+new calls get a clear ``UNAVAILABLE`` ("draining") instead of "connection
+refused", calls in flight run on, and calls still running when the grace ends
+are cut with a message that says so (not gRPC's "Cancelling all calls")::
+
+    drain = Drain()
+    drain.enter()                    # in a handler: ShuttingDown once draining
+    try:
+        ...                          # the call
+    except asyncio.CancelledError:
+        if drain.cut_reason:         # cut by the end of the grace
+            await context.abort(StatusCode.UNAVAILABLE, drain.cut_reason)
+        raise
+    finally:
+        drain.leave()
+
+    drain.begin()                    # SIGTERM: refuse new calls
+    await drain.wait_idle(timeout)   # in-flight calls finish ...
+    drain.cut("...")                 # ... or are cut
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fnlb.errors import ShuttingDown
+
+__all__ = ["Drain"]
+
+
+class Drain:
+    """Tracks the handlers running now; refuses new ones once draining."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Task[object]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+        self.cut_reason = ""
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def enter(self) -> None:
+        if self.draining:
+            raise ShuttingDown("LB is draining (shutting down): it takes no new calls; "
+                               "retry on another LB")
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+            self._idle.clear()
+
+    def leave(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.discard(task)
+        if not self._running:
+            self._idle.set()
+
+    def begin(self) -> None:
+        self.draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no call runs; False if ``timeout`` passed first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout))
+        return self._idle.is_set()
+
+    def cut(self, reason: str) -> int:
+        """End every call still running with ``reason``; how many there were."""
+        self.cut_reason = reason
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        return len(running)
