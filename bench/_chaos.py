@@ -238,13 +238,13 @@ class Client:
             tasks.append(asyncio.ensure_future(self.call(deadline=deadline, sleep_ms=sleep_ms)))
         await asyncio.gather(*tasks)
 
-    async def closed_loop(self, workers: int, until: float, *, deadline: float,
-                          sleep_ms: int = 0, max_calls: int = 100_000) -> None:
-        """``workers`` callers back to back until ``until`` (monotonic) or ``max_calls`` in all."""
+    async def closed_loop(self, workers: int, stop: asyncio.Event, *, deadline: float,
+                          sleep_ms: int = 0, max_calls: int = 20_000) -> None:
+        """``workers`` callers back to back until ``stop`` is set or ``max_calls`` in all."""
         budget = itertools.count()
 
         async def worker() -> None:
-            while time.monotonic() < until and next(budget) < max_calls:
+            while not stop.is_set() and next(budget) < max_calls:
                 await self.call(deadline=deadline, sleep_ms=sleep_ms)
 
         await asyncio.gather(*(worker() for _ in range(workers)))
@@ -532,6 +532,7 @@ async def sync_sigterm(c: Cluster, *, calls: int, sleep_ms: int) -> SyncTermResu
 @dataclass
 class KillLoopResult:
     kills: int
+    mid_call_kills: int  # kills of an incarnation that had started a function
     calls: int
     codes: dict[str, int]
     run_twice: list[str]
@@ -539,28 +540,40 @@ class KillLoopResult:
     never_accepted_failed: int
 
 
-async def sigkill_loop(c: Cluster, *, kills: int, period: float, workers: int,
+async def sigkill_loop(c: Cluster, *, kills: int, wait: float, workers: int,
                        sleep_ms: int, deadline: float) -> KillLoopResult:
-    """Closed-loop calls; runner 0 (on a fixed port) is SIGKILLed and restarted ``kills`` times."""
+    """Closed-loop calls; runner 0 (on a fixed port) is SIGKILLed and restarted ``kills`` times.
+
+    Each incarnation is killed as soon as it logs starting a function (so a
+    call is in flight there), or after ``wait`` s if it gets none.
+    """
     client = Client(c.lb.addr, "kill")
-    until = time.monotonic() + kills * period + 1.0
+    stop = asyncio.Event()
+    mid_call = 0
     try:
         load = asyncio.ensure_future(client.closed_loop(
-            workers, until, deadline=deadline, sleep_ms=sleep_ms))
+            workers, stop, deadline=deadline, sleep_ms=sleep_ms))
         try:
             for _ in range(kills):
-                await asyncio.sleep(period / 2)
-                c.stubs[0].popen.kill()
-                await asyncio.to_thread(c.stubs[0].popen.wait, 10)
-                await asyncio.sleep(period / 4)
+                victim = c.stubs[0]
+                try:
+                    await asyncio.to_thread(victim.wait_for_line, f'msg="{STARTED}"', wait)
+                    mid_call += 1
+                except AssertionError:
+                    pass  # no call reached it in time: kill it idle
+                victim.popen.kill()
+                await asyncio.to_thread(victim.popen.wait, 10)
                 await asyncio.to_thread(c.restart, 0)
+            await asyncio.sleep(1.0)  # calls on the last incarnation
         finally:
+            stop.set()
             await load
     finally:
         await client.close()
     records = client.records
     return KillLoopResult(
-        kills=kills, calls=len(records), codes=_codes(records), **_run_checks(c, records),
+        kills=kills, mid_call_kills=mid_call, calls=len(records), codes=_codes(records),
+        **_run_checks(c, records),
         never_accepted_failed=len(never_accepted(c.history, [r for r in records if not r.ok])))
 
 
