@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/fnlb/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload clean
+.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload bench-faults clean
 
 help:
 	@echo "make demo             start an LB and 3 runner stubs, send calls, show results and metrics"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-mtls       the same cluster plaintext vs mutual TLS, side by side"
 	@echo "make bench-sim        placement simulation at 1,000 runners (no processes)"
 	@echo "make bench-sim-overload  simulated overload: fn's NACK sweep vs a wait queue, 1 and 10 LBs"
+	@echo "make bench-faults     real faults (SIGSTOP, partition, SIGTERM, dead runners) vs the issue-13 targets"
 	@echo "make lint             ruff and mypy"
 	@echo "make proto            regenerate fnlb/v1 from protos/"
 	@echo "make clean            remove .venv and caches"
@@ -76,6 +77,9 @@ bench-sim: $(STAMP)
 
 bench-sim-overload: $(STAMP)
 	$(BIN)/python -m bench.sim --overload
+
+bench-faults: $(STAMP)
+	$(BIN)/python -m bench.faults
 
 bench-mtls: $(STAMP)
 	$(BIN)/python -m bench.mtls
