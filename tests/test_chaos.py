@@ -95,7 +95,8 @@ def test_partition_placement_stops_within_2s(cut: chaos.PartitionResult) -> None
     assert cut.stop_placing_s is not None and cut.stop_placing_s <= 2.0, cut.stop_placing_s
 
 
-@_issue13("a partitioned runner, once out of placement, is placed on again <= 3 s after healing")
+@pytest.mark.xfail(strict=False, reason="issue 13: recovery <= 3 s after healing depends on "
+                   "TCP's retransmit timing until runner channels redial")
 def test_partition_recovery_within_3s(cut: chaos.PartitionResult) -> None:
     assert cut.stop_placing_s is not None, "never taken out of placement"
     assert cut.recovery_s is not None and cut.recovery_s <= 3.0, cut.recovery_s

@@ -188,3 +188,30 @@ async def test_a_call_that_runs_resets_the_poll_interval() -> None:
     await drive(pool, clock, clock.now + 4)
     assert log.gaps(flaky)[-2:] == [2.0, 2.0]
     assert log.gaps(other)[-1] >= 13  # the runner nobody called stays backed off
+
+
+async def test_a_runner_that_answered_is_polled_on_interval_after_it_went_silent() -> None:
+    # A restart or a short partition: found again within an interval of coming
+    # back; only a runner silent for longer than poll_backoff_after backs off.
+    cfg = HealthConfig(interval=2, timeout=1, eject_after=3, poll_backoff_max=30,
+                       poll_backoff_after=20, slow_start=0)
+    pool, log, clock = make(cfg)
+    await pool.start(watch=False)
+    pool.set_source("static", addrs(2))
+    flaky = addrs(2)[0]
+    await drive(pool, clock, clock.now + 10)  # it answers for a while
+    log.down.add(flaky)
+    went = clock.now
+    n = len(log.polls[flaky])
+    await drive(pool, clock, went + 19)
+    # Still at least every interval (sooner when an ejection's back-off ends).
+    assert max(log.gaps(flaky)[n - 1:]) == 2.0
+    await drive(pool, clock, went + 120)
+    assert max(log.gaps(flaky)[-3:]) >= 13  # silent for long: backed off
+    log.down.discard(flaky)
+    while flaky not in await offered(pool):
+        await drive(pool, clock, clock.now + min(await pool.poll_once(), 0.25))
+    log.down.add(flaky)  # silent again soon after: back on the interval at once
+    n = len(log.polls[flaky])
+    await drive(pool, clock, clock.now + 12)
+    assert max(log.gaps(flaky)[n - 1:]) == 2.0

@@ -100,6 +100,10 @@ def add_serve_parser(sub: Any) -> None:
          help="longest gap between Status polls of a runner that does not answer (the gap "
               "doubles per missed poll after --eject-after); at most --health-interval "
               "turns the back-off off")
+    _add(p, "--health-backoff-after", "30s", type=duration, metavar="DUR",
+         help="a runner that answered before is still polled every --health-interval for "
+              "this long after it went silent (a restart or short partition is found "
+              "again within an interval); then its polls back off")
     _add(p, "--eject-after", "3", type=positive_int, metavar="N",
          help="eject a runner after N failures in a row (Status polls, connection failures, "
               "non-busy runner errors; a busy NACK is never a failure)")
@@ -205,7 +209,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
                             eject_after=args.eject_after,
                             max_ejection_percent=args.max_ejection_percent,
                             slow_start=args.slow_start,
-                            poll_backoff_max=args.health_backoff_max),
+                            poll_backoff_max=args.health_backoff_max,
+                            poll_backoff_after=args.health_backoff_after),
         placer=args.placer,
         placer_config=PlacerConfig(args.retry_all_delay, args.placer_timeout,
                                    args.detached_placer_timeout),

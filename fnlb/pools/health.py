@@ -24,7 +24,9 @@ One runner moves between these states::
   attempts offered to it, from ``SLOW_START_MIN_SHARE`` to all of them over
   ``slow_start`` seconds (``share``).
 * **Poll back-off**: a runner is polled every ``interval`` while its polls are
-  answered. Once ``eject_after`` polls in a row got no answer (it is down, not
+  answered, and for ``poll_backoff_after`` seconds after one that answered
+  before went silent (a restart or a short partition is found within an
+  interval of coming back). Once ``eject_after`` polls in a row got no answer (it is down, not
   just slow once), the gap between polls doubles per further unanswered poll,
   with jitter, up to ``poll_backoff_max`` (``HealthConfig.poll_delay``). Any
   success (a poll answered, a call run) puts it back on ``interval``. A dead
@@ -64,6 +66,10 @@ class HealthConfig:
     # instead of every 2 s, and one that comes back is still found within 30 s
     # with no traffic at all (the readmission backoff tops out at 30 s too).
     poll_backoff_max: float = 30.0
+    # A runner that answered before is polled at the usual interval for this
+    # long after it went silent (a restart or a short partition is found
+    # within an interval), then backs off like one that never answered.
+    poll_backoff_after: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
@@ -80,6 +86,9 @@ class HealthConfig:
                               f"{self.backoff_base}, {self.backoff_max}")
         if not self.slow_start >= 0:
             raise ConfigError(f"--slow-start must be >= 0, got {self.slow_start}")
+        if not self.poll_backoff_after >= 0:
+            raise ConfigError(
+                f"--health-backoff-after must be >= 0, got {self.poll_backoff_after}")
         if not self.poll_backoff_max > 0:
             raise ConfigError(
                 f"--health-backoff-max must be > 0, got {self.poll_backoff_max}")
@@ -132,7 +141,8 @@ class RunnerHealth:
     """Consecutive failures, ejection and readmission of one runner."""
 
     __slots__ = ("_cfg", "_clock", "failures", "ejected_until", "ejections",
-                 "admitted_at", "ramp_from", "last_error", "missed_polls")
+                 "admitted_at", "ramp_from", "last_error", "missed_polls", "answered_at",
+                 "silent_since")
 
     def __init__(self, config: HealthConfig, clock: Callable[[], float]) -> None:
         self._cfg = config
@@ -146,6 +156,8 @@ class RunnerHealth:
         # Status polls in a row that got no answer (error, timeout), whatever the
         # runner's state: drives the poll back-off, not ejection.
         self.missed_polls = 0
+        self.answered_at: float | None = None  # last answered poll or run call
+        self.silent_since: float | None = None  # first unanswered poll of this run
 
     @property
     def ejected(self) -> bool:
@@ -154,14 +166,31 @@ class RunnerHealth:
     def success(self) -> None:
         """A poll answered or a call run: the runner is up."""
         self.failures = 0
-        self.missed_polls = 0
+        self.poll_answered()
 
     def poll_missed(self) -> None:
+        if not self.missed_polls:
+            self.silent_since = self._clock()
         self.missed_polls += 1
 
     def poll_answered(self) -> None:
         """Answered, whatever it said (even "failed"): it is reachable, poll it as usual."""
         self.missed_polls = 0
+        self.silent_since = None
+        self.answered_at = self._clock()
+
+    def polls_missed_for_backoff(self) -> int:
+        """The missed polls that count toward the poll back-off.
+
+        A runner that answered before and went silent less than
+        ``poll_backoff_after`` ago (a restart, a short partition) is polled at
+        the usual interval, so it is found again within an interval of
+        coming back; one that never answered, or stays silent longer, backs off.
+        """
+        if (self.answered_at is not None and self.silent_since is not None
+                and self._clock() - self.silent_since < self._cfg.poll_backoff_after):
+            return 0
+        return self.missed_polls
 
     def failure(self, error: str, *, count: int = 1) -> bool:
         """Record a failure; True when the runner has now failed ``eject_after`` in a row."""

@@ -93,10 +93,11 @@ class Prober:
             await asyncio.gather(*(self.probe(m) for m in due))
         started, now = now, self._clock()
         for m in due:
-            if m.health.missed_polls:
+            missed = m.health.polls_missed_for_backoff()
+            if missed:
                 # Not answering: poll it less and less often, up to the cap. Any
                 # success resets the count, and with it the interval.
-                at = started + cfg.poll_delay(m.health.missed_polls, self._rng.random())
+                at = started + cfg.poll_delay(missed, self._rng.random())
                 if at > started + cfg.interval:
                     # Batched onto multiples of the interval (never later than the
                     # back-off says).
