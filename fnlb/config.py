@@ -53,6 +53,7 @@ class LBConfig:
     queue: bool = True
     queue_config: QueueConfig = field(default_factory=QueueConfig)
     max_body_bytes: int = 8 * 1024 * 1024
+    max_response_bytes: int = 64 * 1024 * 1024
     drain_grace: float = 30.0
     connect_timeout: float = 1.0
     default_timeout_s: int = 30
@@ -101,6 +102,8 @@ class LBConfig:
             raise ConfigError(f"--chbl-c must be >= 1, got {self.chbl_c}")
         if self.max_body_bytes <= 0:
             raise ConfigError(f"--max-body-bytes must be > 0, got {self.max_body_bytes}")
+        if self.max_response_bytes <= 0:
+            raise ConfigError(f"--max-response-bytes must be > 0, got {self.max_response_bytes}")
         if self.drain_grace < 0:
             raise ConfigError("--drain-grace must be >= 0")
         if self.connect_timeout <= 0:

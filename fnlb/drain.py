@@ -6,15 +6,8 @@ refused", calls in flight run on, and calls still running when the grace ends
 are cut with a message that says so (not gRPC's "Cancelling all calls")::
 
     drain = Drain()
-    drain.enter()                    # in a handler: ShuttingDown once draining
-    try:
-        ...                          # the call
-    except asyncio.CancelledError:
-        if drain.cut_reason:         # cut by the end of the grace
-            await context.abort(StatusCode.UNAVAILABLE, drain.cut_reason)
-        raise
-    finally:
-        drain.leave()
+    async with drain.admitted(context):   # in a handler: UNAVAILABLE once draining,
+        ...                                # and when cut at the end of the grace
 
     drain.begin()                    # SIGTERM: refuse new calls
     await drain.wait_idle(timeout)   # in-flight calls finish ...
@@ -25,6 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
 
 from fnlb.errors import ShuttingDown
 
@@ -59,6 +56,22 @@ class Drain:
             self._running.discard(task)
         if not self._running:
             self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """A front-door handler's body: refused once draining, told why when cut."""
+        try:
+            self.enter()
+        except ShuttingDown as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self.cut_reason:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, self.cut_reason)
+            raise
+        finally:
+            self.leave()
 
     def begin(self) -> None:
         self.draining = True

@@ -51,6 +51,8 @@ RUNNER_ERROR_STATUS: dict[int, grpc.StatusCode] = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
     400: grpc.StatusCode.INVALID_ARGUMENT,
     413: grpc.StatusCode.INVALID_ARGUMENT,
+    # The response is over --max-response-bytes (fnlb.transport._response).
+    507: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -13,12 +13,13 @@ unix sockets for the supervisor instead of the public addresses.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,7 +39,16 @@ from fnlb.placers.capacity import Capacity
 from fnlb.placers.load import LoadTracker
 from fnlb.placers.queue import QueueFull, WaitQueue
 from fnlb.pools import DynamicRunnerPool, make_sources
-from fnlb.runnerpool import DETACHED, SYNC, CallModel, MTLSRunnerFactory, Placer, RunnerPool
+from fnlb.runnerpool import (
+    DETACHED,
+    SYNC,
+    CallModel,
+    MTLSRunnerFactory,
+    Placer,
+    ResponseSink,
+    Runner,
+    RunnerPool,
+)
 from fnlb.transport import make_runner_factory
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
@@ -54,7 +64,7 @@ _QUEUE_CLOSE_MARGIN_S = 0.25
 
 
 def build_call(req: lb_pb2.InvokeRequest, body: bytes, max_body_bytes: int,
-               default_timeout_s: int = 30) -> LBCall:
+               default_timeout_s: int = 30, sink: ResponseSink | None = None) -> LBCall:
     """Validate an InvokeRequest; the error message names the bad field."""
     fn_id = req.fn_id.strip()
     if not fn_id:
@@ -84,7 +94,7 @@ def build_call(req: lb_pb2.InvokeRequest, body: bytes, max_body_bytes: int,
         config=dict(req.config),
         headers={k: [v] for k, v in req.headers.items()},
     )
-    return LBCall(model, body)
+    return LBCall(model, body, sink)
 
 
 def _is_loopback(host: str) -> bool:
@@ -103,6 +113,67 @@ def _buffer(call: LBCall) -> BufferSink:
     return sink
 
 
+class _StreamSink:
+    """InvokeStream's response sink: the body goes on to the client as it arrives.
+
+    A ``fnlb.transport.StreamingSink``: GrpcRunner sends the call over TryExec
+    and names the runner (``runner``) before ``start``. No back-pressure: a
+    slow client lets up to --max-response-bytes wait here, as a BufferSink would.
+    """
+
+    streaming: Literal[True] = True
+
+    def __init__(self) -> None:
+        self.runner = ""
+        self.status_code = 0
+        self.headers: list[tuple[str, str]] = []
+        self.started = False
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def start(self, status_code: int, headers: Sequence[tuple[str, str]]) -> None:
+        self.status_code = status_code
+        self.headers = list(headers)
+        self.started = True
+        self._wake.set()
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self._wake.set()
+
+    def close(self) -> None:
+        """No more writes: the call is over."""
+        self._closed = True
+        self._wake.set()
+
+    async def started_on_runner(self) -> bool:
+        """Wait until the response began on a named runner (True) or the call ended (False)."""
+        while not (self.started and self.runner):
+            if self._closed:
+                return False
+            self._wake.clear()
+            await self._wake.wait()
+        return True
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The body as it comes, in pieces of about _STREAM_CHUNK bytes, until the call ends."""
+        chunks = self._chunks
+        while True:
+            if not chunks:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            piece, size = [], 0
+            while chunks and size < _STREAM_CHUNK:
+                size += len(chunks[0])
+                piece.append(chunks.popleft())
+            yield piece[0] if len(piece) == 1 else b"".join(piece)
+
+
 def _client_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -114,15 +185,16 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         self._cfg = config
         self._drain = drain if drain is not None else Drain()
 
-    async def _run(self, call: LBCall, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        drain = self._drain
+    async def _run(self, call: LBCall, context: grpc.aio.ServicerContext[Any, Any],
+                   submitted: Awaitable[Runner] | None = None) -> str:
+        """Submit ``call`` (or await its ``submitted`` task); an error aborts the RPC.
+
+        Abort only from the handler's own task: gRPC sends the status at once,
+        which must not overlap a response message the handler is writing.
+        """
         try:
-            drain.enter()
-            runner = await self._agent.submit(call, _client_deadline(context))
-        except asyncio.CancelledError:
-            if drain.cut_reason:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, drain.cut_reason)
-            raise
+            runner = await (submitted if submitted is not None
+                            else self._agent.submit(call, _client_deadline(context)))
         except FnlbError as e:
             code = grpc_status(e)
             if isinstance(e, QueueFull):
@@ -139,31 +211,39 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
                                                     runner=getattr(e, "runner", ""),
                                                     code=code.name, error=str(e)))
             await context.abort(code, str(e))
-        finally:
-            drain.leave()
         return runner.address
 
-    def _response(self, call: LBCall, runner: str, with_body: bool) -> lb_pb2.InvokeResponse:
-        sink = _buffer(call)
+    def _response(self, call: LBCall, runner: str, sink: BufferSink | _StreamSink,
+                  body: bytes = b"") -> lb_pb2.InvokeResponse:
         status = sink.status_code or (202 if call.model.type == DETACHED else 200)
         headers: dict[str, str] = {}
         for k, v in sink.headers:
             headers[k] = f"{headers[k]}, {v}" if k in headers else v
         return lb_pb2.InvokeResponse(
             call_id=call.model.id, status_code=status, headers=headers,
-            body=sink.body() if with_body else b"", runner=runner, attempts=call.attempts)
+            body=body, runner=runner, attempts=call.attempts)
 
     async def Invoke(self, request: lb_pb2.InvokeRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.InvokeResponse:
-        try:
-            call = build_call(request, request.body, self._cfg.max_body_bytes,
-                              self._cfg.default_timeout_s)
-        except InvalidRequest as e:
-            await context.abort(grpc_status(e), str(e))
-        runner = await self._run(call, context)
-        return self._response(call, runner, with_body=True)
+        async with self._drain.admitted(context):
+            try:
+                call = build_call(request, request.body, self._cfg.max_body_bytes,
+                                  self._cfg.default_timeout_s)
+            except InvalidRequest as e:
+                await context.abort(grpc_status(e), str(e))
+            runner = await self._run(call, context)
+            sink = _buffer(call)
+            return self._response(call, runner, sink, sink.body())
 
     async def InvokeStream(
+        self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[lb_pb2.InvokeStreamResponse]:
+        async with self._drain.admitted(context):
+            async for msg in self._invoke_stream(request_iterator, context):
+                yield msg
+
+    async def _invoke_stream(
         self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[lb_pb2.InvokeStreamResponse]:
@@ -192,16 +272,33 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         if first is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message received")
         assert first is not None  # context.abort() raised otherwise
+        sink = _StreamSink()
         try:
-            call = build_call(first, b"".join(parts), limit, self._cfg.default_timeout_s)
+            call = build_call(first, b"".join(parts), limit, self._cfg.default_timeout_s, sink)
         except InvalidRequest as e:
             await context.abort(grpc_status(e), str(e))
-        runner = await self._run(call, context)
-        yield lb_pb2.InvokeStreamResponse(response=self._response(call, runner, with_body=False))
-        body = _buffer(call).body()
-        view = memoryview(body)
-        for off in range(0, len(body), _STREAM_CHUNK):
-            yield lb_pb2.InvokeStreamResponse(data=bytes(view[off:off + _STREAM_CHUNK]))
+        # The response goes on as it arrives: `response` once the runner
+        # started it, then the body. An error after that ends the stream with
+        # its status, after the part of the body already sent.
+        run = asyncio.create_task(self._agent.submit(call, _client_deadline(context)))
+        run.add_done_callback(lambda _: sink.close())
+        try:
+            if await sink.started_on_runner():
+                yield lb_pb2.InvokeStreamResponse(
+                    response=self._response(call, sink.runner, sink))
+                async for piece in sink.body():
+                    yield lb_pb2.InvokeStreamResponse(data=piece)
+                await self._run(call, context, run)  # an error is the stream's status
+                return
+            runner = await self._run(call, context, run)
+            yield lb_pb2.InvokeStreamResponse(response=self._response(call, runner, sink))
+            async for piece in sink.body():  # a runner that did not name itself
+                yield lb_pb2.InvokeStreamResponse(data=piece)
+        finally:
+            if not run.done():
+                run.cancel()  # the client went away: so does the call
+            elif not run.cancelled():
+                run.exception()  # seen, even when the client left before its error
 
 
 def _bind(server: grpc.aio.Server, flag: str, host: str, port: int,
@@ -308,7 +405,8 @@ class LBServer:
     def _build_pool(self, load: LoadTracker) -> DynamicRunnerPool:
         cfg = self.config
         factory = self._factory or make_runner_factory(
-            self.metrics, cfg.connect_timeout, cfg.runner_server_name or None)
+            self.metrics, cfg.connect_timeout, cfg.runner_server_name or None,
+            max_response_bytes=cfg.max_response_bytes)
         tls = None
         if cfg.runner_tls is not None:
             from fnlb.tls import ClientTLS, TLSFiles
@@ -382,11 +480,12 @@ class LBServer:
             await start_pool()  # first lookups; a bad --runners-file stops us here
         agent = Agent(self.pool, placer, self.metrics)
         # Leave room above --max-body-bytes so a too-big body gets our clear
-        # INVALID_ARGUMENT instead of gRPC's generic RESOURCE_EXHAUSTED.
+        # INVALID_ARGUMENT instead of gRPC's generic RESOURCE_EXHAUSTED; an
+        # Invoke response holds up to --max-response-bytes of body plus headers.
         max_msg = 2 * cfg.max_body_bytes + (1 << 20)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", max_msg),
-            ("grpc.max_send_message_length", max_msg),
+            ("grpc.max_send_message_length", cfg.max_response_bytes + (1 << 20)),
             # Off unless a supervisor runs workers on this port: with it on, a
             # second LB on the same port would silently share it instead of
             # failing with "address in use".

@@ -3,6 +3,8 @@
 The JSON uses fn's field names (``id``, ``fn_id``, ``app_id``, ``image``,
 ``type``, ``timeout``, ``memory``, ``config``, ``headers``, ...); fields the
 stub has no use for are ignored, as fn's runner ignores unknown ones.
+``TryCall.extensions`` may carry what the LB asks of every call; the stub
+reads ``fnlb.max_response_bytes`` (protos/fnlb/v1/runner.proto).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 from runner_stub.errors import BadCall
 from runner_stub.functions import FunctionSpec
 
-__all__ = ["Call", "parse_call", "DEFAULT_MEMORY_MB"]
+__all__ = ["Call", "parse_call", "DEFAULT_MEMORY_MB", "MAX_RESPONSE_BYTES_KEY"]
 
 DEFAULT_MEMORY_MB = 128  # fn's default when a function does not say
+# TryCall.extensions key: the most response body bytes the LB will carry.
+MAX_RESPONSE_BYTES_KEY = "fnlb.max_response_bytes"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Call:
     slot_key: str = ""  # what the warm cache is keyed by
     headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     spec: FunctionSpec = field(default_factory=FunctionSpec)
+    max_response_bytes: int = 0  # 0 = the LB set no limit
 
     @property
     def detached(self) -> bool:
@@ -87,7 +92,18 @@ def _headers(obj: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     return headers
 
 
-def parse_call(models_call_json: str, slot_hash_id: str = "") -> Call:
+def _max_response_bytes(extensions: Mapping[str, str]) -> int:
+    raw = extensions.get(MAX_RESPONSE_BYTES_KEY, "")
+    if raw == "":
+        return 0
+    if not (raw.isascii() and raw.isdigit()) or int(raw) == 0:
+        raise BadCall(f"extensions: {MAX_RESPONSE_BYTES_KEY} must be a whole number of "
+                      f"bytes > 0, got {raw!r}")
+    return int(raw)
+
+
+def parse_call(models_call_json: str, slot_hash_id: str = "",
+               extensions: Mapping[str, str] | None = None) -> Call:
     """Decode and check one call; BadCall says which field is wrong.
 
     >>> parse_call('{"id": "c1", "fn_id": "f", "memory": 64}').memory_mb
@@ -126,4 +142,5 @@ def parse_call(models_call_json: str, slot_hash_id: str = "") -> Call:
         slot_key=slot_hash_id or fn_id or image or "anonymous",
         headers=_headers(obj),
         spec=spec,
+        max_response_bytes=_max_response_bytes(extensions or {}),
     )

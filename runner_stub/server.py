@@ -40,7 +40,7 @@ from runner_stub.errors import (
     ProtocolError,
     StartupError,
 )
-from runner_stub.functions import FunctionResult, run_function
+from runner_stub.functions import MAX_RESPONSE_SIZE, FunctionResult, run_function
 from runner_stub.slots import Lease, SlotPool, WarmCache
 
 __all__ = ["StubServer", "RunnerService", "Counters", "MAX_DATA_CHUNK", "TOO_BUSY"]
@@ -54,9 +54,13 @@ RUNNER_SERVICE = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Bodies are streamed in 10 KiB frames, but other clients may not chunk.
 _MESSAGE_LIMIT = 64 * 1024 * 1024
-# A Call reply is one message: the response body plus at most a few KiB of
-# meta and finished must fit under the limit.
-_REPLY_BODY_LIMIT = _MESSAGE_LIMIT - 64 * 1024
+# A Call reply is one message, as big as the LB's --max-response-bytes allows:
+# room for the largest response_size a fake function makes, plus meta.
+_SEND_LIMIT = MAX_RESPONSE_SIZE + 1024 * 1024
+# The response body plus at most a few KiB of meta and finished must fit.
+_REPLY_BODY_LIMIT = _SEND_LIMIT - 64 * 1024
+# errorCode of a call whose response is over the LB's limit (fnlb.max_response_bytes).
+RESPONSE_TOO_LARGE = 507
 # Response bodies per ReplyBatch, at most, unless one reply alone is bigger:
 # a batch must stay under the LB's message limit.
 _BATCH_BYTES = 1024 * 1024
@@ -64,7 +68,7 @@ _DISCARD_LIMIT_S = 2.0
 _CRASH_LINGER_S = 0.1
 _CANCEL_GRACE_S = 0.1
 _SERVER_OPTIONS = [
-    ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", _SEND_LIMIT),
     ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
     # Without this a second stub on the same fixed port would silently share it.
     ("grpc.so_reuseport", 0),
@@ -87,6 +91,7 @@ class Counters:
     warm_hits: int = 0
     canceled: int = 0
     failed: int = 0
+    completed: int = 0  # functions that ran to their end without error
     bad_requests: int = 0
 
 
@@ -150,12 +155,16 @@ class _Requests:
 class _StreamIO:
     """A call's input and output as TryExec messages: body frames in, RunnerMsgs out."""
 
-    __slots__ = ("_requests", "_context")
+    __slots__ = ("_requests", "_context", "detached_ack", "orphaned")
     streams = True
 
     def __init__(self, requests: _Requests, context: Any) -> None:
         self._requests = requests
         self._context = context
+        # A detached call's 202 was sent: from then on the call is the runner's.
+        self.detached_ack = False
+        # The stream is gone (after detached_ack): nothing more is sent.
+        self.orphaned = False
 
     async def read_body(self, limit: int) -> bytes:
         chunks: list[bytes] = []
@@ -192,6 +201,8 @@ class _StreamIO:
                 data=bytes(chunk), eof=offset + MAX_DATA_CHUNK >= len(body))))
 
     async def finish(self, finished: runner_pb2.CallFinished) -> None:
+        if self.orphaned:
+            return  # a detached call outlived its stream: no one is listening
         await self._context.write(runner_pb2.RunnerMsg(finished=finished))
 
     async def discard_rest(self) -> None:
@@ -211,6 +222,7 @@ class _UnaryIO:
 
     __slots__ = ("_body", "_context", "reply")
     streams = False
+    detached_ack = False  # detached calls come over TryExec only
 
     def __init__(self, body: bytes, context: Any | None) -> None:
         self._body = body
@@ -284,8 +296,13 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     ``result_start``), 502 with the function's error (config ``fail``,
     errorUser), 504 "Timed out" (the call's ``timeout`` passed). A detached
     call gets ``result_start{202}`` and an empty eof frame as soon as its body
-    is read, then ``finished`` once the function ran. A client cancel stops
-    the function at once and frees its slot.
+    is read, then ``finished`` once the function ran; from the 202 on it is
+    the runner's: the stream being cancelled or broken (the LB stopping) no
+    longer stops it, it runs to its end in its slot. A sync response over
+    the LB's ``fnlb.max_response_bytes`` (TryCall.extensions) is
+    ``finished{success=false, errorCode=507, errorUser=true}`` with no
+    ``result_start``. Otherwise a client cancel stops the function at once
+    and frees its slot.
 
     Call (the unary fast path) runs the same steps through ``_serve`` and
     answers what TryExec would have sent, in one ``CallReply``: ``http`` (the
@@ -309,6 +326,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self.draining = False
         self._idle = asyncio.Event()
         self._call_streams: set[_CallStream] = set()
+        # Detached calls whose stream went away after their 202: they run on.
+        self._orphans: set[asyncio.Task[None]] = set()
         self._idle.set()
 
     # -- drain ---------------------------------------------------------------
@@ -359,6 +378,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 "warm_hits": str(c.warm_hits),
                 "canceled": str(c.canceled),
                 "failed": str(c.failed),
+                "completed": str(c.completed),
                 "bad_requests": str(c.bad_requests),
                 "waiting": str(self.pool.waiting),
             },
@@ -428,7 +448,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         try:
             if self._cfg.hang_ms:
                 await asyncio.sleep(self._cfg.hang_ms / 1000)
-            call = parse_call(tc.models_call_json, tc.slot_hash_id)
+            call = parse_call(tc.models_call_json, tc.slot_hash_id, tc.extensions)
             if call.detached and not io.streams:
                 # A detached call is acknowledged (202) before it runs: only a stream can.
                 raise BadCall("detached calls are served by TryExec only, not Call")
@@ -446,6 +466,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         try:
             lease = await self._admit(call)
             if lease is not None:
+                if call.detached and isinstance(io, _StreamIO):
+                    await self._detached(call, created, io, lease)
+                    return
                 with lease:
                     await self._accepted(call, created, io)
                 return
@@ -456,6 +479,63 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             log.info("call canceled", extra=kv(call_id=call.id, fn_id=call.fn_id))
             raise
         await self._nack(call, io)
+
+    async def _detached(self, call: ParsedCall, created: _Instant, io: _StreamIO,
+                        lease: Lease) -> None:
+        """Run an accepted detached call so that, once its 202 is sent, it outlives its stream.
+
+        fn answers a detached call 202 and runs it without the client: the
+        LB stopping or restarting after the 202 must not cancel it
+        (protos/fnlb/v1/runner.proto, DETACHED CALLS). Before the 202 a
+        cancel stops it like any call. An orphan still holds its slot and
+        counts as active, so a drain waits for it; ``cancel_orphans`` ends
+        those still running when the server stops.
+        """
+        async def run() -> None:
+            with lease:
+                await self._accepted(call, created, io)
+
+        task = asyncio.create_task(run(), name=f"detached-{call.id}")
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not io.detached_ack:
+                task.cancel()
+                await asyncio.wait([task])
+                raise
+            io.orphaned = True
+            self._orphans.add(task)
+            task.add_done_callback(lambda t: self._orphan_done(t, call))
+            log.info("stream gone after 202; detached call runs on",
+                     extra=kv(call_id=call.id, fn_id=call.fn_id))
+        except Exception as e:
+            if not io.detached_ack:
+                raise
+            # The function ran; sending its finished failed (the stream broke
+            # before the handler was told): nobody is left to answer.
+            log.warning("detached call ended; could not report it",
+                        extra=kv(call_id=call.id, error=repr(e)))
+
+    def _orphan_done(self, task: asyncio.Task[None], call: ParsedCall) -> None:
+        self._orphans.discard(task)
+        if task.cancelled():
+            self.counters.canceled += 1
+            log.info("call canceled", extra=kv(call_id=call.id, fn_id=call.fn_id))
+            return
+        error = task.exception()
+        if error is not None:
+            log.warning("detached call failed after its stream was gone",
+                        extra=kv(call_id=call.id, error=repr(error)))
+            return
+        log.info("detached call ended", extra=kv(call_id=call.id, fn_id=call.fn_id))
+
+    async def cancel_orphans(self) -> None:
+        """Cancel the detached calls still running without a stream (server stopping)."""
+        tasks = list(self._orphans)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     # -- call steps ----------------------------------------------------------
 
@@ -524,6 +604,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             # fn acknowledges a detached call as soon as it is taken (202), then runs it.
             await io.start(202, [])
             await io.send_body(b"")
+            io.detached_ack = True
             await self._maybe_crash(call, nth)
         await self._warm_up(call)
         started = _now()
@@ -542,6 +623,17 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             await self._maybe_crash(call, nth)
             await io.finish(self._finished(call, created, started, _now(), error=error))
             return
+        limit = call.max_response_bytes
+        if not call.detached and limit and len(result.body) > limit:
+            # Fail before result_start: the LB could not carry it, and the
+            # client gets a clear error instead of a cut-off body.
+            self.counters.failed += 1
+            await io.finish(self._finished(call, created, started, _now(), error=CallRejected(
+                RESPONSE_TOO_LARGE,
+                f"response body of {len(result.body)} bytes exceeds the LB's limit of {limit} "
+                "bytes (--max-response-bytes)", user_error=True)))
+            return
+        self.counters.completed += 1
         if not call.detached:
             headers = [("x-runner-id", self.runner_id)]
             if result.content_type:
@@ -699,6 +791,7 @@ class StubServer:
             await self._health.enter_graceful_shutdown()
         self.service.end_call_streams()
         await self._server.stop(grace)
+        await self.service.cancel_orphans()
         if first:
             log.info("stopped", extra=kv(addr=self._addr))
 

@@ -155,6 +155,5 @@ def test_sigterm_with_detached_calls_runs_none_twice(term_detached: chaos.Detach
     assert term_detached.settled
 
 
-@_issue13("detached calls a runner accepted survive the LB's SIGTERM")
 def test_sigterm_detached_calls_all_complete(term_detached: chaos.DetachedResult) -> None:
     assert term_detached.completed == 20, term_detached

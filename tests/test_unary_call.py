@@ -107,11 +107,15 @@ async def test_call_errors_on_the_stub(channel_to: Any) -> None:
         reply = await runner.Call(call_request(b"x", config={"fail": "boom"}), timeout=10)
         assert not reply.HasField("http")
         assert (reply.finished.errorCode, reply.finished.errorUser) == (502, True)
-        # An answer too big for one reply: a clear committed error, not RESOURCE_EXHAUSTED.
-        reply = await runner.Call(call_request(b"", config={"response_size": str(70 * MiB)}),
-                                  timeout=30)
+        # An answer over the LB's limit: a clear committed error, no body sent.
+        req = call_request(b"", config={"response_size": str(2 * MiB)})
+        getattr(req, "try").extensions["fnlb.max_response_bytes"] = str(MiB)
+        reply = await runner.Call(req, timeout=30)
         assert not reply.HasField("http") and reply.body == b""
-        assert reply.finished.errorCode == 502 and "use TryExec" in reply.finished.errorStr
+        assert (reply.finished.errorCode, reply.finished.errorUser) == (507, True)
+        assert reply.finished.errorStr == (
+            f"response body of {2 * MiB} bytes exceeds the LB's limit of {MiB} bytes "
+            "(--max-response-bytes)")
 
 
 async def test_call_nack_when_the_slots_are_full(channel_to: Any, runners: Any) -> None:

@@ -35,7 +35,8 @@ from fnlb.timefmt import format_duration
 
 __all__ = ["add_serve_parser", "config_from_args"]
 
-_FN_ALIASES = {"runners": ("FN_RUNNER_ADDRESSES",), "placer": ("FN_PLACER",)}
+_FN_ALIASES = {"runners": ("FN_RUNNER_ADDRESSES",), "placer": ("FN_PLACER",),
+               "max_response_bytes": ("FN_MAX_RESPONSE_SIZE",)}
 
 
 def _env_default(dest: str, default: Any) -> Any:
@@ -142,6 +143,10 @@ def add_serve_parser(sub: Any) -> None:
          help="how long to wait for a runner connection before trying the next runner")
     _add(p, "--max-body-bytes", str(8 * 1024 * 1024), type=positive_int, metavar="N",
          help="largest request body accepted (buffered at the LB for retries)")
+    _add(p, "--max-response-bytes", str(64 * 1024 * 1024), type=positive_int, metavar="N",
+         help="largest function response: runners are told it with every call and fail a "
+              "bigger one before sending anything (RESOURCE_EXHAUSTED); InvokeStream streams "
+              "responses up to it")
     _add(p, "--drain-grace", "30s", type=duration, metavar="DUR",
          help="on SIGTERM, how long in-flight calls may take to finish")
     _add(p, "--default-timeout", "30", type=positive_int, metavar="SECONDS",
@@ -221,6 +226,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
                                  weights=args.app_weights,
                                  inflight_limit=args.app_max_inflight or None),
         max_body_bytes=args.max_body_bytes,
+        max_response_bytes=args.max_response_bytes,
         drain_grace=args.drain_grace,
         connect_timeout=args.connect_timeout,
         default_timeout_s=args.default_timeout,

@@ -8,8 +8,18 @@ decisions are the pure functions of ``commit``, acted on by ``_answers``.
     factory = make_runner_factory(metrics)      # an MTLSRunnerFactory
     runner = factory("10.0.0.5:9190", None)     # plaintext; ClientTLS for mTLS
     attempt = await runner.try_exec(call)
+
+Responses: at most ``max_response_bytes`` of body (``--max-response-bytes``,
+``DEFAULT_MAX_RESPONSE_BYTES``); a call whose sink is a ``StreamingSink``
+goes over TryExec, so its response arrives in frames.
 """
 
+from fnlb.transport._response import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    MAX_RESPONSE_BYTES_KEY,
+    RESPONSE_TOO_LARGE,
+    StreamingSink,
+)
 from fnlb.transport._tryexec import CHUNK_SIZE
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.transport.grpc_runner import (
@@ -23,11 +33,15 @@ from fnlb.transport.grpc_runner import (
 __all__ = [
     "CHANNEL_OPTIONS",
     "CHUNK_SIZE",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "MAX_RESPONSE_BYTES_KEY",
+    "RESPONSE_TOO_LARGE",
     "STREAM_MAX_BODY",
     "UNARY_MAX_BODY",
     "CallStream",
     "CallStreamFailed",
     "GrpcRunner",
+    "StreamingSink",
     "make_runner_factory",
     "status_from_pb",
 ]

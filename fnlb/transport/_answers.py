@@ -15,6 +15,7 @@ from fnlb.metrics import Metrics
 from fnlb.runnerpool import Attempt, RunnerCall
 from fnlb.timefmt import parse_rfc3339
 from fnlb.transport import commit
+from fnlb.transport._response import DEFAULT_MAX_RESPONSE_BYTES, too_large
 from fnlb.transport.commit import Verdict
 from fnlb.v1 import runner_pb2
 
@@ -29,13 +30,19 @@ def _ns(value: int) -> float:
 
 
 class Answers:
-    """One runner's answers as attempts: NACK, never reached, canceled or committed."""
+    """One runner's answers as attempts: NACK, never reached, canceled or committed.
 
-    __slots__ = ("address", "_metrics")
+    ``max_response_bytes``: the most response body the LB carries (runners are
+    told it in every ``try``; a bigger body fails the call).
+    """
 
-    def __init__(self, address: str, metrics: Metrics) -> None:
+    __slots__ = ("address", "_metrics", "max_response_bytes")
+
+    def __init__(self, address: str, metrics: Metrics,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.address = address
         self._metrics = metrics
+        self.max_response_bytes = max_response_bytes
 
     def replied(self, reply: runner_pb2.CallReply, call: RunnerCall) -> Attempt:
         """A CallReply (Call or Calls) as an attempt: NACK, or committed."""
@@ -45,6 +52,9 @@ class Answers:
                                  success=f.success, error_code=f.errorCode)
         if verdict is Verdict.NACK:
             return Attempt(False, ServerTooBusy(f.errorStr or "Timed out - server too busy"))
+        if has_http and len(reply.body) > self.max_response_bytes:
+            return Attempt(True, too_large(self.address, len(reply.body),
+                                           self.max_response_bytes))
         if has_http:
             sink = call.response
             sink.start(reply.http.status_code or 200,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -18,9 +18,10 @@ from fnlb.logs import kv
 from fnlb.runnerpool import DETACHED, Attempt, RunnerCall
 from fnlb.transport import commit
 from fnlb.transport._answers import Answers
+from fnlb.transport._response import MAX_RESPONSE_BYTES_KEY, StreamingSink, is_streaming, too_large
 from fnlb.v1 import runner_pb2
 
-__all__ = ["CHUNK_SIZE", "try_call", "try_exec_stream"]
+__all__ = ["CHUNK_SIZE", "DETACHED_DRAIN", "try_call", "try_exec_stream"]
 
 # GrpcRunner's logger, whichever of its modules logs.
 log = logging.getLogger("fnlb.transport.grpc_runner")
@@ -32,18 +33,26 @@ log = logging.getLogger("fnlb.transport.grpc_runner")
 # the bound is the runner's gRPC receive limit (Go's default 4 MiB, the stub's
 # 64 MiB).
 CHUNK_SIZE = 256 * 1024
+# The name of the task that reads an accepted detached call's result.
+DETACHED_DRAIN = "fnlb-detached-drain"
 
 
-def try_call(call: RunnerCall) -> runner_pb2.TryCall:
-    """The ``try`` that opens a TryExec stream; Call and Calls requests carry it too."""
-    return runner_pb2.TryCall(models_call_json=call.model_json,
-                              slot_hash_id=call.slot_hash_id, extensions=call.extensions)
+def try_call(call: RunnerCall, max_response_bytes: int) -> runner_pb2.TryCall:
+    """The ``try`` that opens a TryExec stream; Call and Calls requests carry it too.
+
+    Its extensions tell the runner the LB's response size limit.
+    """
+    tc = runner_pb2.TryCall(models_call_json=call.model_json,
+                            slot_hash_id=call.slot_hash_id, extensions=call.extensions)
+    tc.extensions[MAX_RESPONSE_BYTES_KEY] = str(max_response_bytes)
+    return tc
 
 
-async def _send(stream: Any, call: RunnerCall) -> None:
+async def _send(stream: Any, call: RunnerCall, max_response_bytes: int) -> None:
     """Write ``try``, the body frames (last with eof) and half-close."""
     # `try` is a Python keyword, hence the dict (the stubs cannot type it).
-    await stream.write(runner_pb2.ClientMsg(**{"try": try_call(call)}))  # type: ignore[arg-type]
+    tc = try_call(call, max_response_bytes)
+    await stream.write(runner_pb2.ClientMsg(**{"try": tc}))  # type: ignore[arg-type]
     body = call.request_body()
     n = len(body)
     if n <= CHUNK_SIZE:
@@ -58,9 +67,9 @@ async def _send(stream: Any, call: RunnerCall) -> None:
     await stream.done_writing()
 
 
-async def _send_quietly(stream: Any, call: RunnerCall) -> None:
+async def _send_quietly(stream: Any, call: RunnerCall, max_response_bytes: int) -> None:
     try:
-        await _send(stream, call)
+        await _send(stream, call, max_response_bytes)
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         # The stream ended while we were sending (NACK, runner gone): the
         # reader sees why.
@@ -78,15 +87,17 @@ async def try_exec_stream(stub: Any, call: RunnerCall, answers: Answers,
     sink = call.response
     detached = call.model.type == DETACHED
     sender: asyncio.Task[None] | None = None
+    limit = answers.max_response_bytes
+    received = 0
     try:
         if len(call.request_body()) <= CHUNK_SIZE:
             # Two small messages always fit the HTTP/2 window: write them
             # before reading, in this task.
-            await _send_quietly(stream, call)
+            await _send_quietly(stream, call, limit)
         else:
             # A big body is written while the answer is read, as fn does:
             # a runner may stream its answer before it has read all input.
-            sender = asyncio.create_task(_send_quietly(stream, call))
+            sender = asyncio.create_task(_send_quietly(stream, call, limit))
         while True:
             msg = await stream.read()
             if msg is grpc.aio.EOF:
@@ -104,15 +115,26 @@ async def try_exec_stream(stub: Any, call: RunnerCall, answers: Answers,
             committed = True
             if kind == "result_start":
                 http = msg.result_start.http
+                if is_streaming(sink):
+                    cast(StreamingSink, sink).runner = answers.address
                 sink.start(http.status_code or 200,
                            [(h.key, h.value) for h in http.headers])
                 if detached:
                     # fn: a detached call is answered once a runner accepted it.
-                    # Read the rest in the background: cancelling the stream
-                    # could cancel the function on the runner.
-                    keep(asyncio.create_task(_drain_detached(stream, call, answers)))
+                    # Read the rest in the background, for its timings and
+                    # errors. The runner owns the call now (runner.proto,
+                    # DETACHED CALLS); for one that would still cancel it with
+                    # the stream, the pool keeps a removed runner's channel
+                    # open until the call's timeout.
+                    keep(asyncio.create_task(_drain_detached(stream, call, answers),
+                                             name=DETACHED_DRAIN))
                     return Attempt(True, None)
             elif kind == "data":
+                received += len(msg.data.data)
+                if received > limit:
+                    # The runner ignored the limit it was told: stop reading (the
+                    # finally cancels the stream), the client gets a clear error.
+                    return Attempt(True, too_large(answers.address, received, limit))
                 sink.write(msg.data.data)
     except grpc.aio.AioRpcError as e:
         return answers.rpc_failed(e, call, committed=committed)

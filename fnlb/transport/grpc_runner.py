@@ -26,7 +26,8 @@ from fnlb.metrics import Metrics
 from fnlb.runnerpool import DETACHED, Attempt, MTLSRunnerFactory, RunnerCall, RunnerStatus
 from fnlb.transport import commit
 from fnlb.transport._answers import Answers
-from fnlb.transport._tryexec import try_call, try_exec_stream
+from fnlb.transport._response import DEFAULT_MAX_RESPONSE_BYTES, is_streaming
+from fnlb.transport._tryexec import DETACHED_DRAIN, try_call, try_exec_stream
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.transport.commit import Verdict
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
@@ -70,6 +71,19 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.use_local_subchannel_pool", 1),
 )
 
+# A Call reply or ReplyBatch holds a whole response body plus its meta and
+# finished (a few KiB; headers are the function's): room for both.
+_REPLY_HEADROOM = 1024 * 1024
+
+
+
+def _channel_options(max_response_bytes: int) -> list[tuple[str, Any]]:
+    """CHANNEL_OPTIONS with a receive limit that lets a whole reply of that size in."""
+    least = max_response_bytes + _REPLY_HEADROOM
+    return [(k, max(v, least) if k == "grpc.max_receive_message_length" else v)
+            for k, v in CHANNEL_OPTIONS]
+
+
 # After a re-dial (new client certificate), how long calls still running on
 # the old channel may take before it is closed under them: the longest sync
 # timeout fn allows plus the placer's.
@@ -94,11 +108,14 @@ class GrpcRunner:
     def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None, *,
                  metrics: Metrics | None = None, connect_timeout: float = 1.0,
                  server_name: str | None = None, unary: bool = True,
-                 calls: bool = True, tls_source: ClientTLS | None = None) -> None:
+                 calls: bool = True, tls_source: ClientTLS | None = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         """``tls_source`` (instead of ``credentials``): when its certificate
-        files change, ``refresh`` re-dials the runner with them."""
+        files change, ``refresh`` re-dials the runner with them.
+        ``max_response_bytes``: the most response body a call may bring back
+        (``--max-response-bytes``); the runner is told it with every call."""
         self._address = address
-        self._options = list(CHANNEL_OPTIONS)
+        self._options = _channel_options(max_response_bytes)
         if server_name:
             self._options.append(("grpc.ssl_target_name_override", server_name))
         self._tls_source = tls_source
@@ -107,7 +124,8 @@ class GrpcRunner:
             credentials = tls_source.credentials()
         self._retiring: list[grpc.aio.Channel] = []
         self._dial(credentials)
-        self._answers = Answers(address, metrics if metrics is not None else Metrics())
+        self._answers = Answers(address, metrics if metrics is not None else Metrics(),
+                                max_response_bytes)
         self._connect_timeout = connect_timeout
         self._closed = False
         # Runner/Calls and Runner/Call are tried until the runner shows it has
@@ -233,7 +251,9 @@ class GrpcRunner:
             self._explain_unreachable()
             return Attempt(False, RunnerUnreachable(
                 f"runner {self._address} unreachable (channel {state})"))
-        if call.model.type != DETACHED:
+        # A streaming sink (InvokeStream) gets the response as TryExec frames
+        # whatever its size; Call and Calls carry it in one message.
+        if call.model.type != DETACHED and not is_streaming(call.response):
             n = len(call.request_body())
             if self._calls and n <= STREAM_MAX_BODY:
                 attempt = await self._via_call_stream(call)
@@ -248,7 +268,8 @@ class GrpcRunner:
 
     def _call_request(self, call: RunnerCall) -> runner_pb2.CallRequest:
         # `try` is a Python keyword, hence the dict (the stubs cannot type it).
-        return runner_pb2.CallRequest(**{"try": try_call(call)},  # type: ignore[arg-type]
+        tc = try_call(call, self._answers.max_response_bytes)
+        return runner_pb2.CallRequest(**{"try": tc},  # type: ignore[arg-type]
                                       body=call.request_body())
 
     async def _via_call_stream(self, call: RunnerCall) -> Attempt | None:
@@ -324,9 +345,17 @@ class GrpcRunner:
         return resp
 
     async def close(self) -> None:
-        """Close the LB's channel to the runner (fn's Runner.Close)."""
+        """Close the LB's channel to the runner (fn's Runner.Close).
+
+        Detached calls the runner accepted run on there: the LB only stops
+        reading their results (runner.proto, DETACHED CALLS).
+        """
         if not self._closed:
             self._closed = True
+            detached = sum(t.get_name() == DETACHED_DRAIN for t in self._background)
+            if detached:
+                log.info("leaving detached calls to the runner",
+                         extra=kv(runner=self._address, calls=detached))
             for task in list(self._background):
                 task.cancel()
             await self._call_stream.close()
@@ -335,12 +364,14 @@ class GrpcRunner:
 
 
 def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
-                        server_name: str | None = None) -> MTLSRunnerFactory:
+                        server_name: str | None = None,
+                        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> MTLSRunnerFactory:
     """fn's MTLSRunnerFactory: mTLS when given the LB's ClientTLS, plaintext otherwise."""
 
     def factory(address: str, tls: ClientTLS | None) -> GrpcRunner:
         return GrpcRunner(address, metrics=metrics, connect_timeout=connect_timeout,
-                          server_name=server_name, tls_source=tls)
+                          server_name=server_name, tls_source=tls,
+                          max_response_bytes=max_response_bytes)
 
     return factory
 
