@@ -20,9 +20,10 @@ from google.protobuf import empty_pb2
 from fnlb.calls import LBCall
 from fnlb.config import LBConfig
 from fnlb.errors import RunnerError
+from fnlb.front import _StreamSink
 from fnlb.harness import Proc, running_stubs
 from fnlb.metrics import Metrics
-from fnlb.server import LBServer, _StreamSink
+from fnlb.server import LBServer
 from fnlb.transport import GrpcRunner
 from fnlb.v1 import lb_pb2, lb_pb2_grpc, runner_pb2, runner_pb2_grpc
 from tests.inproc import EchoBothRunner, StreamOnlyRunner
