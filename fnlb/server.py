@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fnlb.admin import AdminServicer
+from fnlb.admin import AdminServicer, admin_policy
 from fnlb.agent import Agent
 from fnlb.calls import BufferSink, LBCall, new_call_id
 from fnlb.config import LBConfig, split_hostport
@@ -237,7 +237,10 @@ async def serve_admin(servicer: lb_pb2_grpc.AdminServicer, health_servicer: Any,
     ``ReloadingServerCredentials`` or None); on ``unix_path`` (a worker's private
     endpoint, in a directory only the LB's user can enter) it is plaintext.
     """
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # Admin messages are a few hundred bytes: a 64 KiB cap keeps a huge request
+    # (e.g. a 1 MiB host name) from being read at all.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                      ("grpc.max_receive_message_length", 64 * 1024)])
     lb_pb2_grpc.add_AdminServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((
@@ -424,7 +427,7 @@ class LBServer:
         self.address = f"{host}:{bound}"
         if (cfg.admin_listen or cfg.admin_unix) and isinstance(self.pool, DynamicRunnerPool):
             self._admin_server, self.admin_address = await serve_admin(
-                AdminServicer(self.pool, cfg.placer), self._admin_health,
+                AdminServicer(self.pool, cfg.placer, admin_policy(cfg)), self._admin_health,
                 cfg.admin_listen, self.front_tls, unix_path=cfg.admin_unix)
         if cfg.metrics_listen or cfg.metrics_unix:
             mhost, mport = (split_hostport(cfg.metrics_listen, "--metrics-listen")
