@@ -301,6 +301,7 @@ class LBServer:
         self._drain_deadline: float | None = None
         self._drain_hurry = asyncio.Event()
         self.runner_tls: Any = None
+        self._cert_expiry: Any = None
 
     def reload_tls(self) -> None:
         """SIGHUP: re-read certificates. New connections use them; live calls are untouched."""
@@ -358,6 +359,7 @@ class LBServer:
             raise
 
     async def _undo_start(self) -> None:
+        await self._stop_cert_expiry()
         servers = [s for s in (self._admin_server, self._server) if s is not None]
         self._admin_server = self._server = None
         for server in servers:
@@ -438,6 +440,13 @@ class LBServer:
                                 f"the private metrics socket {cfg.metrics_unix}"
                                 if cfg.metrics_unix else f"--metrics-listen {cfg.metrics_listen}")
             self.metrics_address = self._metrics_server.address
+        if self.front_tls is not None or self.runner_tls is not None:
+            from fnlb.tls import CertExpiryWatch
+
+            self._cert_expiry = CertExpiryWatch(
+                {"front": self.front_tls, "runner_client": self.runner_tls},
+                gauge=self.metrics.tls_cert_expiry)
+            self._cert_expiry.start()  # logs now and daily; warns under 7 days
         for name in ("", "fnlb.v1.LoadBalancer"):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         # A worker says so in its own words: "msg=listening" is the supervisor's
@@ -504,7 +513,12 @@ class LBServer:
         await self._server.stop(0)
         await self._close_rest()
 
+    async def _stop_cert_expiry(self) -> None:
+        if self._cert_expiry is not None:
+            await self._cert_expiry.stop()
+
     async def _close_rest(self) -> None:
+        await self._stop_cert_expiry()
         if self._metrics_server is not None:
             await self._metrics_server.stop()
         if self.pool is not None:
