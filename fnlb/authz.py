@@ -194,6 +194,7 @@ class AdminPolicy:
         Identity patterns need client certificates: without ``client_ca`` they
         could never match, which is a ConfigError rather than a silent no.
         """
+        admin: tuple[Pattern, ...]
         if admin_allow is None:
             admin = () if client_ca else (LOOPBACK,)
             source = ("--admin-allow (default with --front-tls-ca: nobody)" if client_ca
@@ -203,6 +204,7 @@ class AdminPolicy:
             source = f"--admin-allow ({_listed(admin)})"
         registrars: list[Pattern] = []
         self_register: list[Pattern] = []
+        by_identity: list[str] = []  # --register-allow entries that need certificates
         register_allow = tuple(register_allow)
         for item in register_allow:
             if item == SELF:
@@ -214,11 +216,15 @@ class AdminPolicy:
                                       "identity pattern (a certificate names its own host)")
                 self_register.append(p)
             else:
-                registrars.append(parse_pattern(item, "--register-allow"))
+                p = parse_pattern(item, "--register-allow")
+                registrars.append(p)
+                if p.kind != "identity":
+                    continue
+            by_identity.append(item)
         if not client_ca:
-            for flag, patterns in (("--admin-allow", admin), ("--register-allow",
-                                                              (*registrars, *self_register))):
-                named = [p.text for p in patterns if p.kind == "identity"]
+            for flag, named in (("--admin-allow", [p.text for p in admin
+                                                   if p.kind == "identity"]),
+                                ("--register-allow", by_identity)):
                 if named:
                     raise ConfigError(
                         f"{flag} {','.join(named)}: identities come from client certificates; "

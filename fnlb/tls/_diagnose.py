@@ -41,6 +41,9 @@ _CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"WRONG_VERSION_NUMBER", "the peer does not speak TLS (a plaintext server?)"),
     ))
 _HANDSHAKE = re.compile(r"(?:Tls|Ssl) handshake failed[^:]*:\s*(.*)", re.IGNORECASE)
+# A failure during or right after the handshake, where our own certificate may
+# be the reason; "Connection refused" and the like are not.
+_TLS_STAGE = re.compile(r"Socket closed|handshake|SSL|TSI_|end of file|EOF", re.IGNORECASE)
 
 
 def tls_failure_cause(details: str, local: TLSMaterial | None = None, *,
@@ -52,7 +55,7 @@ def tls_failure_cause(details: str, local: TLSMaterial | None = None, *,
     """
     now = now if now is not None else datetime.now(UTC)
     causes = []
-    if local is not None:
+    if local is not None and _TLS_STAGE.search(details):
         if now >= local.not_after:
             causes.append(f"our certificate ({local.subject}) expired at "
                           f"{local.not_after.isoformat()}: replace it")

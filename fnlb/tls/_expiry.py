@@ -45,7 +45,9 @@ def _left(material: TLSMaterial, now: float) -> float:
 def _days(seconds: float) -> str:
     if abs(seconds) >= DAY_S:
         return f"{seconds / DAY_S:.1f}d"
-    return f"{seconds / 3600:.1f}h"
+    if abs(seconds) >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds:.0f}s"
 
 
 class CertExpiryWatch:
