@@ -8,10 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from fnlb.authz import AdminPolicy, Caller, parse_pattern, split_list
+from fnlb.authz import (
+    AdminPolicy,
+    Caller,
+    close_decision,
+    parse_pattern,
+    parse_patterns,
+    split_list,
+)
 from fnlb.errors import ConfigError
 from fnlb.tls import PeerCertificate, TLSFiles, init_ca, issue_cert, peer_certificate
 from fnlb.tls._diagnose import tls_failure_cause
+from runner_stub.cli import parse_config
+from runner_stub.config import StubConfig
 
 
 def cert(cn: str, *dns: str, ips: tuple[str, ...] = (), uris: tuple[str, ...] = ()
@@ -197,3 +206,41 @@ def test_tls_failure_cause_of_our_own_expired_certificate(tmp_path: Path) -> Non
     cause = tls_failure_cause(closed, material, now=later)
     assert cause is not None and "our certificate (CN=lb) expired at" in cause
     assert tls_failure_cause("connection refused") is None
+
+
+# -- the runner stub's Close -----------------------------------------------------------------
+
+LB = cert("lb", ips=("10.0.0.100",))
+
+
+@pytest.mark.parametrize(("who", "ip", "allow", "tls", "insecure", "allowed", "says"), [
+    (LB, "10.0.0.100", "lb", True, False, True, "--close-allow lb"),
+    (CLIENT, "10.0.0.100", "lb", True, False, False,
+     "identity 'client' (CN=client SAN=DNS:client) from 10.0.0.100 is not in --close-allow (lb)"),
+    (LB, "127.0.0.1", "", True, False, False, "not in --close-allow (nobody)"),  # TLS default
+    (None, "127.0.0.1", "", False, False, True, "a loopback caller (no TLS)"),
+    (None, "10.1.1.1", "", False, False, False, "without TLS only loopback callers may drain"),
+    (None, "10.1.1.1", "ip:10.1.0.0/16", False, False, True, "--close-allow ip:10.1.0.0/16"),
+    (None, "10.1.1.1", "", False, True, True, "--allow-insecure-close"),
+])
+def test_close_decision(who: PeerCertificate | None, ip: str, allow: str, tls: bool,
+                        insecure: bool, allowed: bool, says: str) -> None:
+    d = close_decision(caller(who, ip), parse_patterns(split_list(allow), "--close-allow"),
+                       tls=tls, allow_insecure=insecure)
+    assert (d.allowed, says in d.reason) == (allowed, True), d.reason
+
+
+def test_stub_close_flags(tmp_path: Path) -> None:
+    cfg = parse_config(["--close-allow", "ip:10.0.0.0/8,loopback"], environ={})
+    assert [p.text for p in cfg.close_patterns()] == ["ip:10.0.0.0/8", "loopback"]
+    assert parse_config([], environ={"RUNNER_STUB_ALLOW_INSECURE_CLOSE": "1"}).allow_insecure_close
+    assert parse_config(["--allow-insecure-close"], environ={}).allow_insecure_close
+    assert not parse_config([], environ={}).allow_insecure_close
+    with pytest.raises(ConfigError, match="--close-allow lb: identities come from client"):
+        StubConfig(close_allow="lb")
+    init_ca(tmp_path / "ca")
+    crt, key = issue_cert(tmp_path / "ca", "r", ["127.0.0.1"], tmp_path)
+    tls = {"tls_cert": str(crt), "tls_key": str(key), "tls_ca": str(tmp_path / "ca" / "ca.crt")}
+    with pytest.raises(ConfigError, match="--allow-insecure-close is for runners without TLS"):
+        StubConfig(allow_insecure_close=True, **tls)
+    StubConfig(close_allow="lb", **tls)
