@@ -90,8 +90,8 @@ def add_serve_parser(sub: Any) -> None:
          help="how often to re-resolve --discovery (a failed lookup keeps the last runners)")
     _add(p, "--admin-listen", "127.0.0.1:9092", metavar="HOST:PORT",
          help="fnlb.v1.Admin gRPC address (list/add/remove/drain runners, self-registration); "
-              "never on --listen; uses front-door mTLS when --front-tls-ca is set; "
-              "empty to disable")
+              "never on --listen; uses front-door mTLS when --front-tls-ca is set; who may "
+              "call it: --admin-allow; empty to disable")
     _add(p, "--admin-allow", None, metavar="WHO,...",
          help="who may call Admin (list/add/remove/drain runners): identities of the caller's "
               "client certificate (SAN DNS or URI, or CN; 'ops-*' and '*.ops.example' "
