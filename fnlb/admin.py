@@ -13,6 +13,11 @@ LB then uses the address the request came from.
 With ``fnlb serve --workers N`` the supervisor serves ``FanOutAdminServicer``:
 every change goes to every worker's private Admin endpoint, ListRunners merges
 their answers, and an ``AdminLedger`` replays the changes to a restarted worker.
+
+Every call is authorized first (``fnlb.authz.AdminPolicy``: ``--admin-allow``,
+``--register-allow``); a refusal is PERMISSION_DENIED naming the caller's
+identity and the rule. The fan-out servicer authorizes for the workers, which
+trust their private unix socket.
 """
 
 from __future__ import annotations
@@ -29,19 +34,39 @@ from urllib.parse import unquote
 
 import grpc
 
+from fnlb.authz import AdminPolicy, Caller, Decision, caller_of
 from fnlb.error_status import grpc_status
 from fnlb.errors import ConfigError, FnlbError
 from fnlb.logs import kv
 from fnlb.pools import DynamicRunnerPool, RunnerView, parse_address
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
-__all__ = ["AdminLedger", "AdminServicer", "FanOutAdminServicer", "MAX_TTL_S",
-           "merge_runner_infos", "peer_host", "runner_info"]
+__all__ = ["AdminLedger", "AdminServicer", "FanOutAdminServicer", "MAX_ADDRESS_BYTES",
+           "MAX_TTL_S", "admin_policy", "merge_runner_infos", "peer_host", "runner_info"]
 
 log = logging.getLogger(__name__)
 
 MAX_TTL_S = 24 * 3600
 _UNSPECIFIED = ("", "0.0.0.0", "[::]", "::")
+# A DNS name is at most 253 bytes, a label 63; plus brackets and ":65535".
+MAX_HOST_BYTES = 253
+MAX_ADDRESS_BYTES = MAX_HOST_BYTES + 2 + 6
+_MAX_LABEL = 63
+# A refused caller is logged once per this many seconds (per caller and method):
+# refusals must not become a lever to flood the log.
+_REFUSAL_LOG_INTERVAL_S = 60.0
+
+
+def admin_policy(config: Any) -> AdminPolicy:
+    """The Admin policy of an ``LBConfig`` (its ``--admin-allow`` and ``--register-allow``)."""
+    client_ca = config.front_tls is not None and config.front_tls.ca is not None
+    policy = AdminPolicy.from_flags(config.admin_allow, config.register_allow,
+                                    client_ca=client_ca)
+    if config.discovery == "registration" and client_ca and not policy.anyone_registers:
+        log.warning("--discovery registration: only --admin-allow callers may register "
+                    "runners; let runners register their own address with "
+                    "--register-allow self (or self:PATTERN)")
+    return policy
 
 
 def peer_host(peer: str) -> str | None:
@@ -73,6 +98,69 @@ async def _caller_address(address: str, context: grpc.aio.ServicerContext[Any, A
     return f"{peer}:{port}"
 
 
+async def _runner_address(text: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The request's runner address, bounded, resolved (``_caller_address``) and normalised."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_ADDRESS_BYTES:
+        # Not echoed: a megabyte of host name must not reach the reply or the log.
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"address: {size} bytes; a runner address is HOST:PORT with a "
+                            f"host name of at most {MAX_HOST_BYTES} bytes")
+    address = await _caller_address(text, context)
+    try:
+        address = parse_address(address, source="address")
+    except ConfigError as e:  # the message names the field: "address: ..."
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    host = address.rpartition(":")[0]
+    if not host.startswith("[") and (len(host) > MAX_HOST_BYTES or any(
+            len(label) > _MAX_LABEL for label in host.split("."))):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"address: host name must be at most {MAX_HOST_BYTES} bytes, "
+                            f"each dot-separated label at most {_MAX_LABEL}")
+    return address
+
+
+class _Gate:
+    """The Admin servicers' authorization: decide, refuse with PERMISSION_DENIED, log."""
+
+    def __init__(self, policy: AdminPolicy | None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.policy = policy if policy is not None else AdminPolicy()
+        self._clock = clock
+        self._logged: dict[tuple[str, str], float] = {}
+
+    async def admit(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
+                    address: str | None = None, ttl_s: int = 0) -> tuple[Caller, str, str]:
+        """(caller, the runner address resolved, the rule that allowed it); aborts if refused.
+
+        A caller no rule could allow is refused before its address is looked at.
+        """
+        caller = caller_of(context)
+        decision = self.policy.decide(method, caller)
+        if not (decision.allowed or decision.needs_address):
+            await self._refuse(context, method, caller, decision)
+        resolved = "" if address is None else await _runner_address(address, context)
+        if decision.needs_address:
+            decision = self.policy.decide(method, caller, resolved.rpartition(":")[0], ttl_s)
+            if not decision.allowed:
+                await self._refuse(context, method, caller, decision)
+        return caller, resolved, decision.reason
+
+    async def _refuse(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
+                      caller: Caller, decision: Decision) -> None:
+        who = (caller.identities[0] if caller.identities else str(caller.ip))[:128]
+        now = self._clock()
+        key = (method, who)
+        if now - self._logged.get(key, -math.inf) >= _REFUSAL_LOG_INTERVAL_S:
+            if len(self._logged) > 10_000:
+                self._logged.clear()
+            self._logged[key] = now
+            log.warning("admin call refused", extra=kv(
+                rpc=method, caller=who, peer=context.peer(), reason=decision.reason))
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"Admin/{method} refused: {decision.reason}")
+
+
 async def _check_ttl(ttl_s: int, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     if not 0 <= ttl_s <= MAX_TTL_S:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -90,9 +178,13 @@ def runner_info(v: RunnerView) -> lb_pb2.RunnerInfo:
 
 
 class AdminServicer(lb_pb2_grpc.AdminServicer):
-    def __init__(self, pool: DynamicRunnerPool, placer: str) -> None:
+    """``fnlb.v1.Admin`` over one pool; ``policy`` None: loopback callers only."""
+
+    def __init__(self, pool: DynamicRunnerPool, placer: str,
+                 policy: AdminPolicy | None = None) -> None:
         self._pool = pool
         self._placer = placer
+        self._gate = _Gate(policy)
 
     async def _fail(self, context: grpc.aio.ServicerContext[Any, Any],
                     e: FnlbError | ConfigError) -> None:
@@ -101,26 +193,29 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
     async def ListRunners(self, request: lb_pb2.ListRunnersRequest,
                           context: grpc.aio.ServicerContext[Any, Any]
                           ) -> lb_pb2.ListRunnersResponse:
+        await self._gate.admit(context, "ListRunners")
         return lb_pb2.ListRunnersResponse(
             runners=[runner_info(v) for v in self._pool.views()], placer=self._placer)
 
     async def AddRunner(self, request: lb_pb2.AddRunnerRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.AddRunnerResponse:
+        caller, address, rule = await self._gate.admit(
+            context, "AddRunner", request.address, request.ttl_s)
         await _check_ttl(request.ttl_s, context)
-        address = await _caller_address(request.address, context)
         try:
             added = self._pool.add(address, ttl=float(request.ttl_s) if request.ttl_s else None)
         except ConfigError as e:  # the message names the field: "address: ..."
             await self._fail(context, e)
         if added:
             log.info("runner added by admin", extra=kv(
-                runner=address, ttl_s=request.ttl_s, peer=context.peer()))
+                runner=address, ttl_s=request.ttl_s, peer=context.peer(),
+                caller=",".join(caller.identities[:3]), rule=rule))
         return lb_pb2.AddRunnerResponse(added=added)
 
     async def RemoveRunner(self, request: lb_pb2.RemoveRunnerRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> lb_pb2.RemoveRunnerResponse:
-        address = await _caller_address(request.address, context)
+        _, address, _ = await self._gate.admit(context, "RemoveRunner", request.address)
         try:
             removed = self._pool.remove(address)
         except (FnlbError, ConfigError) as e:
@@ -130,8 +225,9 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
     async def DrainRunner(self, request: lb_pb2.DrainRunnerRequest,
                           context: grpc.aio.ServicerContext[Any, Any]
                           ) -> lb_pb2.DrainRunnerResponse:
+        _, address, _ = await self._gate.admit(context, "DrainRunner", request.address)
         try:
-            error = await self._pool.drain(await _caller_address(request.address, context))
+            error = await self._pool.drain(address)
         except (FnlbError, ConfigError) as e:
             await self._fail(context, e)
         if error:
@@ -250,10 +346,12 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
     """
 
     def __init__(self, workers: WorkerStubs, placer: str,
-                 ledger: AdminLedger | None = None) -> None:
+                 ledger: AdminLedger | None = None, policy: AdminPolicy | None = None) -> None:
         self._workers = workers
         self._placer = placer
         self.ledger = ledger if ledger is not None else AdminLedger()
+        # Authorized here, against the caller: workers see only the supervisor.
+        self._gate = _Gate(policy)
 
     async def _fan_out(self, method: str, request: Any, timeout: float
                        ) -> tuple[list[tuple[Any, Sequence[tuple[str, Any]]]],
@@ -303,18 +401,10 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
             await self._fail(context, errors)
         return answered
 
-    async def _parsed(self, address: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        # Resolved here: a worker sees the supervisor's unix socket, not the caller.
-        address = await _caller_address(address, context)
-        try:
-            return parse_address(address, source="address")
-        except ConfigError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            raise
-
     async def ListRunners(self, request: lb_pb2.ListRunnersRequest,
                           context: grpc.aio.ServicerContext[Any, Any]
                           ) -> lb_pb2.ListRunnersResponse:
+        await self._gate.admit(context, "ListRunners")
         answered, errors = await self._fan_out("ListRunners", request, _timeout(context, 10))
         if not answered:
             await self._fail(context, errors)
@@ -326,8 +416,10 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
 
     async def AddRunner(self, request: lb_pb2.AddRunnerRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.AddRunnerResponse:
+        # Resolved here: a worker sees the supervisor's unix socket, not the caller.
+        caller, address, rule = await self._gate.admit(
+            context, "AddRunner", request.address, request.ttl_s)
         await _check_ttl(request.ttl_s, context)
-        address = await self._parsed(request.address, context)
         # Ledger first, in the same step as _fan_out picks its targets: a worker
         # that comes up in between is either a target or replays this entry.
         self.ledger.added(address, request.ttl_s)
@@ -336,13 +428,14 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
         added = any(resp.added for resp, _ in answered)
         if added:
             log.info("runner added by admin", extra=kv(
-                runner=address, ttl_s=request.ttl_s, peer=context.peer(), workers=len(answered)))
+                runner=address, ttl_s=request.ttl_s, peer=context.peer(), workers=len(answered),
+                caller=",".join(caller.identities[:3]), rule=rule))
         return lb_pb2.AddRunnerResponse(added=added)
 
     async def RemoveRunner(self, request: lb_pb2.RemoveRunnerRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> lb_pb2.RemoveRunnerResponse:
-        address = await self._parsed(request.address, context)
+        _, address, _ = await self._gate.admit(context, "RemoveRunner", request.address)
         self.ledger.removed(address)
         answered = await self._change(
             context, "RemoveRunner", lb_pb2.RemoveRunnerRequest(address=address))
@@ -351,7 +444,7 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
     async def DrainRunner(self, request: lb_pb2.DrainRunnerRequest,
                           context: grpc.aio.ServicerContext[Any, Any]
                           ) -> lb_pb2.DrainRunnerResponse:
-        address = await self._parsed(request.address, context)
+        _, address, _ = await self._gate.admit(context, "DrainRunner", request.address)
         self.ledger.drained(address)
         answered = await self._change(
             context, "DrainRunner", lb_pb2.DrainRunnerRequest(address=address), timeout=30,

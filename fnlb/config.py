@@ -70,6 +70,10 @@ class LBConfig:
     reuse_port: bool = False
     metrics_unix: str = ""
     admin_unix: str = ""
+    # Who may call Admin (fnlb.authz): --admin-allow (None: the default, loopback
+    # without a client CA, nobody with one) and --register-allow.
+    admin_allow: tuple[str, ...] | None = None
+    register_allow: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _, port = split_hostport(self.listen, "--listen")
@@ -108,6 +112,11 @@ class LBConfig:
             raise ConfigError("--drain-grace must be >= 0")
         if self.connect_timeout <= 0:
             raise ConfigError("--connect-timeout must be > 0")
+        from fnlb.authz import AdminPolicy
+
+        # A bad pattern fails at startup, naming its flag.
+        client_ca = self.front_tls is not None and self.front_tls.ca is not None
+        AdminPolicy.from_flags(self.admin_allow, self.register_allow, client_ca=client_ca)
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"--log-level must be debug, info, warning or error, "
                               f"got {self.log_level!r}")

@@ -30,7 +30,7 @@ def runner_tls(tls_dir: Path | None) -> list[str]:
     if tls_dir is None:
         return []
     return ["--tls-cert", str(tls_dir / "runner.crt"), "--tls-key", str(tls_dir / "runner.key"),
-            "--tls-ca", str(tls_dir / "ca.crt")]
+            "--tls-ca", str(tls_dir / "ca.crt"), "--close-allow", "lb"]  # the LB may drain
 
 
 @contextlib.contextmanager
@@ -43,7 +43,8 @@ def cluster(tls_dir: Path | None) -> Iterator[tuple[Proc, list[Proc], ProcGroup]
                       "--tls-ca", str(tls_dir / "ca.crt"),
                       "--front-tls-cert", str(tls_dir / "lb.crt"),
                       "--front-tls-key", str(tls_dir / "lb.key"),
-                      "--front-tls-ca", str(tls_dir / "ca.crt")]
+                      "--front-tls-ca", str(tls_dir / "ca.crt"),
+                      "--admin-allow", "demo-client"]  # the demo's certificate drives Admin
         # Heterogeneous runners: two with 2 slots, one with 1; cold starts cost 30 ms.
         runners = [group.spawn("runner_stub", [
             "--listen", "127.0.0.1:0", "--slots", str(slots),

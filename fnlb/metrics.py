@@ -130,6 +130,13 @@ class Metrics:
             ["reason"], registry=r)
         self.queue_rejected_by = {r: self.queue_rejected.labels(r)
                                   for r in QUEUE_REJECT_REASONS}
+        # fnlb.tls.CertExpiryWatch sets one child per role (front, runner_client),
+        # computed when scraped.
+        self.tls_cert_expiry = Gauge(
+            "fnlb_tls_cert_expiry_seconds",
+            "Seconds until the LB's certificate expires (negative once expired), by role: "
+            "front (front door and Admin), runner_client (mTLS to runners).",
+            ["role"], registry=r)
         for state in POOL_STATES:
             self.pool_runners.labels(state)
         for change in ("added", "removed"):

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fnlb.admin import AdminServicer
+from fnlb.admin import AdminServicer, admin_policy
 from fnlb.agent import Agent
 from fnlb.config import LBConfig, split_hostport
 from fnlb.drain import Drain
@@ -93,7 +93,10 @@ async def serve_admin(servicer: lb_pb2_grpc.AdminServicer, health_servicer: Any,
     ``ReloadingServerCredentials`` or None); on ``unix_path`` (a worker's private
     endpoint, in a directory only the LB's user can enter) it is plaintext.
     """
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # Admin messages are a few hundred bytes: a 64 KiB cap keeps a huge request
+    # (e.g. a 1 MiB host name) from being read at all.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                      ("grpc.max_receive_message_length", 64 * 1024)])
     lb_pb2_grpc.add_AdminServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((
@@ -154,6 +157,7 @@ class LBServer:
         self._drain_deadline: float | None = None
         self._drain_hurry = asyncio.Event()
         self.runner_tls: Any = None
+        self._cert_expiry: Any = None
 
     def reload_tls(self) -> None:
         """SIGHUP: re-read certificates. New connections use them; live calls are untouched."""
@@ -212,6 +216,7 @@ class LBServer:
             raise
 
     async def _undo_start(self) -> None:
+        await self._stop_cert_expiry()
         servers = [s for s in (self._admin_server, self._server) if s is not None]
         self._admin_server = self._server = None
         for server in servers:
@@ -282,7 +287,7 @@ class LBServer:
         self.address = f"{host}:{bound}"
         if (cfg.admin_listen or cfg.admin_unix) and isinstance(self.pool, DynamicRunnerPool):
             self._admin_server, self.admin_address = await serve_admin(
-                AdminServicer(self.pool, cfg.placer), self._admin_health,
+                AdminServicer(self.pool, cfg.placer, admin_policy(cfg)), self._admin_health,
                 cfg.admin_listen, self.front_tls, unix_path=cfg.admin_unix)
         if cfg.metrics_listen or cfg.metrics_unix:
             mhost, mport = (split_hostport(cfg.metrics_listen, "--metrics-listen")
@@ -293,6 +298,13 @@ class LBServer:
                                 f"the private metrics socket {cfg.metrics_unix}"
                                 if cfg.metrics_unix else f"--metrics-listen {cfg.metrics_listen}")
             self.metrics_address = self._metrics_server.address
+        if self.front_tls is not None or self.runner_tls is not None:
+            from fnlb.tls import CertExpiryWatch
+
+            self._cert_expiry = CertExpiryWatch(
+                {"front": self.front_tls, "runner_client": self.runner_tls},
+                gauge=self.metrics.tls_cert_expiry)
+            self._cert_expiry.start()  # logs now and daily; warns under 7 days
         for name in ("", "fnlb.v1.LoadBalancer"):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         # A worker says so in its own words: "msg=listening" is the supervisor's
@@ -359,7 +371,12 @@ class LBServer:
         await self._server.stop(0)
         await self._close_rest()
 
+    async def _stop_cert_expiry(self) -> None:
+        if self._cert_expiry is not None:
+            await self._cert_expiry.stop()
+
     async def _close_rest(self) -> None:
+        await self._stop_cert_expiry()
         if self._metrics_server is not None:
             await self._metrics_server.stop()
         if self.pool is not None:

@@ -71,6 +71,16 @@ def _text(text: str) -> str:
     return text
 
 
+def _switch(text: str) -> bool:
+    """A switch's environment value: 1/true/yes/on or 0/false/no/off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 1/true/yes/on or 0/false/no/off, got {text!r}")
+
+
 @dataclass(frozen=True)
 class _Flag:
     field: str  # the StubConfig field; the flag is its kebab-case name
@@ -78,6 +88,7 @@ class _Flag:
     parse: Callable[[str], Any]
     help: str
     default: str = ""  # shown in --help; "" = the StubConfig default
+    switch: bool = False  # a flag without a value (its env variable takes 1/0)
 
     @property
     def flag(self) -> str:
@@ -110,6 +121,14 @@ _FLAGS: tuple[_Flag, ...] = (
           "--tls-ca the stub serves mutual TLS only", "none"),
     _Flag("tls_key", "FILE", _text, "private key of --tls-cert (PEM)", "none"),
     _Flag("tls_ca", "FILE", _text, "CA (PEM) that client certificates must chain to", "none"),
+    _Flag("close_allow", "WHO,...", _text, "who may call Close (drain this runner; the LB "
+          "does on Admin/DrainRunner): identities of the caller's client certificate (SAN "
+          "DNS or URI, or CN, e.g. the LB's certificate name; 'lb-*' patterns), ip:CIDR or "
+          "loopback. With --tls-* nobody else may; without TLS loopback callers may too. "
+          "Others get PERMISSION_DENIED", "none"),
+    _Flag("allow_insecure_close", "", _switch, "without TLS, let any caller that reaches "
+          "the port drain this runner (Close); otherwise only loopback and --close-allow",
+          "off", switch=True),
     _Flag("register_with", "HOST:PORT", _text, "self-register with this LB's admin address "
           "(Admin/AddRunner heartbeat; removed on exit)", "none"),
     _Flag("register_ttl", "DUR", _duration, "registration TTL: the LB forgets this runner "
@@ -138,8 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for f in _FLAGS:
         default = f.default or str(getattr(_DEFAULTS, f.field))
-        parser.add_argument(f.flag, metavar=f.metavar, type=f.parse, default=None,
-                            help=f"{f.help} (default: {default}; env {f.env})")
+        help_text = f"{f.help} (default: {default}; env {f.env})"
+        if f.switch:
+            parser.add_argument(f.flag, action="store_const", const=True, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(f.flag, metavar=f.metavar, type=f.parse, default=None,
+                                help=help_text)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fnlb.errors import ConfigError
 
@@ -85,6 +86,10 @@ class StubConfig:
     crash_after: int = 0  # 0 = never
     hang_ms: int = 0
     nack_delay_ms: int = 0
+    # Who may call Close (drain this runner): principal patterns, comma-separated
+    # (fnlb.authz); with TLS nobody unless listed.
+    close_allow: str = ""
+    allow_insecure_close: bool = False  # without TLS: Close from any address
 
     def __post_init__(self) -> None:
         try:
@@ -110,6 +115,20 @@ class StubConfig:
         if any(given.values()) and not all(given.values()):
             missing = ", ".join(flag_name(n) for n, ok in given.items() if not ok)
             raise ConfigError(f"--tls-cert, --tls-key and --tls-ca go together: missing {missing}")
+        named = [p.text for p in self.close_patterns() if p.kind == "identity"]
+        if named and not self.tls:
+            raise ConfigError(f"--close-allow {','.join(named)}: identities come from client "
+                              "certificates; set --tls-cert/--tls-key/--tls-ca (or allow "
+                              "addresses: ip:CIDR, loopback)")
+        if self.allow_insecure_close and self.tls:
+            raise ConfigError("--allow-insecure-close is for runners without TLS; with "
+                              "--tls-* list who may drain this runner in --close-allow")
+
+    def close_patterns(self) -> tuple[Any, ...]:
+        """``--close-allow`` parsed (``fnlb.authz.Pattern``); a bad entry names the flag."""
+        from fnlb.authz import parse_patterns, split_list
+
+        return parse_patterns(split_list(self.close_allow), "--close-allow")
 
     @property
     def tls(self) -> bool:

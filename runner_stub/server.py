@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fnlb.authz import caller_of, close_decision
 from fnlb.logs import kv
 from fnlb.timefmt import format_duration, now_rfc3339, rfc3339_ms
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
@@ -329,6 +330,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         # Detached calls whose stream went away after their 202: they run on.
         self._orphans: set[asyncio.Task[None]] = set()
         self._idle.set()
+        self._close_allow = config.close_patterns()
+        self._close_refused = 0
+        self._close_refused_logged = -1e9
 
     # -- drain ---------------------------------------------------------------
 
@@ -386,6 +390,21 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
 
     async def Close(self, request: runner_pb2.CloseRequest,
                     context: Any) -> runner_pb2.CloseResponse:
+        # Draining takes a runner out of service: only the LB (--close-allow) may.
+        caller = caller_of(context)
+        decision = close_decision(caller, self._close_allow, tls=self._cfg.tls,
+                                  allow_insecure=self._cfg.allow_insecure_close)
+        if not decision.allowed:
+            self._close_refused += 1
+            now = time.monotonic()
+            if now - self._close_refused_logged >= 10.0:  # refusals must not flood the log
+                self._close_refused_logged = now
+                log.warning("close refused", extra=kv(
+                    peer=context.peer(), caller=",".join(caller.identities[:3])[:200],
+                    refused_so_far=self._close_refused))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"Runner/Close refused: {decision.reason}")
+        log.info("close accepted", extra=kv(peer=context.peer(), rule=decision.reason))
         await self.drain()
         if request.wait:
             remaining = context.time_remaining()
@@ -602,9 +621,17 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             return
         if call.detached:
             # fn acknowledges a detached call as soon as it is taken (202), then runs it.
-            await io.start(202, [])
-            await io.send_body(b"")
+            # The call is ours from the moment we answer it: a stream that goes
+            # away while the 202 is on its way must not stop it (the LB may
+            # already have read the 202 and told its client).
             io.detached_ack = True
+            try:
+                await io.start(202, [])
+                await io.send_body(b"")
+            except Exception as e:  # whatever the dying stream raises: nobody listens
+                io.orphaned = True
+                log.debug("stream gone while sending 202; detached call runs on",
+                          extra=kv(call_id=call.id, error=repr(e)))
             await self._maybe_crash(call, nth)
         await self._warm_up(call)
         started = _now()

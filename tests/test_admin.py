@@ -186,7 +186,7 @@ async def test_admin_uses_front_door_mtls(tmp_path: Path) -> None:
     issue_cert(tmp_path / "ca", "op", ["op.test"], tmp_path / "certs")
     certs = tmp_path / "certs"
     tls = TLSPaths(certs / "lb.crt", certs / "lb.key", tmp_path / "ca" / "ca.crt")
-    async with lb_server(front_tls=tls) as (lb, _):
+    async with lb_server(front_tls=tls, admin_allow=("op",)) as (lb, _):
         ca = (tmp_path / "ca" / "ca.crt").read_bytes()
         no_cert = grpc.ssl_channel_credentials(root_certificates=ca)
         async with grpc.aio.secure_channel(lb.admin_address, no_cert) as ch:

@@ -238,6 +238,7 @@ async def test_runner_registers_over_mtls_and_serves(pki: Path) -> None:
                  "--front-tls-ca", str(pki / "ca" / "ca.crt")]
     with running("fnlb", ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "",
                           "--admin-listen", "127.0.0.1:0", "--discovery", "registration",
+                          "--register-allow", "self",
                           "--placer-timeout", "5s", *lb_tls(pki), *front_tls]) as front, \
             running("runner_stub", ["--listen", "127.0.0.1:0", *stub_tls(pki, "runner"),
                                     "--register-with", front.fields["admin_addr"],

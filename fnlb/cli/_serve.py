@@ -91,8 +91,20 @@ def add_serve_parser(sub: Any) -> None:
          help="how often to re-resolve --discovery (a failed lookup keeps the last runners)")
     _add(p, "--admin-listen", "127.0.0.1:9092", metavar="HOST:PORT",
          help="fnlb.v1.Admin gRPC address (list/add/remove/drain runners, self-registration); "
-              "never on --listen; uses front-door mTLS when --front-tls-ca is set; "
-              "empty to disable")
+              "never on --listen; uses front-door mTLS when --front-tls-ca is set; who may "
+              "call it: --admin-allow; empty to disable")
+    _add(p, "--admin-allow", None, metavar="WHO,...",
+         help="who may call Admin (list/add/remove/drain runners): identities of the caller's "
+              "client certificate (SAN DNS or URI, or CN; 'ops-*' and '*.ops.example' "
+              "patterns; '*' = any certificate from --front-tls-ca), ip:CIDR, loopback, or "
+              "none. Default: loopback without --front-tls-ca, nobody with it. Others get "
+              "PERMISSION_DENIED (README, Security model)")
+    _add(p, "--register-allow", "", metavar="WHO,...",
+         help="who may add/heartbeat and remove runners (never drain) without --admin-allow: "
+              "'self' = a client certificate may register only its own address (the host is "
+              "one of its SAN DNS names or IPs, with a TTL), 'self:PATTERN' = the same for "
+              "matching identities only (e.g. self:runner-*), an identity pattern = may "
+              "register any address. Default: none")
     _add(p, "--health-interval", "2s", type=duration, metavar="DUR",
          help="how often to poll every runner's Status")
     _add(p, "--health-timeout", "1s", type=duration, metavar="DUR",
@@ -194,6 +206,7 @@ def _tls_paths(args: argparse.Namespace, prefix: str, flag: str) -> Any:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
+    from fnlb.authz import split_list
     from fnlb.config import LBConfig
     from fnlb.placers.queue import QueueConfig
     from fnlb.pools import parse_address_list
@@ -235,6 +248,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         front_tls=_tls_paths(args, "front_", "front-"),
         log_level=args.log_level,
         workers=args.workers,
+        admin_allow=None if args.admin_allow is None else split_list(args.admin_allow),
+        register_allow=split_list(args.register_allow),
     )
     if args.worker_index is None:
         return cfg

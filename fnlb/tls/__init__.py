@@ -6,10 +6,13 @@
     server.add_secure_port(addr, server_credentials(material, require_client_auth=True))
 
 One module per role: ``_issue`` (the dev CA), ``_load`` (validated loading;
-every problem is a ``TLSConfigError`` naming the file and the cause) and
+every problem is a ``TLSConfigError`` naming the file and the cause),
 ``_credentials`` (gRPC credentials, and ``ReloadingServerCredentials`` /
 ``ClientTLS``, which pick up replaced files for new connections without a
-restart). Import from ``fnlb.tls``.
+restart), ``_identity`` (the names in a peer's client certificate, for
+authorization), ``_expiry`` (how long our certificates have left: logs and a
+gauge) and ``_diagnose`` (why a TLS connection failed, in words). Import from
+``fnlb.tls``.
 """
 
 from fnlb.tls._credentials import (
@@ -18,6 +21,9 @@ from fnlb.tls._credentials import (
     channel_credentials,
     server_credentials,
 )
+from fnlb.tls._diagnose import tls_failure_cause
+from fnlb.tls._expiry import CertExpiryWatch
+from fnlb.tls._identity import PeerCertificate, peer_certificate
 from fnlb.tls._issue import init_ca, issue_cert
 from fnlb.tls._load import TLSConfigError, TLSFiles, TLSMaterial
 
@@ -31,4 +37,8 @@ __all__ = [
     "issue_cert",
     "server_credentials",
     "channel_credentials",
+    "CertExpiryWatch",
+    "PeerCertificate",
+    "peer_certificate",
+    "tls_failure_cause",
 ]

@@ -228,10 +228,22 @@ class GrpcRunner:
             try:
                 await self._stub.Status(empty_pb2.Empty(), timeout=2.0)
             except grpc.aio.AioRpcError as e:
+                tls = self._tls_cause(e)
                 log.warning("runner unreachable", extra=kv(
-                    runner=self._address, code=e.code().name, cause=e.details()))
+                    runner=self._address, code=e.code().name, cause=e.details(),
+                    **({"tls_cause": tls} if tls else {})))
 
         self._keep(asyncio.create_task(probe()))
+
+    def _tls_cause(self, e: grpc.aio.AioRpcError) -> str:
+        """What the TLS library said (expired or unknown certificate, wrong name), or ""."""
+        if not self.tls:
+            return ""
+        from fnlb.tls import tls_failure_cause
+
+        material = self._tls_source.material if self._tls_source is not None else None
+        text = f"{e.details()}\n{e.debug_error_string()}"
+        return tls_failure_cause(text, material) or ""
 
     @property
     def unary(self) -> bool:
@@ -334,7 +346,19 @@ class GrpcRunner:
         answer); the Status RPC goes over the new channel after a re-dial.
         """
         self.follow_tls()
-        status = await self.status(timeout)
+        try:
+            status = await self.status(timeout)
+        except grpc.aio.AioRpcError as e:
+            # The prober only says "unreachable": say why when TLS is the reason
+            # (e.g. our certificate expired), at most every 10 s.
+            cause = self._tls_cause(e)
+            now = time.monotonic()
+            if cause and now - self._last_explained >= 10.0:
+                self._last_explained = now
+                log.warning("runner unreachable", extra=kv(
+                    runner=self._address, code=e.code().name, cause=e.details(),
+                    tls_cause=cause))
+            raise
         self.negotiate(status)
         return status
 

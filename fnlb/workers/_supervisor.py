@@ -27,7 +27,7 @@ import grpc
 from grpc_health.v1 import health
 from prometheus_client import generate_latest
 
-from fnlb.admin import FanOutAdminServicer
+from fnlb.admin import FanOutAdminServicer, admin_policy
 from fnlb.config import LBConfig, split_hostport
 from fnlb.errors import ConfigError
 from fnlb.logs import kv
@@ -123,7 +123,8 @@ class Supervisor:
         self._workers: list[_Worker] = []
         self._admin_server: grpc.aio.Server | None = None
         self._admin_health = health.aio.HealthServicer()
-        self._admin = FanOutAdminServicer(self._up_admins, config.placer)
+        self._admin = FanOutAdminServicer(self._up_admins, config.placer,
+                                          policy=admin_policy(config))
         self._metrics_server: MetricsServer | None = None
         self._stop_event = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
