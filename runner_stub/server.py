@@ -224,6 +224,7 @@ class _UnaryIO:
     __slots__ = ("_body", "_context", "reply")
     streams = False
     detached_ack = False  # detached calls come over TryExec only
+    orphaned = False
 
     def __init__(self, body: bytes, context: Any | None) -> None:
         self._body = body
