@@ -85,6 +85,9 @@ class StubConfig:
     crash_after: int = 0  # 0 = never
     hang_ms: int = 0
     nack_delay_ms: int = 0
+    # List "ack" and acknowledge tries that ask for it (runner.proto); False:
+    # behave as fn's runners (a try sent is a call committed).
+    ack: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -101,6 +104,8 @@ class StubConfig:
             raise ConfigError(f"--register-ttl must be at least 1s, got {self.register_ttl}")
         if not (math.isfinite(self.drain_grace) and self.drain_grace >= 0):
             raise ConfigError(f"--drain-grace must be >= 0, got {self.drain_grace}")
+        if not isinstance(self.ack, bool):
+            raise ConfigError(f"--ack must be true or false, got {self.ack!r}")
         if not (0.0 <= self.fail_rate <= 1.0):
             raise ConfigError(f"--fail-rate must be a fraction in 0..1, got {self.fail_rate}")
         if self.log_level not in LOG_LEVELS:
