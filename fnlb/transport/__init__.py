@@ -14,6 +14,7 @@ from fnlb.transport._tryexec import CHUNK_SIZE
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.transport.grpc_runner import (
     CHANNEL_OPTIONS,
+    KEEPALIVE_OPTIONS,
     UNARY_MAX_BODY,
     GrpcRunner,
     make_runner_factory,
@@ -23,6 +24,7 @@ from fnlb.transport.grpc_runner import (
 __all__ = [
     "CHANNEL_OPTIONS",
     "CHUNK_SIZE",
+    "KEEPALIVE_OPTIONS",
     "STREAM_MAX_BODY",
     "UNARY_MAX_BODY",
     "CallStream",
