@@ -54,6 +54,8 @@ class LBConfig:
     queue_config: QueueConfig = field(default_factory=QueueConfig)
     max_body_bytes: int = 8 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
+    # A try a runner has not answered within this long makes it suspect (0: never).
+    accept_timeout: float = 1.0
     drain_grace: float = 30.0
     connect_timeout: float = 1.0
     default_timeout_s: int = 30
@@ -106,6 +108,8 @@ class LBConfig:
             raise ConfigError(f"--chbl-c must be >= 1, got {self.chbl_c}")
         if self.max_body_bytes <= 0:
             raise ConfigError(f"--max-body-bytes must be > 0, got {self.max_body_bytes}")
+        if not self.accept_timeout >= 0:
+            raise ConfigError(f"--accept-timeout must be >= 0, got {self.accept_timeout}")
         if self.max_response_bytes <= 0:
             raise ConfigError(f"--max-response-bytes must be > 0, got {self.max_response_bytes}")
         if self.drain_grace < 0:

@@ -15,6 +15,7 @@ from fnlb.errors import (
     ClientCanceled,
     ClientTimeout,
     ConfigError,
+    DoesNotFit,
     FnlbError,
     InvalidRequest,
     PoolError,
@@ -31,6 +32,9 @@ __all__ = ["STATUS_BY_ERROR", "RUNNER_ERROR_STATUS", "grpc_status"]
 STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ServerTooBusy, grpc.StatusCode.UNAVAILABLE),
+    # A runner that can never run the call; the placer only lets it through
+    # when no runner can (placers/_base.py says so with the largest memory).
+    (DoesNotFit, grpc.StatusCode.INVALID_ARGUMENT),
     # The wait queue is at --max-queue / --max-queue-per-app: shed at once.
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ClientTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -52,7 +56,7 @@ RUNNER_ERROR_STATUS: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     413: grpc.StatusCode.INVALID_ARGUMENT,
     # The response is over --max-response-bytes (fnlb.transport._response).
-    507: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    509: grpc.StatusCode.RESOURCE_EXHAUSTED,  # response over --max-response-bytes
 }
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "ClientCanceled",
     "RunnerError",
     "RunnerUnreachable",
+    "DoesNotFit",
     "PoolError",
     "ConfigError",
 ]
@@ -69,19 +70,37 @@ class RunnerError(FnlbError):
     """The runner committed the call and then failed it (never retried).
 
     ``error_code`` is the runner's HTTP-like code (fn's ``errorCode``);
-    ``user_error`` says the function failed on its own (fn's ``errorUser``).
+    ``user_error`` says the function failed on its own (fn's ``errorUser``);
+    ``lost``: the LB lost the call, not the runner failing it: the connection
+    broke or the runner vanished after the commit point (the call may have
+    run, may still run, or never ran), as opposed to the runner reporting a
+    failure.
     """
 
     def __init__(self, msg: str, *, runner: str = "", error_code: int = 500,
-                 user_error: bool = False) -> None:
+                 user_error: bool = False, lost: bool = False) -> None:
         super().__init__(msg)
         self.runner = runner
         self.error_code = error_code
         self.user_error = user_error
+        self.lost = lost
 
 
 class RunnerUnreachable(FnlbError, ConnectionError):
     """A runner could not be reached before it accepted anything (retryable)."""
+
+
+class DoesNotFit(FnlbError):
+    """The runner can never run the call (it asks for more memory than the runner has).
+
+    Not placed, like a NACK: another runner may fit it. ``memory_mb_total`` is
+    the runner's total memory in MiB when it said so (None otherwise).
+    """
+
+    def __init__(self, msg: str, *, runner: str = "", memory_mb_total: int | None = None) -> None:
+        super().__init__(msg)
+        self.runner = runner
+        self.memory_mb_total = memory_mb_total
 
 
 class PoolError(FnlbError):

@@ -104,7 +104,8 @@ _FLAGS: tuple[_Flag, ...] = (
           "(the bound one is logged as msg=listening addr=...)"),
     _Flag("slots", "N", _int, "calls run at the same time"),
     _Flag("memory_mb", "N", _int, "memory (MiB) shared by running calls; a call takes its "
-          "JSON 'memory' (128 if absent); a call asking more than this is refused (400)"),
+          "JSON 'memory' (128 if absent); a call asking more than this is refused as 'does "
+          "not fit' (507: the LB tries another runner)"),
     _Flag("nack_after_ms", "N", _int, "how long a call waits for a slot and memory before "
           "it is NACKed as busy (503)"),
     _Flag("cold_start_ms", "N", _int, "extra start-up time of a function that is not warm"),
@@ -142,6 +143,10 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("hang_ms", "N", _int, "fault: after each try, wait this long before answering "
           "anything (a hung runner)"),
     _Flag("nack_delay_ms", "N", _int, "fault: delay every NACK by this long"),
+    _Flag("ack", "BOOL", _switch, "list the 'ack' feature: acknowledge a try that asks for it "
+          "once its slot is taken, and start it only after the LB's go, so the LB can "
+          "safely send a call it saw no ack for elsewhere; false = fn's behaviour",
+          "true"),
 )
 
 

@@ -90,6 +90,9 @@ class StubConfig:
     # (fnlb.authz); with TLS nobody unless listed.
     close_allow: str = ""
     allow_insecure_close: bool = False  # without TLS: Close from any address
+    # List "ack" and acknowledge tries that ask for it (runner.proto); False:
+    # behave as fn's runners (a try sent is a call committed).
+    ack: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -106,6 +109,8 @@ class StubConfig:
             raise ConfigError(f"--register-ttl must be at least 1s, got {self.register_ttl}")
         if not (math.isfinite(self.drain_grace) and self.drain_grace >= 0):
             raise ConfigError(f"--drain-grace must be >= 0, got {self.drain_grace}")
+        if not isinstance(self.ack, bool):
+            raise ConfigError(f"--ack must be true or false, got {self.ack!r}")
         if not (0.0 <= self.fail_rate <= 1.0):
             raise ConfigError(f"--fail-rate must be a fraction in 0..1, got {self.fail_rate}")
         if self.log_level not in LOG_LEVELS:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from fnlb.errors import ConfigError
 
 __all__ = [
-    "ConfigError", "ProtocolError", "BadCall", "CallRejected", "FunctionFailed", "StartupError",
+    "ConfigError", "ProtocolError", "BadCall", "CallRejected", "FunctionFailed", "NoGo",
+    "StartupError",
 ]
 
 
@@ -39,6 +40,13 @@ class CallRejected(Exception):
         self.code = code
         self.message = message
         self.user_error = user_error
+
+
+class NoGo(Exception):
+    """An acknowledged call's go (runner.proto, THE ACKNOWLEDGEMENT) did not come in time.
+
+    The call is dropped, never started, and answered ``finished{errorCode=500}``.
+    """
 
 
 class FunctionFailed(Exception):

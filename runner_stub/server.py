@@ -6,7 +6,9 @@
 
 Semantics follow fn's pure runner (``api/agent/pure_runner.go``): decide
 (accept or NACK) right after ``try``, before the function runs; once accepted,
-always end with a ``finished`` message or an error status.
+always end with a ``finished`` message or an error status. A try that asks for
+an acknowledgement ("ack" in the features) is acknowledged once its slot is
+taken and started only after the LB's go (runner.proto, THE ACKNOWLEDGEMENT).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from runner_stub.errors import (
     BadCall,
     CallRejected,
     FunctionFailed,
+    NoGo,
     ProtocolError,
     StartupError,
 )
@@ -50,7 +53,13 @@ log = logging.getLogger("runner_stub")
 
 MAX_DATA_CHUNK = 10 * 1024  # fn's MaxDataChunk: body frames in both directions
 TOO_BUSY = "Timed out - server too busy"  # fn's ErrCallTimeoutServerBusy text
-FEATURES = ("call", "calls")  # RunnerStatus.features: Runner/Call and Runner/Calls
+# RunnerStatus.features: Runner/Call, Runner/Calls, acknowledgements (unless
+# --ack false) and 1 s keepalive pings (runner.proto).
+FEATURES = ("call", "calls", "keepalive")
+ACK_FEATURE = "ack"
+# A runner whose try was acknowledged waits this long for the LB's go, then
+# drops the call (never started): the LB sends it as soon as it reads the ack.
+_GO_WAIT_S = 10.0
 RUNNER_SERVICE = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Bodies are streamed in 10 KiB frames, but other clients may not chunk.
@@ -61,7 +70,7 @@ _SEND_LIMIT = MAX_RESPONSE_SIZE + 1024 * 1024
 # The response body plus at most a few KiB of meta and finished must fit.
 _REPLY_BODY_LIMIT = _SEND_LIMIT - 64 * 1024
 # errorCode of a call whose response is over the LB's limit (fnlb.max_response_bytes).
-RESPONSE_TOO_LARGE = 507
+RESPONSE_TOO_LARGE = 509  # fnlb.transport.RESPONSE_TOO_LARGE
 # Response bodies per ReplyBatch, at most, unless one reply alone is bigger:
 # a batch must stay under the LB's message limit.
 _BATCH_BYTES = 1024 * 1024
@@ -73,6 +82,12 @@ _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
     # Without this a second stub on the same fixed port would silently share it.
     ("grpc.so_reuseport", 0),
+    # The LB pings runners that list "keepalive" every second, calls or not
+    # (it notices a hung runner by an unanswered ping): allow it. gRPC's
+    # default answers such pings with GOAWAY "too_many_pings".
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 
@@ -94,6 +109,7 @@ class Counters:
     failed: int = 0
     completed: int = 0  # functions that ran to their end without error
     bad_requests: int = 0
+    started: int = 0  # functions started (an accepted call that was dropped never starts)
 
 
 @dataclass(frozen=True)
@@ -153,11 +169,17 @@ class _Requests:
             log.debug("client still sending; ending the stream anyway")
 
 
+def _task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class _StreamIO:
     """A call's input and output as TryExec messages: body frames in, RunnerMsgs out."""
 
-    __slots__ = ("_requests", "_context", "detached_ack", "orphaned")
+    __slots__ = ("_requests", "_context", "detached_ack", "orphaned", "_go_pending")
     streams = True
+    acks = True  # can acknowledge a try; the go is the first body frame
 
     def __init__(self, requests: _Requests, context: Any) -> None:
         self._requests = requests
@@ -166,12 +188,31 @@ class _StreamIO:
         self.detached_ack = False
         # The stream is gone (after detached_ack): nothing more is sent.
         self.orphaned = False
+        self._go_pending = False
+
+    def cancelled(self) -> bool:
+        """The LB cancelled the stream (or it broke): start nothing for it."""
+        return bool(self._context.cancelled() or self._context.done() or _task_cancelling())
+
+    async def acknowledge(self) -> None:
+        """Send the ack; the LB's go is the first body frame, which ``read_body`` awaits."""
+        await self._context.write(runner_pb2.RunnerMsg(ack=runner_pb2.CallAck()))
+        self._go_pending = True
 
     async def read_body(self, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
-            msg = await self._requests.read()
+            if self._go_pending:
+                try:
+                    async with asyncio.timeout(_GO_WAIT_S):
+                        msg = await self._requests.read()
+                except TimeoutError:
+                    raise NoGo(f"acknowledged, but no go (body) came within "
+                               f"{_GO_WAIT_S:g}s: dropped, not run") from None
+                self._go_pending = False
+            else:
+                msg = await self._requests.read()
             kind = _kind(msg)
             if kind != "data":
                 if kind == "try":
@@ -225,11 +266,20 @@ class _UnaryIO:
     streams = False
     detached_ack = False  # detached calls come over TryExec only
     orphaned = False
+    acks = False  # Call has no acknowledgement (one message each way)
 
     def __init__(self, body: bytes, context: Any | None) -> None:
         self._body = body
         self._context = context
         self.reply = runner_pb2.CallReply()
+
+    def cancelled(self) -> bool:
+        ctx = self._context
+        return bool(_task_cancelling() or (
+            ctx is not None and (ctx.cancelled() or ctx.done())))
+
+    async def acknowledge(self) -> None:
+        raise AssertionError("Runner/Call has no acknowledgement")
 
     async def read_body(self, limit: int) -> bytes:
         if len(self._body) > limit:
@@ -258,6 +308,25 @@ class _UnaryIO:
             success=False, errorCode=400, errorStr=f"{code.name}: {details}"))
 
 
+class _CallsIO(_UnaryIO):
+    """One call on the Calls stream: as Call, plus the ack (ReplyBatch.acks) and
+    its go (CallBatch.go)."""
+
+    __slots__ = ("_stream", "_seq")
+    acks = True
+
+    def __init__(self, body: bytes, stream: _CallStream, seq: int) -> None:
+        super().__init__(body, None)
+        self._stream = stream
+        self._seq = seq
+
+    def cancelled(self) -> bool:
+        return self._stream.cancelled() or _task_cancelling()
+
+    async def acknowledge(self) -> None:
+        await self._stream.acknowledge(self._seq)
+
+
 _IO = _StreamIO | _UnaryIO
 
 
@@ -282,11 +351,15 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
       "first message must be try, got data";
     * ``models_call_json`` unusable -> INVALID_ARGUMENT "models_call_json: ...";
     * ``memory`` above the runner's total -> ``finished{success=false,
-      errorCode=400}`` (never fits here; fn's ErrCallResourceTooBig);
+      errorCode=507, memory_mb_total=N}`` (never fits here; try another runner);
     * draining, or no slot+memory within ``nack_after_ms`` -> NACK:
       ``finished{success=false, errorCode=503, errorStr="Timed out - server too busy"}``
       as the only message, stream ends OK;
-    * accepted; then a second ``try`` or a stream ending without ``eof`` ->
+    * accepted; a try with ``ack`` (and ``--ack true``) is acknowledged now
+      (``RunnerMsg{ack}``) and started only after the first body frame, the
+      LB's go (dropped, never run, if the stream ends or 10 s pass first);
+      nothing is started for a stream already cancelled;
+    * then a second ``try`` or a stream ending without ``eof`` ->
       INVALID_ARGUMENT; a body over ``max_body_bytes`` ->
       ``finished{success=false, errorCode=413, errorUser=true,
       errorStr="request body exceeds N bytes"}`` (a finished, not a status, so
@@ -302,7 +375,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     the runner's: the stream being cancelled or broken (the LB stopping) no
     longer stops it, it runs to its end in its slot. A sync response over
     the LB's ``fnlb.max_response_bytes`` (TryCall.extensions) is
-    ``finished{success=false, errorCode=507, errorUser=true}`` with no
+    ``finished{success=false, errorCode=509, errorUser=true}`` with no
     ``result_start``. Otherwise a client cancel stops the function at once
     and frees its slot.
 
@@ -334,6 +407,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self._close_allow = config.close_patterns()
         self._close_refused = 0
         self._close_refused_logged = -1e9
+        self.features = FEATURES + ((ACK_FEATURE,) if config.ack else ())
 
     # -- drain ---------------------------------------------------------------
 
@@ -377,7 +451,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             memory_mb_total=self.pool.memory_mb_total,
             memory_mb_free=self.pool.memory_mb_free,
             warm_slots=self.warm.keys(),
-            features=FEATURES,
+            features=self.features,
             customStatus={
                 "cold_starts": str(c.cold_starts),
                 "warm_hits": str(c.warm_hits),
@@ -385,6 +459,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 "failed": str(c.failed),
                 "completed": str(c.completed),
                 "bad_requests": str(c.bad_requests),
+                "started": str(c.started),
                 "waiting": str(self.pool.waiting),
             },
         )
@@ -443,10 +518,11 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         for stream in self._call_streams:
             stream.end()
 
-    async def _call(self, request: runner_pb2.CallRequest,
-                    context: Any | None) -> runner_pb2.CallReply:
+    async def _call(self, request: runner_pb2.CallRequest, context: Any | None,
+                    io: _UnaryIO | None = None) -> runner_pb2.CallReply:
         created = _now()
-        io = _UnaryIO(request.body, context)
+        if io is None:
+            io = _UnaryIO(request.body, context)
         # `try` is a Python keyword, hence getattr.
         await self._serve(getattr(request, "try"), created, io)
         reply = io.reply
@@ -476,21 +552,22 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             await self._bad_request(e, io)
             return
         if call.memory_mb > self.pool.memory_mb_total:
-            # Not a NACK: no retry can make it fit on this runner.
-            await self._refuse(call, created, CallRejected(
-                400, f"call asks for {call.memory_mb} MiB of memory, this runner has "
-                     f"{self.pool.memory_mb_total} MiB in total"), io)
+            # Not busy: no wait can make it fit here (but a bigger runner may).
+            await self._does_not_fit(call, created, io)
             return
 
         self.counters.received += 1
+        ack = tc.ack and self._cfg.ack and io.acks
         try:
+            if io.cancelled():
+                raise asyncio.CancelledError  # the LB gave up already: start nothing
             lease = await self._admit(call)
             if lease is not None:
                 if call.detached and isinstance(io, _StreamIO):
-                    await self._detached(call, created, io, lease)
+                    await self._detached(call, created, io, lease, ack)
                     return
                 with lease:
-                    await self._accepted(call, created, io)
+                    await self._accepted(call, created, io, ack)
                 return
         except asyncio.CancelledError:
             # The client went away (cancel, deadline) or the server is stopping:
@@ -501,7 +578,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         await self._nack(call, io)
 
     async def _detached(self, call: ParsedCall, created: _Instant, io: _StreamIO,
-                        lease: Lease) -> None:
+                        lease: Lease, ack: bool) -> None:
         """Run an accepted detached call so that, once its 202 is sent, it outlives its stream.
 
         fn answers a detached call 202 and runs it without the client: the
@@ -513,7 +590,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         """
         async def run() -> None:
             with lease:
-                await self._accepted(call, created, io)
+                await self._accepted(call, created, io, ack)
 
         task = asyncio.create_task(run(), name=f"detached-{call.id}")
         try:
@@ -584,6 +661,18 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         await io.discard_rest()
         await io.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
+    async def _does_not_fit(self, call: ParsedCall, created: _Instant, io: _IO) -> None:
+        self.counters.bad_requests += 1
+        total = self.pool.memory_mb_total
+        log.info("call does not fit", extra=kv(call_id=call.id, memory_mb=call.memory_mb,
+                                               memory_mb_total=total))
+        fin = self._finished(call, created, error=CallRejected(
+            507, f"call asks for {call.memory_mb} MiB of memory, this runner has "
+                 f"{total} MiB in total"))
+        fin.memory_mb_total = total
+        await io.finish(fin)
+        await io.discard_rest()
+
     async def _refuse(self, call: ParsedCall, created: _Instant, error: CallRejected,
                       io: _IO) -> None:
         self.counters.bad_requests += 1
@@ -591,7 +680,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         await io.finish(self._finished(call, created, error=error))
         await io.discard_rest()
 
-    async def _accepted(self, call: ParsedCall, created: _Instant, io: _IO) -> None:
+    async def _accepted(self, call: ParsedCall, created: _Instant, io: _IO, ack: bool) -> None:
         self.counters.handled += 1
         nth = self.counters.handled
         self.active += 1
@@ -599,6 +688,11 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         log.debug("call accepted", extra=kv(call_id=call.id, fn_id=call.fn_id, slot=call.slot_key))
         try:
             try:
+                if ack:
+                    if io.cancelled():
+                        raise asyncio.CancelledError  # gave up while we took the slot
+                    # The commit point; the function starts only after the go.
+                    await io.acknowledge()
                 body = await io.read_body(self._cfg.max_body_bytes)
             except ProtocolError as e:
                 await self._bad_request(e, io)
@@ -606,6 +700,13 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             except CallRejected as e:
                 await self._refuse(call, created, e, io)
                 return
+            except NoGo as e:
+                self.counters.canceled += 1
+                log.warning("call dropped", extra=kv(call_id=call.id, error=str(e)))
+                await io.finish(self._finished(call, created, error=CallRejected(500, str(e))))
+                return
+            if io.cancelled():
+                raise asyncio.CancelledError  # cancelled since: start nothing
             await self._execute(call, created, body, nth, io)
         finally:
             self.active -= 1
@@ -636,6 +737,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             await self._maybe_crash(call, nth)
         await self._warm_up(call)
         started = _now()
+        self.counters.started += 1
         log.debug("function started", extra=kv(call_id=call.id))
         result: FunctionResult | None = None
         error: CallRejected | None = None
@@ -847,7 +949,9 @@ class _CallStream:
     the stream breaks, they are cancelled like any call whose client left.
     ``end()`` (server stopping): once every call read so far is answered the
     stream ends with OK, which tells the LB that what it wrote after that was
-    never read and never run.
+    never read and never run. A call that asked for an ack is acknowledged in
+    ``ReplyBatch.acks`` and waits for its seq in ``CallBatch.go``; once reading
+    ends, calls still waiting for their go are dropped unanswered (never run).
     """
 
     def __init__(self, service: RunnerService, context: Any) -> None:
@@ -855,9 +959,32 @@ class _CallStream:
         self._context = context
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._ready: list[runner_pb2.CallReply] = []
+        self._acks: list[int] = []
+        self._gos: dict[int, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
         self._reading = True
         self._ending = False
+
+    def cancelled(self) -> bool:
+        ctx = self._context
+        return bool(ctx.cancelled() or ctx.done())
+
+    async def acknowledge(self, seq: int) -> None:
+        """Ack call ``seq`` and wait for its go; NoGo (never started) if it does not come."""
+        if not self._reading:
+            raise asyncio.CancelledError  # no go can come any more
+        go = asyncio.get_running_loop().create_future()
+        self._gos[seq] = go
+        self._acks.append(seq)
+        self._wake.set()
+        try:
+            async with asyncio.timeout(_GO_WAIT_S):
+                await go
+        except TimeoutError:
+            raise NoGo(f"acknowledged, but no go came within {_GO_WAIT_S:g}s: "
+                       "dropped, not run") from None
+        finally:
+            self._gos.pop(seq, None)
 
     def end(self) -> None:
         self._ending = True
@@ -866,11 +993,14 @@ class _CallStream:
     async def run(self) -> None:
         reader = asyncio.create_task(self._read())
         try:
-            while (self._reading and not self._ending) or self._tasks or self._ready:
+            while ((self._reading and not self._ending) or self._tasks or self._ready
+                   or self._acks):
                 await self._wake.wait()
                 self._wake.clear()
-                while self._ready:
-                    await self._context.write(runner_pb2.ReplyBatch(replies=self._take()))
+                while self._ready or self._acks:
+                    acks, self._acks = self._acks, []
+                    await self._context.write(runner_pb2.ReplyBatch(replies=self._take(),
+                                                                    acks=acks))
             if reader.done():
                 await reader  # surfaces a read error as the stream's status
         finally:
@@ -899,11 +1029,17 @@ class _CallStream:
                     task = self._tasks.pop(seq, None)
                     if task is not None:
                         task.cancel()
+                for seq in batch.go:
+                    go = self._gos.get(seq)
+                    if go is not None and not go.done():
+                        go.set_result(None)
                 for request in batch.calls:
                     if not self._ending:
                         self._start(request)
         finally:
             self._reading = False
+            for go in self._gos.values():
+                go.cancel()  # no go can come: drop those calls, never run
             self._wake.set()
 
     def _start(self, request: runner_pb2.CallRequest) -> None:
@@ -920,7 +1056,8 @@ class _CallStream:
     async def _one(self, request: runner_pb2.CallRequest) -> None:
         seq = request.seq
         try:
-            reply = await self._service._call(request, None)
+            reply = await self._service._call(request, None,
+                                              _CallsIO(request.body, self, seq))
         except asyncio.CancelledError:
             return  # the LB cancelled it: no reply
         finally:

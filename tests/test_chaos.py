@@ -86,7 +86,6 @@ def test_partition_runs_no_call_twice(cut: chaos.PartitionResult) -> None:
     assert cut.settled
 
 
-@_issue13("never-accepted calls on a partitioned (ack) runner go elsewhere instead of failing")
 def test_partition_fails_no_never_accepted_call(cut: chaos.PartitionResult) -> None:
     assert cut.never_accepted_failed == 0, cut.codes
 

@@ -58,6 +58,30 @@ def test_is_nack(success: bool, error_code: int, answered: bool, nack: bool) -> 
     assert commit.is_nack(success=success, error_code=error_code, answered=answered) is nack
 
 
+@pytest.mark.parametrize(("success", "error_code", "answered", "fit"), [
+    (False, 507, False, False),
+    (False, 507, True, True),       # after result_start/http or the ack: a failure
+    (False, 503, False, True),
+    (True, 507, False, True),
+])
+def test_does_not_fit(success: bool, error_code: int, answered: bool, fit: bool) -> None:
+    assert commit.does_not_fit(success=success, error_code=error_code,
+                               answered=answered) is not fit
+
+
+@pytest.mark.parametrize(("success", "error_code", "answered", "verdict"), [
+    (False, 503, False, Verdict.NACK),
+    (False, 507, False, Verdict.DOES_NOT_FIT),
+    (False, 503, True, Verdict.FINISHED),   # answered (or acked) first: committed
+    (False, 507, True, Verdict.FINISHED),
+    (False, 500, False, Verdict.FINISHED),
+    (False, 400, False, Verdict.FINISHED),  # a refusal: committed, the client sees it
+    (True, 0, False, Verdict.FINISHED),
+])
+def test_finished(success: bool, error_code: int, answered: bool, verdict: Verdict) -> None:
+    assert commit.finished(success=success, error_code=error_code, answered=answered) is verdict
+
+
 @pytest.mark.parametrize(("code", "details", "committed", "verdict"), [
     (S.UNAVAILABLE, "too busy", False, Verdict.NACK),
     (503, None, False, Verdict.NACK),
@@ -65,18 +89,53 @@ def test_is_nack(success: bool, error_code: int, answered: bool, nack: bool) -> 
     (S.UNAVAILABLE, REFUSED, False, Verdict.NEVER_REACHED),
     (S.CANCELLED, None, False, Verdict.CANCELED),
     (S.INTERNAL, "boom", False, Verdict.FAILED),
-    (S.UNAVAILABLE, "Socket closed", False, Verdict.FAILED),
+    # fn's rule: the try was sent, the connection broke: committed, and lost.
+    (S.UNAVAILABLE, "Socket closed", False, Verdict.BROKEN),
+    (S.UNAVAILABLE, "keepalive watchdog timeout", False, Verdict.BROKEN),
     (S.DEADLINE_EXCEEDED, None, False, Verdict.FAILED),
     # Once the runner answered anything, nothing un-commits the call.
-    (S.UNAVAILABLE, "too busy", True, Verdict.FAILED),
+    (S.UNAVAILABLE, "too busy", True, Verdict.BROKEN),
     (503, None, True, Verdict.FAILED),
-    (S.UNAVAILABLE, REFUSED, True, Verdict.FAILED),
+    (S.UNAVAILABLE, REFUSED, True, Verdict.BROKEN),
     (S.CANCELLED, None, True, Verdict.CANCELED),
     (S.INTERNAL, "boom", True, Verdict.FAILED),
 ])
 def test_rpc_failed(code: commit.Code, details: str | None, committed: bool,
                     verdict: Verdict) -> None:
     assert commit.rpc_failed(code, details, committed=committed) is verdict
+    assert commit.rpc_failed(code, details, committed=committed, acks=False) is verdict
+
+
+@pytest.mark.parametrize(("code", "details", "acked", "verdict"), [
+    # Before the ack: not placed, whatever broke (the runner starts nothing without the go).
+    (S.UNAVAILABLE, "Socket closed", False, Verdict.UNACKED),
+    (S.UNAVAILABLE, "keepalive watchdog timeout", False, Verdict.UNACKED),
+    (S.INTERNAL, "boom", False, Verdict.UNACKED),
+    (S.UNKNOWN, "Stream removed", False, Verdict.UNACKED),
+    (S.CANCELLED, None, False, Verdict.UNACKED),          # the runner's server stopping
+    (S.DEADLINE_EXCEEDED, None, False, Verdict.UNACKED),
+    # ... but a NACK and an unreachable runner stay what they are,
+    (S.UNAVAILABLE, "too busy", False, Verdict.NACK),
+    (S.UNAVAILABLE, REFUSED, False, Verdict.NEVER_REACHED),
+    # and a call the runner rejects as malformed fails: every runner would.
+    (S.INVALID_ARGUMENT, "models_call_json: invalid JSON", False, Verdict.FAILED),
+    # After the ack: fn's rule, committed.
+    (S.UNAVAILABLE, "Socket closed", True, Verdict.BROKEN),
+    (S.INTERNAL, "boom", True, Verdict.FAILED),
+    (S.CANCELLED, None, True, Verdict.CANCELED),
+    (S.UNAVAILABLE, "too busy", True, Verdict.BROKEN),
+])
+def test_rpc_failed_with_acks(code: commit.Code, details: str | None, acked: bool,
+                              verdict: Verdict) -> None:
+    assert commit.rpc_failed(code, details, committed=acked, acks=True) is verdict
+
+
+@pytest.mark.parametrize(("acks", "verdict"), [
+    (True, Verdict.UNACKED),   # cancel, try the next runner
+    (False, None),             # fn's rule: the call goes on; the runner is only suspect
+])
+def test_unanswered(acks: bool, verdict: Verdict | None) -> None:
+    assert commit.unanswered(acks=acks) is verdict
 
 
 @pytest.mark.parametrize(("code", "details", "verdict"), [
@@ -98,7 +157,7 @@ def test_call_failed(code: commit.Code, details: str | None, verdict: Verdict) -
     (S.INTERNAL, "boom", True, Verdict.NEVER_REACHED),   # the stream knows it was not run
     (S.UNAVAILABLE, REFUSED, False, Verdict.NEVER_REACHED),
     # Written on a stream the runner serves: committed, even "too busy".
-    (S.UNAVAILABLE, "too busy", False, Verdict.FAILED),
+    (S.UNAVAILABLE, "too busy", False, Verdict.BROKEN),
     (503, None, False, Verdict.FAILED),
     (S.CANCELLED, None, False, Verdict.CANCELED),
     (S.INTERNAL, "boom", False, Verdict.FAILED),
@@ -107,6 +166,22 @@ def test_call_failed(code: commit.Code, details: str | None, verdict: Verdict) -
 def test_stream_failed(code: commit.Code | None, details: str | None, not_run: bool,
                        verdict: Verdict) -> None:
     assert commit.stream_failed(code, details, not_run=not_run) is verdict
+    assert commit.stream_failed(code, details, not_run=not_run, unacked=False) is verdict
+
+
+@pytest.mark.parametrize(("code", "details", "not_run", "verdict"), [
+    # A call asked for an ack and the LB had not read it: no go was sent.
+    (S.UNAVAILABLE, "keepalive watchdog timeout", False, Verdict.UNACKED),
+    (S.INTERNAL, "boom", False, Verdict.UNACKED),
+    (S.CANCELLED, None, False, Verdict.UNACKED),
+    (None, None, False, Verdict.UNACKED),                # the LB closed it, or accept timeout
+    (S.UNAVAILABLE, REFUSED, False, Verdict.NEVER_REACHED),
+    (None, None, True, Verdict.NEVER_REACHED),
+    (S.UNIMPLEMENTED, None, False, Verdict.UNSUPPORTED),
+])
+def test_stream_failed_unacked(code: commit.Code | None, details: str | None, not_run: bool,
+                               verdict: Verdict) -> None:
+    assert commit.stream_failed(code, details, not_run=not_run, unacked=True) is verdict
 
 
 @pytest.mark.parametrize(("has_http", "has_finished", "success", "error_code", "verdict"), [
@@ -117,6 +192,8 @@ def test_stream_failed(code: commit.Code | None, details: str | None, not_run: b
     (False, True, True, 0, Verdict.FINISHED),
     (True, False, False, 0, Verdict.INCOMPLETE),
     (False, False, False, 0, Verdict.INCOMPLETE),        # an empty reply
+    (False, True, False, 507, Verdict.DOES_NOT_FIT),
+    (True, True, False, 507, Verdict.FINISHED),
 ])
 def test_replied(has_http: bool, has_finished: bool, success: bool, error_code: int,
                  verdict: Verdict) -> None:
@@ -124,19 +201,23 @@ def test_replied(has_http: bool, has_finished: bool, success: bool, error_code: 
                           error_code=error_code) is verdict
 
 
+# placed, lost (RunnerError.lost: the transport, not the runner, ended it)
 PLACED = {
-    Verdict.NACK: False,
-    Verdict.NEVER_REACHED: False,
-    Verdict.UNSUPPORTED: False,
-    Verdict.CANCELED: True,
-    Verdict.FAILED: True,
-    Verdict.LOST: True,
-    Verdict.INCOMPLETE: True,
-    Verdict.FINISHED: True,
+    Verdict.NACK: (False, False),
+    Verdict.NEVER_REACHED: (False, False),
+    Verdict.UNSUPPORTED: (False, False),
+    Verdict.DOES_NOT_FIT: (False, False),
+    Verdict.UNACKED: (False, False),
+    Verdict.CANCELED: (True, False),
+    Verdict.FAILED: (True, False),
+    Verdict.BROKEN: (True, True),
+    Verdict.LOST: (True, True),
+    Verdict.INCOMPLETE: (True, False),
+    Verdict.FINISHED: (True, False),
 }
 
 
-def test_only_nack_never_reached_and_unsupported_are_not_placed() -> None:
+def test_which_verdicts_are_placed_and_lost() -> None:
     # Every Verdict is in the table: a new one must be classified here on purpose.
     assert set(PLACED) == set(Verdict)
-    assert {v: v.placed for v in Verdict} == PLACED
+    assert {v: (v.placed, v.lost) for v in Verdict} == PLACED

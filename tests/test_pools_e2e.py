@@ -308,8 +308,12 @@ async def test_dead_runner_cost_with_default_health_flags() -> None:
                 await wait_until(lambda: len(samples) >= 150, 30, "warm-up calls")
                 kill_wall[0] = time.time()
                 a.popen.kill()
+                # Out of placement at the first failure a call or a probe saw
+                # (ejection, after --eject-after failures, comes later).
                 line = await asyncio.to_thread(
-                    front.wait_for_line, r"msg=\"runner ejected\" runner=" + re.escape(a.addr))
+                    front.wait_for_line,
+                    r"msg=\"runner unreachable: no new calls until a probe reaches it\" "
+                    r"runner=" + re.escape(a.addr))
                 stop_at[0] = time.time() + 1.0
                 kill_wall.append(log_time(line))
 
@@ -320,7 +324,8 @@ async def test_dead_runner_cost_with_default_health_flags() -> None:
             errors = [s for s in samples if not s[3]]
             base = sorted(s[1] for s in before)
             p50, p99 = base[len(base) // 2], base[int(len(base) * .99)]
-            print(f"\ndead-runner cost: ejected {1000 * (ejected_at - killed_at):.0f} ms after "
+            print(f"\ndead-runner cost: out of placement "
+                  f"{1000 * (ejected_at - killed_at):.0f} ms after "
                   f"SIGKILL; calls started in that window {len(window)} with "
                   f"{sum(s[2] - 1 for s in window)} failed-over attempts, max latency "
                   f"{1000 * max((s[1] for s in window), default=0):.0f} ms vs baseline p50 "
@@ -328,9 +333,7 @@ async def test_dead_runner_cost_with_default_health_flags() -> None:
                   f"killed runner) {len(errors)}; "
                   f"all {len(samples)} calls returned")
             # How soon is the measurement printed above, not a test: this bound
-            # is generous and only catches a hang. That placement, not the probes,
-            # ejected the runner is what seen_by=placement shows.
+            # is generous and only catches a hang.
             assert ejected_at - killed_at < 20
             assert len(errors) <= 4  # only calls the killed runner had accepted (4 slots)
-            line = front.wait_for_line(r"msg=\"runner ejected\" runner=" + re.escape(a.addr))
-            assert "seen_by=placement" in line
+            front.wait_for_line(r"msg=\"runner ejected\" runner=" + re.escape(a.addr))

@@ -174,7 +174,7 @@ async def test_a_response_over_the_limit_fails_before_its_body(small_stub: Proc)
 
 
 async def test_the_runner_fails_a_too_big_response_before_result_start(small_stub: Proc) -> None:
-    """On TryExec too: the only message is finished{507} (runner.proto, RESPONSE SIZE)."""
+    """On TryExec too: the only message is finished{509} (runner.proto, RESPONSE SIZE)."""
     async with grpc.aio.insecure_channel(small_stub.addr) as ch:
         tc = runner_pb2.TryCall(models_call_json='{"id": "c1", "fn_id": "big", '
                                                  '"config": {"response_size": "5000"}}')
@@ -184,7 +184,7 @@ async def test_the_runner_fails_a_too_big_response_before_result_start(small_stu
             runner_pb2.ClientMsg(data=runner_pb2.DataFrame(eof=True))]), timeout=10)]
     assert [m.WhichOneof("body") for m in msgs] == ["finished"]
     f = msgs[0].finished
-    assert (f.success, f.errorCode, f.errorUser) == (False, 507, True)
+    assert (f.success, f.errorCode, f.errorUser) == (False, 509, True)
     assert f.errorStr.endswith(f"limit of 4999 bytes {LIMIT_MSG}")
 
 
@@ -209,7 +209,7 @@ async def test_the_lb_cuts_off_a_runner_that_ignores_the_limit(
     call = lb_call(b"y" * 1001)  # the runners echo the body
     attempt = await runner.try_exec(call)
     assert attempt.placed and isinstance(attempt.error, RunnerError)
-    assert (attempt.error.error_code, attempt.error.user_error) == (507, True)
+    assert (attempt.error.error_code, attempt.error.user_error) == (509, True)
     assert str(attempt.error).endswith(f"exceeds the limit of 1000 bytes {LIMIT_MSG}")
     assert call.response.body() == b""  # type: ignore[attr-defined]
     ok = lb_call(b"y" * 1000)

@@ -112,7 +112,7 @@ async def test_call_errors_on_the_stub(channel_to: Any) -> None:
         getattr(req, "try").extensions["fnlb.max_response_bytes"] = str(MiB)
         reply = await runner.Call(req, timeout=30)
         assert not reply.HasField("http") and reply.body == b""
-        assert (reply.finished.errorCode, reply.finished.errorUser) == (507, True)
+        assert (reply.finished.errorCode, reply.finished.errorUser) == (509, True)
         assert reply.finished.errorStr == (
             f"response body of {2 * MiB} bytes exceeds the LB's limit of {MiB} bytes "
             "(--max-response-bytes)")

@@ -151,6 +151,11 @@ def add_serve_parser(sub: Any) -> None:
     _add(p, "--app-max-inflight", "0", type=non_negative_int, metavar="N",
          help="most calls of one app_id that the queue lets run at once (0: no limit); "
               "calls placed without waiting do not count")
+    _add(p, "--accept-timeout", "1s", type=duration, metavar="DUR",
+         help="a runner that has not answered a try (NACK, acknowledgement or result) "
+              "within this long gets no new calls until a status poll answers; with "
+              "runners that acknowledge calls ('ack'), that call goes to another runner. "
+              "0 disables")
     _add(p, "--connect-timeout", "1s", type=duration, metavar="DUR",
          help="how long to wait for a runner connection before trying the next runner")
     _add(p, "--max-body-bytes", str(8 * 1024 * 1024), type=positive_int, metavar="N",
@@ -240,6 +245,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
                                  inflight_limit=args.app_max_inflight or None),
         max_body_bytes=args.max_body_bytes,
         max_response_bytes=args.max_response_bytes,
+        accept_timeout=args.accept_timeout,
         drain_grace=args.drain_grace,
         connect_timeout=args.connect_timeout,
         default_timeout_s=args.default_timeout,

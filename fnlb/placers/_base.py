@@ -6,7 +6,7 @@ import abc
 import logging
 from collections.abc import Iterable, Sequence
 
-from fnlb.errors import InvalidRequest, PassedOn, PoolError, ServerTooBusy
+from fnlb.errors import DoesNotFit, InvalidRequest, PassedOn, PoolError, ServerTooBusy
 from fnlb.metrics import Metrics
 from fnlb.placers.capacity import Capacity
 from fnlb.placers.load import LoadTracker
@@ -65,6 +65,7 @@ class BasePlacer(abc.ABC):
         tracker = PlacerTracker(self._config, call, self._metrics, deadline)
         cap = self._capacity
         turn: Grant | None = None  # our place in the wait queue, once given
+        unfit: dict[str, int | None] = {}  # runners that said the call can never fit
         try:
             while True:
                 pool_err: PoolError | None = None
@@ -75,11 +76,14 @@ class BasePlacer(abc.ABC):
                     runners, pool_err = (), e
                     tracker.handle_find_runners_failure(e)
                 memory = call.model.memory
-                fitting = [r for r in runners if self._load.fits(r.address, memory) is not False]
+                fitting = [r for r in runners if r.address not in unfit
+                           and self._load.fits(r.address, memory) is not False]
                 if runners and not fitting:
+                    largest = max(max(self._load.memory_mb(r.address),
+                                      unfit.get(r.address) or 0) for r in runners)
                     raise InvalidRequest(
                         f"memory_mb: {memory} MiB is more than any runner has (largest: "
-                        f"{max(self._load.memory_mb(r.address) for r in runners)} MiB)")
+                        f"{largest} MiB)")
                 if len(fitting) < len(runners):
                     # Only some runners can ever run it: skip the others. Such a call
                     # keeps the sweep (over the runners that fit): in the queue it
@@ -111,6 +115,9 @@ class BasePlacer(abc.ABC):
                         if err is not None:
                             raise err
                         return runner
+                    if isinstance(err, DoesNotFit):
+                        unfit[address] = err.memory_mb_total
+                        continue
                     if (cap is not None and isinstance(err, ServerTooBusy)
                             and not isinstance(err, PassedOn)):
                         cap.nacked(address)  # the runner itself refused: our view was wrong

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from fnlb.errors import PassedOn, PoolError, RunnerUnreachable
+from fnlb.errors import PassedOn, PoolError, RunnerError, RunnerUnreachable
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.placers.load import LoadTracker
@@ -226,8 +226,9 @@ class DynamicRunnerPool:
         verdict = attempt_verdict(result)
         if verdict is None or m.retired:
             return
-        if not result.placed:
-            # It could not even be reached: no new calls until a probe reaches it.
+        if not result.placed or (isinstance(result.error, RunnerError) and result.error.lost):
+            # It could not be reached, or its connection broke under a call: no
+            # new calls until a probe reaches it.
             self._set_down(m, str(result.error), "placement")
         elif m.up is False:
             m.up = True  # the call reached it
@@ -317,6 +318,15 @@ class DynamicRunnerPool:
 
     def _dress(self, m: Member) -> None:
         m.handle = PooledRunner(m, self)
+        if hasattr(m.runner, "on_unanswered"):
+            # A try unanswered past --accept-timeout: suspect at once, and ask.
+            m.runner.on_unanswered = lambda reason: self._unanswered(m, reason)
+
+    def _unanswered(self, m: Member, reason: str) -> None:
+        if not m.retired:
+            self._set_down(m, reason, "accept deadline")
+            self._prober.soon(m)
+            self._wake.set()
 
     def _joined(self, m: Member) -> None:
         if self._started:

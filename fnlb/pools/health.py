@@ -41,7 +41,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fnlb.errors import ClientCanceled, ClientTimeout, ConfigError, RunnerError, ServerTooBusy
+from fnlb.errors import (
+    ClientCanceled,
+    ClientTimeout,
+    ConfigError,
+    DoesNotFit,
+    RunnerError,
+    ServerTooBusy,
+)
 from fnlb.runnerpool import Attempt
 
 __all__ = ["HealthConfig", "RunnerHealth", "SLOW_START_MIN_SHARE", "attempt_verdict"]
@@ -123,8 +130,9 @@ def attempt_verdict(result: Attempt) -> bool | None:
     """What a ``try_exec`` outcome says of the runner: True ok, False failure, None nothing."""
     err = result.error
     if not result.placed:
-        # A NACK proves the runner alive; anything else unplaced is a connection failure.
-        return None if isinstance(err, ServerTooBusy) else False
+        # A NACK (or "does not fit") proves the runner alive; anything else
+        # unplaced is a connection failure.
+        return None if isinstance(err, ServerTooBusy | DoesNotFit) else False
     if err is None:
         return True
     if isinstance(err, ClientTimeout | ClientCanceled):

@@ -24,6 +24,7 @@ from fnlb.transport._tryexec import CHUNK_SIZE
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.transport.grpc_runner import (
     CHANNEL_OPTIONS,
+    KEEPALIVE_OPTIONS,
     UNARY_MAX_BODY,
     GrpcRunner,
     make_runner_factory,
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "MAX_RESPONSE_BYTES_KEY",
     "RESPONSE_TOO_LARGE",
+    "KEEPALIVE_OPTIONS",
     "STREAM_MAX_BODY",
     "UNARY_MAX_BODY",
     "CallStream",

@@ -9,7 +9,7 @@ import logging
 
 import grpc
 
-from fnlb.errors import ClientCanceled, RunnerError, RunnerUnreachable, ServerTooBusy
+from fnlb.errors import ClientCanceled, DoesNotFit, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.runnerpool import Attempt, RunnerCall
@@ -30,7 +30,8 @@ def _ns(value: int) -> float:
 
 
 class Answers:
-    """One runner's answers as attempts: NACK, never reached, canceled or committed.
+    """One runner's answers as attempts: NACK, does not fit, never reached, unacknowledged,
+    canceled or committed.
 
     ``max_response_bytes``: the most response body the LB carries (runners are
     told it in every ``try``; a bigger body fails the call).
@@ -52,6 +53,8 @@ class Answers:
                                  success=f.success, error_code=f.errorCode)
         if verdict is Verdict.NACK:
             return Attempt(False, ServerTooBusy(f.errorStr or "Timed out - server too busy"))
+        if verdict is Verdict.DOES_NOT_FIT:
+            return self.does_not_fit(f)
         if has_http and len(reply.body) > self.max_response_bytes:
             return Attempt(True, too_large(self.address, len(reply.body),
                                            self.max_response_bytes))
@@ -75,11 +78,18 @@ class Answers:
                 error_code=f.errorCode or 500, user_error=f.errorUser))
         return Attempt(True, None)
 
+    def does_not_fit(self, f: runner_pb2.CallFinished) -> Attempt:
+        """A 507 before anything else: this runner can never run the call; not placed."""
+        return Attempt(False, DoesNotFit(
+            f"runner {self.address}: {f.errorStr or 'the call can never fit on this runner'}",
+            runner=self.address, memory_mb_total=f.memory_mb_total or None))
+
     def rpc_failed(self, e: grpc.aio.AioRpcError, call: RunnerCall, *,
-                   committed: bool) -> Attempt:
-        """An RPC ended with an error status: NACK, never reached, canceled or committed."""
+                   committed: bool, acks: bool = False) -> Attempt:
+        """An RPC ended with an error status: NACK, never reached, unacknowledged,
+        canceled or committed."""
         code, details = e.code(), e.details()
-        return self.failed(commit.rpc_failed(code, details, committed=committed),
+        return self.failed(commit.rpc_failed(code, details, committed=committed, acks=acks),
                            code, details, call)
 
     def failed(self, verdict: Verdict, code: grpc.StatusCode, details: str | None,
@@ -90,6 +100,10 @@ class Answers:
             return Attempt(False, ServerTooBusy(details or "server too busy"))
         if verdict is Verdict.NEVER_REACHED:
             return Attempt(False, RunnerUnreachable(f"runner {self.address}: {details}"))
+        if verdict is Verdict.UNACKED:
+            return Attempt(False, RunnerUnreachable(
+                f"runner {self.address}: {code.name}: {details} (before it acknowledged "
+                "the call)"))
         if verdict is Verdict.CANCELED:
             return Attempt(True, ClientCanceled())
         # Committed (or could have been): the call may have run; never re-send.
@@ -98,7 +112,7 @@ class Answers:
                              code=code.name, error=details))
         return Attempt(True, RunnerError(
             f"runner {self.address} failed the call: {code.name}: {details}",
-            runner=self.address, error_code=502))
+            runner=self.address, error_code=502, lost=verdict.lost))
 
     def record_finish(self, f: runner_pb2.CallFinished, call: RunnerCall) -> None:
         created = parse_rfc3339(f.createdAt)

@@ -28,8 +28,11 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_RESPONSE_BYTES_KEY = "fnlb.max_response_bytes"
 # The runner's errorCode for a response over the limit; the front door maps it
 # to RESOURCE_EXHAUSTED (fnlb.error_status). No HTTP status says "response too
-# large"; 507 (Insufficient Storage: no room for what was produced) is nearest.
-RESPONSE_TOO_LARGE = 507
+# large"; 509 ("bandwidth limit exceeded", non-standard) is used because 507
+# before anything else means "can never run here, try another runner" (a NACK
+# kind): a response that was too big came from a function that RAN, and must
+# never be sent elsewhere.
+RESPONSE_TOO_LARGE = 509
 
 
 class StreamingSink(ResponseSink, Protocol):

@@ -1,24 +1,31 @@
 """The LB's side of Runner/TryExec (the fn protocol): one stream per call, the
 body in frames, for every call the Calls stream and Call cannot take.
 
-    attempt = await try_exec_stream(stub, call, answers, keep)
+    attempt = await try_exec_stream(stub, call, answers, keep, acks=True, watch=watch)
+
+With ``acks`` (the runner lists "ack") the try asks for an acknowledgement and
+the body, the LB's go, follows only once it is read: before it the call is not
+placed whatever happens (runner.proto, THE ACKNOWLEDGEMENT).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
 
-from fnlb.errors import RunnerError, ServerTooBusy
+from fnlb.errors import RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.runnerpool import DETACHED, Attempt, RunnerCall
 from fnlb.transport import commit
+from fnlb.transport._accept import AcceptWatch
 from fnlb.transport._answers import Answers
 from fnlb.transport._response import MAX_RESPONSE_BYTES_KEY, StreamingSink, is_streaming, too_large
+from fnlb.transport.commit import Verdict
 from fnlb.v1 import runner_pb2
 
 __all__ = ["CHUNK_SIZE", "DETACHED_DRAIN", "try_call", "try_exec_stream"]
@@ -37,22 +44,35 @@ CHUNK_SIZE = 256 * 1024
 DETACHED_DRAIN = "fnlb-detached-drain"
 
 
-def try_call(call: RunnerCall, max_response_bytes: int) -> runner_pb2.TryCall:
+def try_call(call: RunnerCall, max_response_bytes: int, *,
+             ack: bool = False) -> runner_pb2.TryCall:
     """The ``try`` that opens a TryExec stream; Call and Calls requests carry it too.
 
-    Its extensions tell the runner the LB's response size limit.
+    Its extensions tell the runner the LB's response size limit; ``ack`` asks
+    the runner (one that lists "ack") to acknowledge the call first.
     """
     tc = runner_pb2.TryCall(models_call_json=call.model_json,
-                            slot_hash_id=call.slot_hash_id, extensions=call.extensions)
+                            slot_hash_id=call.slot_hash_id, extensions=call.extensions,
+                            ack=ack)
     tc.extensions[MAX_RESPONSE_BYTES_KEY] = str(max_response_bytes)
     return tc
 
 
+async def _send_try(stream: Any, call: RunnerCall, max_response_bytes: int, *,
+                    ack: bool = False) -> None:
+    # `try` is a Python keyword, hence the dict (the stubs cannot type it).
+    tc = try_call(call, max_response_bytes, ack=ack)
+    await stream.write(runner_pb2.ClientMsg(**{"try": tc}))  # type: ignore[arg-type]
+
+
 async def _send(stream: Any, call: RunnerCall, max_response_bytes: int) -> None:
     """Write ``try``, the body frames (last with eof) and half-close."""
-    # `try` is a Python keyword, hence the dict (the stubs cannot type it).
-    tc = try_call(call, max_response_bytes)
-    await stream.write(runner_pb2.ClientMsg(**{"try": tc}))  # type: ignore[arg-type]
+    await _send_try(stream, call, max_response_bytes)
+    await _send_body(stream, call)
+
+
+async def _send_body(stream: Any, call: RunnerCall) -> None:
+    """Write the body frames (last with eof) and half-close."""
     body = call.request_body()
     n = len(body)
     if n <= CHUNK_SIZE:
@@ -67,18 +87,37 @@ async def _send(stream: Any, call: RunnerCall, max_response_bytes: int) -> None:
     await stream.done_writing()
 
 
-async def _send_quietly(stream: Any, call: RunnerCall, max_response_bytes: int) -> None:
+async def _quietly(sending: Awaitable[None]) -> None:
     try:
-        await _send(stream, call, max_response_bytes)
+        await sending
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         # The stream ended while we were sending (NACK, runner gone): the
         # reader sees why.
         pass
 
 
+async def _start_sending(sending: Awaitable[None], call: RunnerCall) -> asyncio.Task[None] | None:
+    """Send now (small body) or in a task (big body), which is returned."""
+    if len(call.request_body()) <= CHUNK_SIZE:
+        # Two small messages always fit the HTTP/2 window: write them
+        # before reading, in this task.
+        await _quietly(sending)
+        return None
+    # A big body is written while the answer is read, as fn does:
+    # a runner may stream its answer before it has read all input.
+    return asyncio.create_task(_quietly(sending))
+
+
 async def try_exec_stream(stub: Any, call: RunnerCall, answers: Answers,
-                          keep: Callable[[asyncio.Task[None]], None]) -> Attempt:
-    """One TryExec stream (the fn protocol): every call a Call cannot take."""
+                          keep: Callable[[asyncio.Task[None]], None], *,
+                          acks: bool = False, watch: AcceptWatch | None = None) -> Attempt:
+    """One TryExec stream (the fn protocol): every call a Call cannot take.
+
+    ``acks``: the runner lists "ack": ask for an acknowledgement and send the
+    body (the go) only once it is read; until then any failure, or no answer
+    within the accept deadline of ``watch``, is not placed. Without it the
+    deadline only makes ``watch`` report the runner (the call goes on).
+    """
     # Reader/writer style, not a request iterator: for one the iterator
     # grpc.aio runs an extra task per stream (measured: ~5% of LB CPU).
     stream = stub.TryExec()
@@ -87,31 +126,56 @@ async def try_exec_stream(stub: Any, call: RunnerCall, answers: Answers,
     sink = call.response
     detached = call.model.type == DETACHED
     sender: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    deadline: float | None = None
     limit = answers.max_response_bytes
     received = 0
     try:
-        if len(call.request_body()) <= CHUNK_SIZE:
-            # Two small messages always fit the HTTP/2 window: write them
-            # before reading, in this task.
-            await _send_quietly(stream, call, limit)
+        if acks:
+            # The try alone: the body is the go, sent once the ack is read.
+            await _quietly(_send_try(stream, call, limit, ack=True))
+            if watch is not None and watch.timeout is not None:
+                deadline = asyncio.get_running_loop().time() + watch.timeout
         else:
-            # A big body is written while the answer is read, as fn does:
-            # a runner may stream its answer before it has read all input.
-            sender = asyncio.create_task(_send_quietly(stream, call, limit))
+            sender = await _start_sending(_send(stream, call, limit), call)
+            if watch is not None:
+                timer = watch.watch(time.monotonic())
         while True:
-            msg = await stream.read()
+            if deadline is not None and not committed:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        msg = await stream.read()
+                except TimeoutError:
+                    # No go was sent: the runner cannot start it. The stream is
+                    # cancelled (finally) and the placer tries the next runner.
+                    assert watch is not None
+                    return Attempt(False, RunnerUnreachable(watch.reason))
+            else:
+                msg = await stream.read()
+            if watch is not None:
+                watch.heard()
+            if timer is not None:
+                timer.cancel()
+                timer = None
             if msg is grpc.aio.EOF:
                 break
             kind = msg.WhichOneof("body")
             if kind == "finished":
                 f = msg.finished
-                if commit.is_nack(success=f.success, error_code=f.errorCode,
-                                  answered=committed):
+                verdict = commit.finished(success=f.success, error_code=f.errorCode,
+                                          answered=committed)
+                if verdict is Verdict.NACK:
                     return Attempt(False, ServerTooBusy(
                         f.errorStr or "Timed out - server too busy"))
+                if verdict is Verdict.DOES_NOT_FIT:
+                    return answers.does_not_fit(f)
                 finished = f
                 committed = True
                 continue
+            if acks and not committed:
+                # The ack (or, from a runner that skips it, any result): the
+                # commit point. Now the go: the body.
+                sender = await _start_sending(_send_body(stream, call), call)
             committed = True
             if kind == "result_start":
                 http = msg.result_start.http
@@ -137,8 +201,10 @@ async def try_exec_stream(stub: Any, call: RunnerCall, answers: Answers,
                     return Attempt(True, too_large(answers.address, received, limit))
                 sink.write(msg.data.data)
     except grpc.aio.AioRpcError as e:
-        return answers.rpc_failed(e, call, committed=committed)
+        return answers.rpc_failed(e, call, committed=committed, acks=acks)
     finally:
+        if timer is not None:
+            timer.cancel()
         if not stream.done() and not (detached and committed):
             if sender is not None:
                 sender.cancel()
@@ -146,6 +212,10 @@ async def try_exec_stream(stub: Any, call: RunnerCall, answers: Answers,
         elif sender is not None and not sender.done():
             # A detached call goes on without us: let the body finish sending.
             keep(sender)
+    if acks and not committed:
+        # Ended with OK before the ack: never started (no go was sent).
+        return Attempt(False, RunnerUnreachable(
+            f"runner {answers.address} ended the stream without answering the try"))
     if finished is None:
         return Attempt(True, RunnerError(
             f"runner {answers.address} ended the call without a finished message",

@@ -8,7 +8,11 @@ answers with ReplyBatches. Under load one message carries many calls, so per
 call the LB does a fraction of the gRPC work of a unary Call (``make bench``).
 Per call the commit rule is Runner/Call's (protos/fnlb/v1/runner.proto, THE
 CALL STREAM); ``CallStreamFailed`` says how a stream that ended without a
-call's reply maps onto it.
+call's reply maps onto it. A call whose try asks for an acknowledgement (the
+runner lists "ack") is committed once the LB reads its seq in
+``ReplyBatch.acks``; the LB then sends its go (``CallBatch.go``). Before that it
+is not placed: a stream failure, or no ack within the accept deadline
+(``AcceptTimeout``), fails it with ``unacked`` set.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from typing import Any
 
 import grpc
 
+from fnlb.transport._accept import AcceptWatch
 from fnlb.v1 import runner_pb2
 
-__all__ = ["CallStream", "CallStreamFailed", "STREAM_MAX_BODY"]
+__all__ = ["AcceptTimeout", "CallStream", "CallStreamFailed", "STREAM_MAX_BODY"]
 
 log = logging.getLogger(__name__)
 
@@ -40,47 +46,82 @@ class CallStreamFailed(Exception):
     written, or the runner ended the stream with OK (it answers every call it
     read before it does), or answered UNIMPLEMENTED (``unsupported``: it has
     no Calls). Otherwise the call may have run. ``error``: the stream's gRPC
-    error; None when it ended with OK or the LB closed it.
+    error; None when it ended with OK or the LB closed it. ``unacked``: the
+    call asked for an acknowledgement and the LB had not read it (no go sent:
+    the runner cannot have started it).
     """
 
     def __init__(self, error: grpc.aio.AioRpcError | None, *, not_run: bool,
-                 why: str = "") -> None:
+                 why: str = "", unacked: bool = False) -> None:
         self.error = error
         self.unsupported = error is not None and error.code() == grpc.StatusCode.UNIMPLEMENTED
         self.not_run = not_run or self.unsupported
+        self.unacked = unacked
         if error is not None:
             why = f"{error.code().name}: {error.details()}"
-        super().__init__(f"call stream ended: {why}")
+        super().__init__(self._message(why))
+
+    @staticmethod
+    def _message(why: str) -> str:
+        return f"call stream ended: {why}"
+
+
+class AcceptTimeout(CallStreamFailed):
+    """No answer to a call that asked for an acknowledgement within the accept deadline.
+
+    The LB cancelled it (``CallBatch.cancel``) and sent no go: not placed.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(None, not_run=False, why=reason, unacked=True)
+
+    @staticmethod
+    def _message(why: str) -> str:
+        return why
 
 
 class _Pending:
-    __slots__ = ("request", "future", "sent")
+    __slots__ = ("request", "future", "sent", "acks", "acked", "timer")
 
     def __init__(self, request: runner_pb2.CallRequest, future: asyncio.Future[Any]) -> None:
         self.request = request
         self.future = future
         self.sent = False
+        # `try` is a Python keyword, hence getattr.
+        self.acks: bool = getattr(request, "try").ack
+        self.acked = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class _Open:
     """One open Runner/Calls RPC with its writer and reader tasks."""
 
-    __slots__ = ("rpc", "queue", "cancels", "pending", "wake", "tasks")
+    __slots__ = ("rpc", "queue", "cancels", "gos", "pending", "wake", "tasks")
 
     def __init__(self, rpc: Any) -> None:
         self.rpc = rpc
         self.queue: collections.deque[_Pending] = collections.deque()
         self.cancels: list[int] = []
+        self.gos: list[int] = []
         self.pending: dict[int, _Pending] = {}
         self.wake = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
 
 class CallStream:
-    """Runner/Calls to one runner: opened on first use, reopened after it ends."""
+    """Runner/Calls to one runner: opened on first use, reopened after it ends.
 
-    def __init__(self, stub: Any) -> None:
+    ``watch``: the runner's accept deadline (``_accept.AcceptWatch``); None: none.
+    """
+
+    def __init__(self, stub: Any, watch: AcceptWatch | None = None) -> None:
         self._stub = stub
+        self._watch = watch
         self._open: _Open | None = None
         self._seq = 0
         self._closed = False
@@ -117,16 +158,39 @@ class CallStream:
         s.pending[seq] = p
         s.queue.append(p)
         s.wake.set()
+        watch = self._watch
+        if watch is not None and watch.timeout is not None:
+            if p.acks:
+                p.timer = asyncio.get_running_loop().call_later(
+                    watch.timeout, self._unacked, s, p)
+            else:
+                p.timer = watch.watch(time.monotonic())
         try:
             reply: runner_pb2.CallReply = await p.future
             return reply
         except asyncio.CancelledError:
-            if s.pending.pop(seq, None) is not None and p.sent:
-                # The runner has it: tell it to stop. Unsent, the writer skips it.
-                s.cancels.append(seq)
-                s.wake.set()
-            self._maybe_idle(s)
+            self._give_up(s, p)
             raise
+        finally:
+            p.stop_timer()
+
+    def _give_up(self, s: _Open, p: _Pending) -> None:
+        """The LB no longer waits for ``p``: tell the runner to drop it (if it has it)."""
+        seq = p.request.seq
+        if s.pending.pop(seq, None) is not None and p.sent:
+            # The runner has it: tell it to stop. Unsent, the writer skips it.
+            s.cancels.append(seq)
+            s.wake.set()
+        self._maybe_idle(s)
+
+    def _unacked(self, s: _Open, p: _Pending) -> None:
+        """The accept deadline of a call that asked for an ack passed without one."""
+        p.timer = None
+        if p.acked or p.future.done():
+            return
+        assert self._watch is not None
+        self._give_up(s, p)
+        p.future.set_exception(AcceptTimeout(self._watch.reason))
 
     def _start(self) -> _Open:
         s = _Open(self._stub.Calls())
@@ -139,7 +203,7 @@ class CallStream:
             while True:
                 await s.wake.wait()
                 s.wake.clear()
-                while s.queue or s.cancels:
+                while s.queue or s.cancels or s.gos:
                     calls, size = [], 0
                     while s.queue and size < _BATCH_BYTES:
                         p = s.queue.popleft()
@@ -149,8 +213,12 @@ class CallStream:
                         calls.append(p.request)
                         size += len(p.request.body)
                     cancels, s.cancels = s.cancels, []
-                    if calls or cancels:
-                        await s.rpc.write(runner_pb2.CallBatch(calls=calls, cancel=cancels))
+                    # A go only for calls still waited for (not given up since).
+                    gos = [seq for seq in s.gos if seq in s.pending]
+                    s.gos = []
+                    if calls or cancels or gos:
+                        await s.rpc.write(runner_pb2.CallBatch(calls=calls, cancel=cancels,
+                                                               go=gos))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             # The stream is over; the reader sees why and fails what is pending.
             s.rpc.cancel()
@@ -175,6 +243,16 @@ class CallStream:
                     why = ("the runner ended it (OK)" if by_runner
                            else f"{code.name}: {await s.rpc.details()}")
                     break
+                if self._watch is not None:
+                    self._watch.heard()
+                for seq in msg.acks:
+                    p = s.pending.get(seq)
+                    if p is not None and p.acks and not p.acked:
+                        # The commit point: from now on the call is the runner's.
+                        p.acked = True
+                        p.stop_timer()
+                        s.gos.append(seq)
+                        s.wake.set()
                 for reply in msg.replies:
                     p = s.pending.pop(reply.seq, None)
                     if p is not None and not p.future.done():
@@ -200,7 +278,8 @@ class CallStream:
         for p in s.pending.values():
             if not p.future.done():
                 p.future.set_exception(CallStreamFailed(
-                    error, not_run=by_runner or not p.sent, why=why))
+                    error, not_run=by_runner or not p.sent, why=why,
+                    unacked=p.acks and not p.acked))
         s.pending.clear()
         s.queue.clear()
         self._maybe_idle(s)

@@ -2,9 +2,12 @@
 
 The commit rule (protos/fnlb/v1/runner.proto) is applied in ``try_exec``,
 over Runner/Calls (small sync calls, shared stream), Runner/Call (sync calls
-up to 1 MiB) or TryExec (everything, and fn's runners): only a NACK, or a
-failure that proves the runner never got the call, returns ``placed=False``.
-Everything else is committed and never re-sent. The decisions are the pure
+up to 1 MiB) or TryExec (everything, and fn's runners): only a NACK, a "does
+not fit", a failure that proves the runner never got the call, or (runners
+that list "ack") anything before the runner's acknowledgement, returns
+``placed=False``. Everything else is committed and never re-sent. A try the
+runner does not answer within ``accept_timeout`` is cancelled ("ack" runners)
+or reported to ``on_unanswered`` (others). The decisions are the pure
 functions of ``fnlb.transport.commit``; ``_answers`` turns them into attempts,
 ``_tryexec`` is the TryExec stream, and this module keeps the channel, picks the
 path for each call and follows what the runner serves.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -25,10 +29,16 @@ from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.runnerpool import DETACHED, Attempt, MTLSRunnerFactory, RunnerCall, RunnerStatus
 from fnlb.transport import commit
+from fnlb.transport._accept import AcceptWatch
 from fnlb.transport._answers import Answers
 from fnlb.transport._response import DEFAULT_MAX_RESPONSE_BYTES, is_streaming
 from fnlb.transport._tryexec import DETACHED_DRAIN, try_call, try_exec_stream
-from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
+from fnlb.transport.callstream import (
+    STREAM_MAX_BODY,
+    AcceptTimeout,
+    CallStream,
+    CallStreamFailed,
+)
 from fnlb.transport.commit import Verdict
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
 
@@ -40,6 +50,7 @@ __all__ = [
     "UNARY_MAX_BODY",
     "STREAM_MAX_BODY",
     "CHANNEL_OPTIONS",
+    "KEEPALIVE_OPTIONS",
     "make_runner_factory",
     "status_from_pb",
 ]
@@ -66,23 +77,34 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_reconnect_backoff_ms", 10_000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # What makes an unanswered ping drop the connection (see KEEPALIVE_OPTIONS).
+    ("grpc.http2.ping_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     # One channel per runner carries many concurrent calls.
     ("grpc.use_local_subchannel_pool", 1),
 )
 
+# Channels to runners that list "keepalive" (their server allows it): a ping
+# every second, calls or not, and the connection is dropped when one goes
+# unanswered for a second. A hung (SIGSTOP) or cut-off runner thus fails its
+# calls within ~2 s instead of at the next polls or the TCP timeout. Others
+# keep CHANNEL_OPTIONS' 30 s: a Go gRPC server (fn's runners) answers pings
+# more frequent than every 5 minutes with GOAWAY "too_many_pings" by default,
+# which drops the calls in flight. Per ping: a few dozen bytes each way.
+KEEPALIVE_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 1_000),
+    ("grpc.keepalive_timeout_ms", 1_000),
+    # grpc 1.85 closes the connection on an unanswered ping only after this
+    # (default 1 min), whatever keepalive_timeout_ms says: with it a stopped
+    # runner's calls fail in ~1.7 s, without it not within 60 s (measured).
+    ("grpc.http2.ping_timeout_ms", 1_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
 # A Call reply or ReplyBatch holds a whole response body plus its meta and
 # finished (a few KiB; headers are the function's): room for both.
 _REPLY_HEADROOM = 1024 * 1024
-
-
-
-def _channel_options(max_response_bytes: int) -> list[tuple[str, Any]]:
-    """CHANNEL_OPTIONS with a receive limit that lets a whole reply of that size in."""
-    least = max_response_bytes + _REPLY_HEADROOM
-    return [(k, max(v, least) if k == "grpc.max_receive_message_length" else v)
-            for k, v in CHANNEL_OPTIONS]
-
 
 # After a re-dial (new client certificate), how long calls still running on
 # the old channel may take before it is closed under them: the longest sync
@@ -109,20 +131,31 @@ class GrpcRunner:
                  metrics: Metrics | None = None, connect_timeout: float = 1.0,
                  server_name: str | None = None, unary: bool = True,
                  calls: bool = True, tls_source: ClientTLS | None = None,
+                 ack: bool = True, accept_timeout: float | None = 1.0,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         """``tls_source`` (instead of ``credentials``): when its certificate
         files change, ``refresh`` re-dials the runner with them.
         ``max_response_bytes``: the most response body a call may bring back
-        (``--max-response-bytes``); the runner is told it with every call."""
+        (``--max-response-bytes``); the runner is told it with every call.
+
+        ``accept_timeout``: seconds a try may go unanswered (None: no limit);
+        ``ack`` False: never ask for acknowledgements, even if the runner lists "ack".
+        """
         self._address = address
-        self._options = _channel_options(max_response_bytes)
-        if server_name:
-            self._options.append(("grpc.ssl_target_name_override", server_name))
+        self._max_response_bytes = max_response_bytes
+        self._server_name = server_name
+        self._keepalive = False  # KEEPALIVE_OPTIONS: once the runner lists "keepalive"
         self._tls_source = tls_source
         if tls_source is not None:
             self._tls_generation = tls_source.generation
             credentials = tls_source.credentials()
         self._retiring: list[grpc.aio.Channel] = []
+        self.on_unanswered: Callable[[str], None] | None = None
+        """Called with a reason when a try to a runner without "ack" goes
+        unanswered past ``accept_timeout`` (and nothing else was heard from the
+        runner since it was sent). The call goes on; the pool may stop placing
+        here until a probe answers. Set by the pool."""
+        self._watch = AcceptWatch(address, accept_timeout, self._unanswered)
         self._dial(credentials)
         self._answers = Answers(address, metrics if metrics is not None else Metrics(),
                                 max_response_bytes)
@@ -134,6 +167,9 @@ class GrpcRunner:
         # never use them.
         self._unary = self._allow_unary = unary
         self._calls = self._allow_calls = calls
+        # Acknowledgements are asked for only once a Status listed "ack".
+        self._allow_ack = ack
+        self._acks = False
         self._background: set[asyncio.Task[None]] = set()
         self._last_explained = -1e9
         self.tls = credentials is not None
@@ -141,15 +177,29 @@ class GrpcRunner:
     def __repr__(self) -> str:
         return f"GrpcRunner({self._address!r})"
 
+    def _channel_options(self) -> list[tuple[str, Any]]:
+        options = dict(CHANNEL_OPTIONS)
+        # A receive limit that lets a whole reply of the response limit in.
+        least = self._max_response_bytes + _REPLY_HEADROOM
+        key = "grpc.max_receive_message_length"
+        options[key] = max(options[key], least)
+        if self._keepalive:
+            options.update(KEEPALIVE_OPTIONS)
+        if self._server_name:
+            options["grpc.ssl_target_name_override"] = self._server_name
+        return list(options.items())
+
     def _dial(self, credentials: grpc.ChannelCredentials | None) -> None:
         """A new channel (with its stub and call stream); calls from now on use it."""
+        self._credentials = credentials
+        options = self._channel_options()
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(self._address, options=self._options)
+            self._channel = grpc.aio.insecure_channel(self._address, options=options)
         else:
             self._channel = grpc.aio.secure_channel(self._address, credentials,
-                                                    options=self._options)
+                                                    options=options)
         self._stub = runner_pb2_grpc.RunnerStub(self._channel)
-        self._call_stream = CallStream(self._stub)
+        self._call_stream = CallStream(self._stub, self._watch)
         # Connect now, so the first call finds the runner ready (or known down).
         self._channel.get_state(try_to_connect=True)
 
@@ -165,13 +215,28 @@ class GrpcRunner:
         if src is None or self._closed or src.refresh() == self._tls_generation:
             return False
         self._tls_generation = src.generation
-        old_channel, old_stream = self._channel, self._call_stream
-        self._dial(src.credentials())
-        self._retiring.append(old_channel)
+        self._redial(src.credentials())
         log.info("re-dialling runner with the new client certificate",
                  extra=kv(runner=self._address, tls_generation=self._tls_generation))
-        self._keep(asyncio.create_task(self._retire(old_channel, old_stream)))
         return True
+
+    def follow_keepalive(self, status: RunnerStatus) -> bool:
+        """Re-dial with KEEPALIVE_OPTIONS once ``status`` lists "keepalive" (without
+        them once it does not); True if it did. Calls running finish on the old channel."""
+        want = "keepalive" in status.features
+        if self._closed or want == self._keepalive:
+            return False
+        self._keepalive = want
+        self._redial(self._credentials)
+        log.info("re-dialled runner", extra=kv(runner=self._address,
+                                               keepalive="1s" if want else "30s"))
+        return True
+
+    def _redial(self, credentials: grpc.ChannelCredentials | None) -> None:
+        old_channel, old_stream = self._channel, self._call_stream
+        self._dial(credentials)
+        self._retiring.append(old_channel)
+        self._keep(asyncio.create_task(self._retire(old_channel, old_stream)))
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         """Hold a background task until it is done (``close`` cancels what is left)."""
@@ -255,6 +320,23 @@ class GrpcRunner:
         """False once the runner is known not to serve Runner/Calls."""
         return self._calls
 
+    @property
+    def acks(self) -> bool:
+        """True once the runner's Status listed "ack": tries ask for an acknowledgement."""
+        return self._acks
+
+    @property
+    def keepalive(self) -> bool:
+        """True while the channel pings every second (the runner listed "keepalive")."""
+        return self._keepalive
+
+    def _unanswered(self, reason: str) -> None:
+        log.debug("runner did not answer a try in time", extra=kv(
+            runner=self._address, accept_timeout=self._watch.timeout))
+        listener = self.on_unanswered
+        if listener is not None:
+            listener(reason)
+
     async def try_exec(self, call: RunnerCall) -> Attempt:
         if self._closed:
             return Attempt(False, RunnerUnreachable(f"runner {self._address} is closed"))
@@ -263,34 +345,38 @@ class GrpcRunner:
             self._explain_unreachable()
             return Attempt(False, RunnerUnreachable(
                 f"runner {self._address} unreachable (channel {state})"))
+        acks = self._acks
         # A streaming sink (InvokeStream) gets the response as TryExec frames
         # whatever its size; Call and Calls carry it in one message.
         if call.model.type != DETACHED and not is_streaming(call.response):
             n = len(call.request_body())
             if self._calls and n <= STREAM_MAX_BODY:
-                attempt = await self._via_call_stream(call)
+                attempt = await self._via_call_stream(call, acks)
                 if attempt is not None:
                     return attempt
-            if self._unary and n <= UNARY_MAX_BODY:
+            # Call has no acknowledgement: with "ack" runners bigger bodies go
+            # over TryExec, where a call never acknowledged can go elsewhere.
+            if self._unary and not acks and n <= UNARY_MAX_BODY:
                 attempt = await self._call(call)
                 if attempt is not None:
                     return attempt
             # UNIMPLEMENTED: the runner never ran it; same attempt, over TryExec.
-        return await try_exec_stream(self._stub, call, self._answers, self._keep)
+        return await try_exec_stream(self._stub, call, self._answers, self._keep,
+                                     acks=acks, watch=self._watch)
 
-    def _call_request(self, call: RunnerCall) -> runner_pb2.CallRequest:
+    def _call_request(self, call: RunnerCall, ack: bool = False) -> runner_pb2.CallRequest:
         # `try` is a Python keyword, hence the dict (the stubs cannot type it).
-        tc = try_call(call, self._answers.max_response_bytes)
+        tc = try_call(call, self._max_response_bytes, ack=ack)
         return runner_pb2.CallRequest(**{"try": tc},  # type: ignore[arg-type]
                                       body=call.request_body())
 
-    async def _via_call_stream(self, call: RunnerCall) -> Attempt | None:
+    async def _via_call_stream(self, call: RunnerCall, acks: bool) -> Attempt | None:
         """One call on the Calls stream; None when the runner does not serve it (never ran it)."""
         try:
-            reply = await self._call_stream.call(self._call_request(call))
+            reply = await self._call_stream.call(self._call_request(call, acks))
         except CallStreamFailed as e:
             code, details = (None, None) if e.error is None else (e.error.code(), e.error.details())
-            verdict = commit.stream_failed(code, details, not_run=e.not_run)
+            verdict = commit.stream_failed(code, details, not_run=e.not_run, unacked=e.unacked)
             if verdict is Verdict.UNSUPPORTED:
                 self._calls = False
                 log.info("runner does not serve Calls; using Call",
@@ -298,11 +384,15 @@ class GrpcRunner:
                 return None
             if verdict is Verdict.NEVER_REACHED:
                 return Attempt(False, RunnerUnreachable(f"runner {self._address}: {e}"))
+            if verdict is Verdict.UNACKED:
+                why = str(e) if isinstance(e, AcceptTimeout) else (
+                    f"runner {self._address}: {e} (before it acknowledged the call)")
+                return Attempt(False, RunnerUnreachable(why))
             if code is not None:
                 return self._answers.failed(verdict, code, details, call)
             # Verdict.LOST: the LB closed the stream under a call it had sent.
             return Attempt(True, RunnerError(f"runner {self._address}: {e}",
-                                             runner=self._address, error_code=502))
+                                             runner=self._address, error_code=502, lost=True))
         return self._answers.replied(reply, call)
 
     async def _call(self, call: RunnerCall) -> Attempt | None:
@@ -312,8 +402,10 @@ class GrpcRunner:
         http), a "too busy" status or a failure that proves the runner never got
         the request is "not placed"; anything else is committed.
         """
+        timer = self._watch.watch(time.monotonic())
         try:
             reply: runner_pb2.CallReply = await self._stub.Call(self._call_request(call))
+            self._watch.heard()
         except grpc.aio.AioRpcError as e:
             code, details = e.code(), e.details()
             verdict = commit.call_failed(code, details)
@@ -323,11 +415,15 @@ class GrpcRunner:
                          extra=kv(runner=self._address, error=details))
                 return None
             return self._answers.failed(verdict, code, details, call)
+        finally:
+            if timer is not None:
+                timer.cancel()
         return self._answers.replied(reply, call)
 
     async def status(self, timeout: float = 2.0) -> RunnerStatus:
         """The runner's Status RPC, and nothing else: no re-dial, no renegotiation."""
         s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
+        self._watch.heard()
         return status_from_pb(s)
 
     def negotiate(self, status: RunnerStatus) -> None:
@@ -338,9 +434,11 @@ class GrpcRunner:
         """
         self._unary = self._allow_unary and "call" in status.features
         self._calls = self._allow_calls and "calls" in status.features
+        self._acks = self._allow_ack and "ack" in status.features
 
     async def refresh(self, timeout: float = 2.0) -> RunnerStatus:
-        """The prober's step: ``follow_tls``, then ``status``, then ``negotiate`` with it.
+        """The prober's step: ``follow_tls``, then ``status``, then ``negotiate`` and
+        ``follow_keepalive`` with it.
 
         Runs every poll (backed off by the prober for runners that do not
         answer); the Status RPC goes over the new channel after a re-dial.
@@ -360,6 +458,7 @@ class GrpcRunner:
                     tls_cause=cause))
             raise
         self.negotiate(status)
+        self.follow_keepalive(status)
         return status
 
     async def drain(self, wait: bool = False, timeout: float = 5.0) -> runner_pb2.CloseResponse:
@@ -389,12 +488,18 @@ class GrpcRunner:
 
 def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
                         server_name: str | None = None,
+                        accept_timeout: float | None = 1.0,
+                        ack: bool = True,
                         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> MTLSRunnerFactory:
-    """fn's MTLSRunnerFactory: mTLS when given the LB's ClientTLS, plaintext otherwise."""
+    """fn's MTLSRunnerFactory: mTLS when given the LB's ClientTLS, plaintext otherwise.
+
+    ``accept_timeout`` and ``ack``: as ``GrpcRunner``'s.
+    """
 
     def factory(address: str, tls: ClientTLS | None) -> GrpcRunner:
         return GrpcRunner(address, metrics=metrics, connect_timeout=connect_timeout,
                           server_name=server_name, tls_source=tls,
+                          accept_timeout=accept_timeout, ack=ack,
                           max_response_bytes=max_response_bytes)
 
     return factory

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66nlb/v1/runner.proto\x12\x07\x66nlb.v1\x1a\x1bgoogle/protobuf/empty.proto\"\xa2\x01\n\x07TryCall\x12\x18\n\x10models_call_json\x18\x01 \x01(\t\x12\x14\n\x0cslot_hash_id\x18\x02 \x01(\t\x12\x34\n\nextensions\x18\x03 \x03(\x0b\x32 .fnlb.v1.TryCall.ExtensionsEntry\x1a\x31\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\tDataFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x02 \x01(\x08\"(\n\nHttpHeader\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"I\n\x0cHttpRespMeta\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12$\n\x07headers\x18\x02 \x03(\x0b\x32\x13.fnlb.v1.HttpHeader\"@\n\x0f\x43\x61llResultStart\x12%\n\x04http\x18\x64 \x01(\x0b\x32\x15.fnlb.v1.HttpRespMetaH\x00\x42\x06\n\x04meta\"\xd2\x02\n\x0c\x43\x61llFinished\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\x11\n\terrorCode\x18\x03 \x01(\x05\x12\x10\n\x08\x65rrorStr\x18\x04 \x01(\t\x12\x11\n\tcreatedAt\x18\x05 \x01(\t\x12\x11\n\tstartedAt\x18\x06 \x01(\t\x12\x13\n\x0b\x63ompletedAt\x18\x07 \x01(\t\x12\x19\n\x11schedulerDuration\x18\x08 \x01(\x03\x12\x19\n\x11\x65xecutionDuration\x18\t \x01(\x03\x12\x11\n\terrorUser\x18\n \x01(\x08\x12\r\n\x05image\x18\x0b \x01(\t\x12\x1d\n\x15imagePullWaitDuration\x18\x0c \x01(\x03\x12\x17\n\x0f\x63trPrepDuration\x18\r \x01(\x03\x12\x19\n\x11\x63trCreateDuration\x18\x0e \x01(\x03\x12\x15\n\rinitStartTime\x18\x0f \x01(\x03\"X\n\tClientMsg\x12\x1f\n\x03try\x18\x01 \x01(\x0b\x32\x10.fnlb.v1.TryCallH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.fnlb.v1.DataFrameH\x00\x42\x06\n\x04\x62ody\"\x94\x01\n\tRunnerMsg\x12\x30\n\x0cresult_start\x18\x01 \x01(\x0b\x32\x18.fnlb.v1.CallResultStartH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.fnlb.v1.DataFrameH\x00\x12)\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x15.fnlb.v1.CallFinishedH\x00\x42\x06\n\x04\x62ody\"\x81\x06\n\x0cRunnerStatus\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x08\x12\n\n\x02id\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\t\x12\x11\n\terrorCode\x18\x06 \x01(\x05\x12\x10\n\x08\x65rrorStr\x18\x07 \x01(\t\x12\x11\n\tcreatedAt\x18\x08 \x01(\t\x12\x11\n\tstartedAt\x18\t \x01(\t\x12\x13\n\x0b\x63ompletedAt\x18\n \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x0b \x01(\x08\x12\x18\n\x10requestsReceived\x18\x0c \x01(\x04\x12\x17\n\x0frequestsHandled\x18\r \x01(\x04\x12\x14\n\x0ckdumpsOnDisk\x18\x0e \x01(\x04\x12\x19\n\x11schedulerDuration\x18\x0f \x01(\x03\x12\x19\n\x11\x65xecutionDuration\x18\x10 \x01(\x03\x12\x19\n\x11isNetworkDisabled\x18\x11 \x01(\x08\x12=\n\x0c\x63ustomStatus\x18\x12 \x03(\x0b\x32\'.fnlb.v1.RunnerStatus.CustomStatusEntry\x12\x1d\n\x15imagePullWaitDuration\x18\x13 \x01(\x03\x12\x17\n\x0f\x63trPrepDuration\x18\x14 \x01(\x03\x12\x19\n\x11\x63trCreateDuration\x18\x15 \x01(\x03\x12\x15\n\rinitStartTime\x18\x16 \x01(\x03\x12\x10\n\x08\x64raining\x18\x1e \x01(\x08\x12\x0f\n\x07\x64rained\x18\x1f \x01(\x08\x12\x13\n\x0bslots_total\x18  \x01(\x05\x12\x12\n\nslots_free\x18! \x01(\x05\x12\x17\n\x0fmemory_mb_total\x18\" \x01(\x03\x12\x16\n\x0ememory_mb_free\x18# \x01(\x03\x12\x12\n\nwarm_slots\x18$ \x03(\t\x12\x11\n\trunner_id\x18% \x01(\t\x12\x16\n\x0erequestsNacked\x18& \x01(\x04\x12\x10\n\x08\x66\x65\x61tures\x18\' \x03(\t\x1a\x33\n\x11\x43ustomStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x0b\x43\x61llRequest\x12\x1d\n\x03try\x18\x01 \x01(\x0b\x32\x10.fnlb.v1.TryCall\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"t\n\tCallReply\x12\'\n\x08\x66inished\x18\x01 \x01(\x0b\x32\x15.fnlb.v1.CallFinished\x12#\n\x04http\x18\x02 \x01(\x0b\x32\x15.fnlb.v1.HttpRespMeta\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"@\n\tCallBatch\x12#\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x14.fnlb.v1.CallRequest\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\"1\n\nReplyBatch\x12#\n\x07replies\x18\x01 \x03(\x0b\x32\x12.fnlb.v1.CallReply\"\x1c\n\x0c\x43loseRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\"0\n\rCloseResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x05\x12\x0f\n\x07\x64rained\x18\x02 \x01(\x08\x32\x98\x02\n\x06Runner\x12\x35\n\x07TryExec\x12\x12.fnlb.v1.ClientMsg\x1a\x12.fnlb.v1.RunnerMsg(\x01\x30\x01\x12\x37\n\x06Status\x12\x16.google.protobuf.Empty\x1a\x15.fnlb.v1.RunnerStatus\x12\x36\n\x05\x43lose\x12\x15.fnlb.v1.CloseRequest\x1a\x16.fnlb.v1.CloseResponse\x12\x30\n\x04\x43\x61ll\x12\x14.fnlb.v1.CallRequest\x1a\x12.fnlb.v1.CallReply\x12\x34\n\x05\x43\x61lls\x12\x12.fnlb.v1.CallBatch\x1a\x13.fnlb.v1.ReplyBatch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66nlb/v1/runner.proto\x12\x07\x66nlb.v1\x1a\x1bgoogle/protobuf/empty.proto\"\xaf\x01\n\x07TryCall\x12\x18\n\x10models_call_json\x18\x01 \x01(\t\x12\x14\n\x0cslot_hash_id\x18\x02 \x01(\t\x12\x34\n\nextensions\x18\x03 \x03(\x0b\x32 .fnlb.v1.TryCall.ExtensionsEntry\x12\x0b\n\x03\x61\x63k\x18\x1e \x01(\x08\x1a\x31\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\t\n\x07\x43\x61llAck\"&\n\tDataFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x02 \x01(\x08\"(\n\nHttpHeader\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"I\n\x0cHttpRespMeta\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12$\n\x07headers\x18\x02 \x03(\x0b\x32\x13.fnlb.v1.HttpHeader\"@\n\x0f\x43\x61llResultStart\x12%\n\x04http\x18\x64 \x01(\x0b\x32\x15.fnlb.v1.HttpRespMetaH\x00\x42\x06\n\x04meta\"\xeb\x02\n\x0c\x43\x61llFinished\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\x11\n\terrorCode\x18\x03 \x01(\x05\x12\x10\n\x08\x65rrorStr\x18\x04 \x01(\t\x12\x11\n\tcreatedAt\x18\x05 \x01(\t\x12\x11\n\tstartedAt\x18\x06 \x01(\t\x12\x13\n\x0b\x63ompletedAt\x18\x07 \x01(\t\x12\x19\n\x11schedulerDuration\x18\x08 \x01(\x03\x12\x19\n\x11\x65xecutionDuration\x18\t \x01(\x03\x12\x11\n\terrorUser\x18\n \x01(\x08\x12\r\n\x05image\x18\x0b \x01(\t\x12\x1d\n\x15imagePullWaitDuration\x18\x0c \x01(\x03\x12\x17\n\x0f\x63trPrepDuration\x18\r \x01(\x03\x12\x19\n\x11\x63trCreateDuration\x18\x0e \x01(\x03\x12\x15\n\rinitStartTime\x18\x0f \x01(\x03\x12\x17\n\x0fmemory_mb_total\x18\x1e \x01(\x03\"X\n\tClientMsg\x12\x1f\n\x03try\x18\x01 \x01(\x0b\x32\x10.fnlb.v1.TryCallH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.fnlb.v1.DataFrameH\x00\x42\x06\n\x04\x62ody\"\xb5\x01\n\tRunnerMsg\x12\x30\n\x0cresult_start\x18\x01 \x01(\x0b\x32\x18.fnlb.v1.CallResultStartH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.fnlb.v1.DataFrameH\x00\x12)\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x15.fnlb.v1.CallFinishedH\x00\x12\x1f\n\x03\x61\x63k\x18\x1e \x01(\x0b\x32\x10.fnlb.v1.CallAckH\x00\x42\x06\n\x04\x62ody\"\x81\x06\n\x0cRunnerStatus\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x08\x12\n\n\x02id\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\t\x12\x11\n\terrorCode\x18\x06 \x01(\x05\x12\x10\n\x08\x65rrorStr\x18\x07 \x01(\t\x12\x11\n\tcreatedAt\x18\x08 \x01(\t\x12\x11\n\tstartedAt\x18\t \x01(\t\x12\x13\n\x0b\x63ompletedAt\x18\n \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x0b \x01(\x08\x12\x18\n\x10requestsReceived\x18\x0c \x01(\x04\x12\x17\n\x0frequestsHandled\x18\r \x01(\x04\x12\x14\n\x0ckdumpsOnDisk\x18\x0e \x01(\x04\x12\x19\n\x11schedulerDuration\x18\x0f \x01(\x03\x12\x19\n\x11\x65xecutionDuration\x18\x10 \x01(\x03\x12\x19\n\x11isNetworkDisabled\x18\x11 \x01(\x08\x12=\n\x0c\x63ustomStatus\x18\x12 \x03(\x0b\x32\'.fnlb.v1.RunnerStatus.CustomStatusEntry\x12\x1d\n\x15imagePullWaitDuration\x18\x13 \x01(\x03\x12\x17\n\x0f\x63trPrepDuration\x18\x14 \x01(\x03\x12\x19\n\x11\x63trCreateDuration\x18\x15 \x01(\x03\x12\x15\n\rinitStartTime\x18\x16 \x01(\x03\x12\x10\n\x08\x64raining\x18\x1e \x01(\x08\x12\x0f\n\x07\x64rained\x18\x1f \x01(\x08\x12\x13\n\x0bslots_total\x18  \x01(\x05\x12\x12\n\nslots_free\x18! \x01(\x05\x12\x17\n\x0fmemory_mb_total\x18\" \x01(\x03\x12\x16\n\x0ememory_mb_free\x18# \x01(\x03\x12\x12\n\nwarm_slots\x18$ \x03(\t\x12\x11\n\trunner_id\x18% \x01(\t\x12\x16\n\x0erequestsNacked\x18& \x01(\x04\x12\x10\n\x08\x66\x65\x61tures\x18\' \x03(\t\x1a\x33\n\x11\x43ustomStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x0b\x43\x61llRequest\x12\x1d\n\x03try\x18\x01 \x01(\x0b\x32\x10.fnlb.v1.TryCall\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"t\n\tCallReply\x12\'\n\x08\x66inished\x18\x01 \x01(\x0b\x32\x15.fnlb.v1.CallFinished\x12#\n\x04http\x18\x02 \x01(\x0b\x32\x15.fnlb.v1.HttpRespMeta\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"L\n\tCallBatch\x12#\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x14.fnlb.v1.CallRequest\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\x12\n\n\x02go\x18\x03 \x03(\x04\"?\n\nReplyBatch\x12#\n\x07replies\x18\x01 \x03(\x0b\x32\x12.fnlb.v1.CallReply\x12\x0c\n\x04\x61\x63ks\x18\x02 \x03(\x04\"\x1c\n\x0c\x43loseRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\"0\n\rCloseResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x05\x12\x0f\n\x07\x64rained\x18\x02 \x01(\x08\x32\x98\x02\n\x06Runner\x12\x35\n\x07TryExec\x12\x12.fnlb.v1.ClientMsg\x1a\x12.fnlb.v1.RunnerMsg(\x01\x30\x01\x12\x37\n\x06Status\x12\x16.google.protobuf.Empty\x1a\x15.fnlb.v1.RunnerStatus\x12\x36\n\x05\x43lose\x12\x15.fnlb.v1.CloseRequest\x1a\x16.fnlb.v1.CloseResponse\x12\x30\n\x04\x43\x61ll\x12\x14.fnlb.v1.CallRequest\x1a\x12.fnlb.v1.CallReply\x12\x34\n\x05\x43\x61lls\x12\x12.fnlb.v1.CallBatch\x1a\x13.fnlb.v1.ReplyBatch(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,39 +37,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNNERSTATUS_CUSTOMSTATUSENTRY']._loaded_options = None
   _globals['_RUNNERSTATUS_CUSTOMSTATUSENTRY']._serialized_options = b'8\001'
   _globals['_TRYCALL']._serialized_start=63
-  _globals['_TRYCALL']._serialized_end=225
-  _globals['_TRYCALL_EXTENSIONSENTRY']._serialized_start=176
-  _globals['_TRYCALL_EXTENSIONSENTRY']._serialized_end=225
-  _globals['_DATAFRAME']._serialized_start=227
-  _globals['_DATAFRAME']._serialized_end=265
-  _globals['_HTTPHEADER']._serialized_start=267
-  _globals['_HTTPHEADER']._serialized_end=307
-  _globals['_HTTPRESPMETA']._serialized_start=309
-  _globals['_HTTPRESPMETA']._serialized_end=382
-  _globals['_CALLRESULTSTART']._serialized_start=384
-  _globals['_CALLRESULTSTART']._serialized_end=448
-  _globals['_CALLFINISHED']._serialized_start=451
-  _globals['_CALLFINISHED']._serialized_end=789
-  _globals['_CLIENTMSG']._serialized_start=791
-  _globals['_CLIENTMSG']._serialized_end=879
-  _globals['_RUNNERMSG']._serialized_start=882
-  _globals['_RUNNERMSG']._serialized_end=1030
-  _globals['_RUNNERSTATUS']._serialized_start=1033
-  _globals['_RUNNERSTATUS']._serialized_end=1802
-  _globals['_RUNNERSTATUS_CUSTOMSTATUSENTRY']._serialized_start=1751
-  _globals['_RUNNERSTATUS_CUSTOMSTATUSENTRY']._serialized_end=1802
-  _globals['_CALLREQUEST']._serialized_start=1804
-  _globals['_CALLREQUEST']._serialized_end=1875
-  _globals['_CALLREPLY']._serialized_start=1877
-  _globals['_CALLREPLY']._serialized_end=1993
-  _globals['_CALLBATCH']._serialized_start=1995
-  _globals['_CALLBATCH']._serialized_end=2059
-  _globals['_REPLYBATCH']._serialized_start=2061
-  _globals['_REPLYBATCH']._serialized_end=2110
-  _globals['_CLOSEREQUEST']._serialized_start=2112
-  _globals['_CLOSEREQUEST']._serialized_end=2140
-  _globals['_CLOSERESPONSE']._serialized_start=2142
-  _globals['_CLOSERESPONSE']._serialized_end=2190
-  _globals['_RUNNER']._serialized_start=2193
-  _globals['_RUNNER']._serialized_end=2473
+  _globals['_TRYCALL']._serialized_end=238
+  _globals['_TRYCALL_EXTENSIONSENTRY']._serialized_start=189
+  _globals['_TRYCALL_EXTENSIONSENTRY']._serialized_end=238
+  _globals['_CALLACK']._serialized_start=240
+  _globals['_CALLACK']._serialized_end=249
+  _globals['_DATAFRAME']._serialized_start=251
+  _globals['_DATAFRAME']._serialized_end=289
+  _globals['_HTTPHEADER']._serialized_start=291
+  _globals['_HTTPHEADER']._serialized_end=331
+  _globals['_HTTPRESPMETA']._serialized_start=333
+  _globals['_HTTPRESPMETA']._serialized_end=406
+  _globals['_CALLRESULTSTART']._serialized_start=408
+  _globals['_CALLRESULTSTART']._serialized_end=472
+  _globals['_CALLFINISHED']._serialized_start=475
+  _globals['_CALLFINISHED']._serialized_end=838
+  _globals['_CLIENTMSG']._serialized_start=840
+  _globals['_CLIENTMSG']._serialized_end=928
+  _globals['_RUNNERMSG']._serialized_start=931
+  _globals['_RUNNERMSG']._serialized_end=1112
+  _globals['_RUNNERSTATUS']._serialized_start=1115
+  _globals['_RUNNERSTATUS']._serialized_end=1884
+  _globals['_RUNNERSTATUS_CUSTOMSTATUSENTRY']._serialized_start=1833
+  _globals['_RUNNERSTATUS_CUSTOMSTATUSENTRY']._serialized_end=1884
+  _globals['_CALLREQUEST']._serialized_start=1886
+  _globals['_CALLREQUEST']._serialized_end=1957
+  _globals['_CALLREPLY']._serialized_start=1959
+  _globals['_CALLREPLY']._serialized_end=2075
+  _globals['_CALLBATCH']._serialized_start=2077
+  _globals['_CALLBATCH']._serialized_end=2153
+  _globals['_REPLYBATCH']._serialized_start=2155
+  _globals['_REPLYBATCH']._serialized_end=2218
+  _globals['_CLOSEREQUEST']._serialized_start=2220
+  _globals['_CLOSEREQUEST']._serialized_end=2248
+  _globals['_CLOSERESPONSE']._serialized_start=2250
+  _globals['_CLOSERESPONSE']._serialized_end=2298
+  _globals['_RUNNER']._serialized_start=2301
+  _globals['_RUNNER']._serialized_end=2581
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TryCall(_message.Message):
-    __slots__ = ("models_call_json", "slot_hash_id", "extensions")
+    __slots__ = ("models_call_json", "slot_hash_id", "extensions", "ack")
     class ExtensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -19,10 +19,16 @@ class TryCall(_message.Message):
     MODELS_CALL_JSON_FIELD_NUMBER: _ClassVar[int]
     SLOT_HASH_ID_FIELD_NUMBER: _ClassVar[int]
     EXTENSIONS_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
     models_call_json: str
     slot_hash_id: str
     extensions: _containers.ScalarMap[str, str]
-    def __init__(self, models_call_json: _Optional[str] = ..., slot_hash_id: _Optional[str] = ..., extensions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    ack: bool
+    def __init__(self, models_call_json: _Optional[str] = ..., slot_hash_id: _Optional[str] = ..., extensions: _Optional[_Mapping[str, str]] = ..., ack: _Optional[bool] = ...) -> None: ...
+
+class CallAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class DataFrame(_message.Message):
     __slots__ = ("data", "eof")
@@ -55,7 +61,7 @@ class CallResultStart(_message.Message):
     def __init__(self, http: _Optional[_Union[HttpRespMeta, _Mapping]] = ...) -> None: ...
 
 class CallFinished(_message.Message):
-    __slots__ = ("success", "details", "errorCode", "errorStr", "createdAt", "startedAt", "completedAt", "schedulerDuration", "executionDuration", "errorUser", "image", "imagePullWaitDuration", "ctrPrepDuration", "ctrCreateDuration", "initStartTime")
+    __slots__ = ("success", "details", "errorCode", "errorStr", "createdAt", "startedAt", "completedAt", "schedulerDuration", "executionDuration", "errorUser", "image", "imagePullWaitDuration", "ctrPrepDuration", "ctrCreateDuration", "initStartTime", "memory_mb_total")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     ERRORCODE_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +77,7 @@ class CallFinished(_message.Message):
     CTRPREPDURATION_FIELD_NUMBER: _ClassVar[int]
     CTRCREATEDURATION_FIELD_NUMBER: _ClassVar[int]
     INITSTARTTIME_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_TOTAL_FIELD_NUMBER: _ClassVar[int]
     success: bool
     details: str
     errorCode: int
@@ -86,7 +93,8 @@ class CallFinished(_message.Message):
     ctrPrepDuration: int
     ctrCreateDuration: int
     initStartTime: int
-    def __init__(self, success: _Optional[bool] = ..., details: _Optional[str] = ..., errorCode: _Optional[int] = ..., errorStr: _Optional[str] = ..., createdAt: _Optional[str] = ..., startedAt: _Optional[str] = ..., completedAt: _Optional[str] = ..., schedulerDuration: _Optional[int] = ..., executionDuration: _Optional[int] = ..., errorUser: _Optional[bool] = ..., image: _Optional[str] = ..., imagePullWaitDuration: _Optional[int] = ..., ctrPrepDuration: _Optional[int] = ..., ctrCreateDuration: _Optional[int] = ..., initStartTime: _Optional[int] = ...) -> None: ...
+    memory_mb_total: int
+    def __init__(self, success: _Optional[bool] = ..., details: _Optional[str] = ..., errorCode: _Optional[int] = ..., errorStr: _Optional[str] = ..., createdAt: _Optional[str] = ..., startedAt: _Optional[str] = ..., completedAt: _Optional[str] = ..., schedulerDuration: _Optional[int] = ..., executionDuration: _Optional[int] = ..., errorUser: _Optional[bool] = ..., image: _Optional[str] = ..., imagePullWaitDuration: _Optional[int] = ..., ctrPrepDuration: _Optional[int] = ..., ctrCreateDuration: _Optional[int] = ..., initStartTime: _Optional[int] = ..., memory_mb_total: _Optional[int] = ...) -> None: ...
 
 class ClientMsg(_message.Message):
     __slots__ = ("data",)
@@ -96,14 +104,16 @@ class ClientMsg(_message.Message):
     def __init__(self, data: _Optional[_Union[DataFrame, _Mapping]] = ..., **kwargs) -> None: ...
 
 class RunnerMsg(_message.Message):
-    __slots__ = ("result_start", "data", "finished")
+    __slots__ = ("result_start", "data", "finished", "ack")
     RESULT_START_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
     result_start: CallResultStart
     data: DataFrame
     finished: CallFinished
-    def __init__(self, result_start: _Optional[_Union[CallResultStart, _Mapping]] = ..., data: _Optional[_Union[DataFrame, _Mapping]] = ..., finished: _Optional[_Union[CallFinished, _Mapping]] = ...) -> None: ...
+    ack: CallAck
+    def __init__(self, result_start: _Optional[_Union[CallResultStart, _Mapping]] = ..., data: _Optional[_Union[DataFrame, _Mapping]] = ..., finished: _Optional[_Union[CallFinished, _Mapping]] = ..., ack: _Optional[_Union[CallAck, _Mapping]] = ...) -> None: ...
 
 class RunnerStatus(_message.Message):
     __slots__ = ("active", "failed", "id", "details", "errorCode", "errorStr", "createdAt", "startedAt", "completedAt", "cached", "requestsReceived", "requestsHandled", "kdumpsOnDisk", "schedulerDuration", "executionDuration", "isNetworkDisabled", "customStatus", "imagePullWaitDuration", "ctrPrepDuration", "ctrCreateDuration", "initStartTime", "draining", "drained", "slots_total", "slots_free", "memory_mb_total", "memory_mb_free", "warm_slots", "runner_id", "requestsNacked", "features")
@@ -200,18 +210,22 @@ class CallReply(_message.Message):
     def __init__(self, finished: _Optional[_Union[CallFinished, _Mapping]] = ..., http: _Optional[_Union[HttpRespMeta, _Mapping]] = ..., body: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class CallBatch(_message.Message):
-    __slots__ = ("calls", "cancel")
+    __slots__ = ("calls", "cancel", "go")
     CALLS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    GO_FIELD_NUMBER: _ClassVar[int]
     calls: _containers.RepeatedCompositeFieldContainer[CallRequest]
     cancel: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, calls: _Optional[_Iterable[_Union[CallRequest, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
+    go: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, calls: _Optional[_Iterable[_Union[CallRequest, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., go: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReplyBatch(_message.Message):
-    __slots__ = ("replies",)
+    __slots__ = ("replies", "acks")
     REPLIES_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     replies: _containers.RepeatedCompositeFieldContainer[CallReply]
-    def __init__(self, replies: _Optional[_Iterable[_Union[CallReply, _Mapping]]] = ...) -> None: ...
+    acks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, replies: _Optional[_Iterable[_Union[CallReply, _Mapping]]] = ..., acks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CloseRequest(_message.Message):
     __slots__ = ("wait",)
