@@ -54,6 +54,8 @@ class LBConfig:
     queue_config: QueueConfig = field(default_factory=QueueConfig)
     max_body_bytes: int = 8 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
+    # More runners an idempotent call may run on when its runner is lost.
+    idempotent_retries: int = 2
     # A try a runner has not answered within this long makes it suspect (0: never).
     accept_timeout: float = 1.0
     drain_grace: float = 30.0
@@ -108,6 +110,8 @@ class LBConfig:
             raise ConfigError(f"--chbl-c must be >= 1, got {self.chbl_c}")
         if self.max_body_bytes <= 0:
             raise ConfigError(f"--max-body-bytes must be > 0, got {self.max_body_bytes}")
+        if self.idempotent_retries < 0:
+            raise ConfigError(f"--idempotent-retries must be >= 0, got {self.idempotent_retries}")
         if not self.accept_timeout >= 0:
             raise ConfigError(f"--accept-timeout must be >= 0, got {self.accept_timeout}")
         if self.max_response_bytes <= 0:

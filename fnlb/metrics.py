@@ -117,6 +117,9 @@ class Metrics:
         self.discovery_errors = Counter(
             "fnlb_discovery_errors", "Failed lookups of a runner source (last set kept).",
             ["source"], registry=r)
+        self.idempotent_retries = Counter(
+            "fnlb_idempotent_retries",
+            "Idempotent calls run again on another runner after theirs was lost.", registry=r)
         # The overload wait queue (fnlb.placers.queue): see docs/design.md.
         self.queue_depth = Gauge(
             "fnlb_queue_depth", "Calls waiting for a runner slot in the LB's queue.", registry=r)

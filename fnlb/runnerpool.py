@@ -58,6 +58,9 @@ class CallModel:
     config: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, Sequence[str]] = field(default_factory=dict)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # The client says the function may run more than once (InvokeRequest.idempotent):
+    # the LB's own business, not sent to runners.
+    idempotent: bool = False
 
     def to_json(self) -> str:
         """fn's JSON field names; built once per call (see ``LBCall.model_json``)."""

@@ -238,7 +238,8 @@ class LBServer:
             self.pool = self._build_pool(load)
         self.capacity = self._build_capacity(load, self.pool)
         placer = make_placer(cfg.placer, cfg.placer_config, self.metrics, load=load,
-                             c=cfg.chbl_c, capacity=self.capacity)
+                             c=cfg.chbl_c, capacity=self.capacity,
+                             idempotent_retries=cfg.idempotent_retries)
         self.placer = placer
         start_pool = getattr(self.pool, "start", None)
         if start_pool is not None:

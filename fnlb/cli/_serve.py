@@ -151,6 +151,10 @@ def add_serve_parser(sub: Any) -> None:
     _add(p, "--app-max-inflight", "0", type=non_negative_int, metavar="N",
          help="most calls of one app_id that the queue lets run at once (0: no limit); "
               "calls placed without waiting do not count")
+    _add(p, "--idempotent-retries", "2", type=non_negative_int, metavar="N",
+         help="a call the client marked idempotent (InvokeRequest.idempotent) whose "
+              "runner was lost before any of its response arrived runs again on another "
+              "runner, at most N more times, within a per-LB retry budget; others never do")
     _add(p, "--accept-timeout", "1s", type=duration, metavar="DUR",
          help="a runner that has not answered a try (NACK, acknowledgement or result) "
               "within this long gets no new calls until a status poll answers; with "
@@ -246,6 +250,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         max_body_bytes=args.max_body_bytes,
         max_response_bytes=args.max_response_bytes,
         accept_timeout=args.accept_timeout,
+        idempotent_retries=args.idempotent_retries,
         drain_grace=args.drain_grace,
         connect_timeout=args.connect_timeout,
         default_timeout_s=args.default_timeout,

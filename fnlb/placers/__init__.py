@@ -27,7 +27,8 @@ __all__ = ["BasePlacer", "PLACERS", "PlacerFactory", "make_placer", "register_pl
 class PlacerFactory(Protocol):
     def __call__(self, config: PlacerConfig, metrics: Metrics, *,
                  load: LoadTracker | None = None,
-                 capacity: Capacity | None = None) -> BasePlacer: ...
+                 capacity: Capacity | None = None,
+                 idempotent_retries: int = 0) -> BasePlacer: ...
 
 
 PLACERS: dict[str, PlacerFactory] = {
@@ -46,14 +47,17 @@ def register_placer(name: str, factory: PlacerFactory) -> None:
 def make_placer(name: str, config: PlacerConfig | None = None,
                 metrics: Metrics | None = None, *,
                 load: LoadTracker | None = None, c: float | None = None,
-                capacity: Capacity | None = None) -> BasePlacer:
+                capacity: Capacity | None = None,
+                idempotent_retries: int = 0) -> BasePlacer:
     """Build the placer called ``name``; unknown names are a ConfigError listing the known ones.
 
     ``load`` is the LB's one LoadTracker (feed runner Status reports into it);
     when omitted the placer makes its own and exposes it as ``placer.load``.
     ``c`` is the load bound of the bounded-load placers (``chbl``, ``warm``:
     ``--chbl-c``); placers without one ignore it, and None keeps their default.
-    ``capacity`` (reading that same tracker) turns on the overload wait queue.
+    ``capacity`` (reading that same tracker) turns on the overload wait queue;
+    ``idempotent_retries``: how many more runners an idempotent call may run on
+    when its runner is lost (``--idempotent-retries``).
     """
     try:
         factory = PLACERS[name]
@@ -64,5 +68,7 @@ def make_placer(name: str, config: PlacerConfig | None = None,
     metrics = metrics if metrics is not None else Metrics()
     load = load if load is not None else LoadTracker()
     if c is not None and isinstance(factory, type) and issubclass(factory, BoundedLoadHashPlacer):
-        return factory(config, metrics, load=load, capacity=capacity, c=c)
-    return factory(config, metrics, load=load, capacity=capacity)
+        return factory(config, metrics, load=load, capacity=capacity, c=c,
+                       idempotent_retries=idempotent_retries)
+    return factory(config, metrics, load=load, capacity=capacity,
+                   idempotent_retries=idempotent_retries)

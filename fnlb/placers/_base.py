@@ -6,11 +6,20 @@ import abc
 import logging
 from collections.abc import Iterable, Sequence
 
-from fnlb.errors import DoesNotFit, InvalidRequest, PassedOn, PoolError, ServerTooBusy
+from fnlb.errors import (
+    DoesNotFit,
+    InvalidRequest,
+    PassedOn,
+    PoolError,
+    RunnerError,
+    ServerTooBusy,
+)
+from fnlb.logs import kv
 from fnlb.metrics import Metrics
 from fnlb.placers.capacity import Capacity
 from fnlb.placers.load import LoadTracker
 from fnlb.placers.queue import Grant
+from fnlb.placers.retry import RetryBudget
 from fnlb.placers.tracker import PlacerTracker
 from fnlb.runnerpool import PlacerConfig, Runner, RunnerCall, RunnerPool
 
@@ -39,13 +48,16 @@ class BasePlacer(abc.ABC):
     name = "base"
 
     def __init__(self, config: PlacerConfig | None = None, metrics: Metrics | None = None,
-                 load: LoadTracker | None = None, *, capacity: Capacity | None = None) -> None:
+                 load: LoadTracker | None = None, *, capacity: Capacity | None = None,
+                 idempotent_retries: int = 0, budget: RetryBudget | None = None) -> None:
         self._config = config if config is not None else PlacerConfig()
         self._metrics = metrics if metrics is not None else Metrics()
         self._load = load if load is not None else LoadTracker()
         if capacity is not None and capacity.load is not self._load:
             raise ValueError("capacity must read the placer's own LoadTracker")
         self._capacity = capacity
+        self._idempotent_retries = idempotent_retries
+        self._budget = budget if budget is not None else RetryBudget()
 
     @property
     def config(self) -> PlacerConfig:
@@ -60,12 +72,24 @@ class BasePlacer(abc.ABC):
     def order(self, runners: Sequence[Runner], call: RunnerCall) -> Iterable[Runner]:
         """The runners to try for ``call``, best first (each at most once per round)."""
 
+    def _may_rerun(self, call: RunnerCall, err: BaseException, reruns: int) -> bool:
+        """Run a committed call again elsewhere? Only an idempotent one whose runner
+        was lost before any of its response arrived, within the limits."""
+        if not (isinstance(err, RunnerError) and err.lost):
+            return False
+        allowed = self._budget.failed()  # every lost call counts, retried or not
+        # Part of the answer already out: a second run would mix two answers.
+        started = bool(getattr(call.response, "started", False))
+        return (allowed and call.model.idempotent and reruns < self._idempotent_retries
+                and not started)
+
     async def place_call(self, pool: RunnerPool, call: RunnerCall,
                          deadline: float | None = None) -> Runner:
         tracker = PlacerTracker(self._config, call, self._metrics, deadline)
         cap = self._capacity
         turn: Grant | None = None  # our place in the wait queue, once given
         unfit: dict[str, int | None] = {}  # runners that said the call can never fit
+        reruns = 0  # an idempotent call run again after its runner was lost
         try:
             while True:
                 pool_err: PoolError | None = None
@@ -112,9 +136,17 @@ class BasePlacer(abc.ABC):
                     finally:
                         self._load.finished(address)
                     if placed:
-                        if err is not None:
+                        if err is None:
+                            self._budget.succeeded()
+                            return runner
+                        if not self._may_rerun(call, err, reruns):
                             raise err
-                        return runner
+                        reruns += 1
+                        self._metrics.idempotent_retries.inc()
+                        log.warning("runner lost an idempotent call: running it again elsewhere",
+                                    extra=kv(call_id=call.model.id, runner=address,
+                                             rerun=reruns, error=str(err)))
+                        continue
                     if isinstance(err, DoesNotFit):
                         unfit[address] = err.memory_mb_total
                         continue

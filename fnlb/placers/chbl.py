@@ -135,9 +135,11 @@ class BoundedLoadHashPlacer(BasePlacer):
 
     def __init__(self, config: PlacerConfig | None = None, metrics: Metrics | None = None,
                  load: LoadTracker | None = None, *,
-                 capacity: Capacity | None = None, c: float = DEFAULT_C,
+                 capacity: Capacity | None = None, idempotent_retries: int = 0,
+                 c: float = DEFAULT_C,
                  vnodes: int = DEFAULT_VNODES) -> None:
-        super().__init__(config, metrics, load, capacity=capacity)
+        super().__init__(config, metrics, load, capacity=capacity,
+                         idempotent_retries=idempotent_retries)
         self.c = c
         if not (math.isfinite(self.c) and self.c >= 1.0):
             # c < 1 would leave no runner below the bound once load is even.

@@ -34,8 +34,10 @@ class PowerOfTwoPlacer(BasePlacer):
 
     def __init__(self, config: PlacerConfig | None = None, metrics: Metrics | None = None,
                  load: LoadTracker | None = None, *,
-                 capacity: Capacity | None = None, rng: random.Random | None = None) -> None:
-        super().__init__(config, metrics, load, capacity=capacity)
+                 capacity: Capacity | None = None, idempotent_retries: int = 0,
+                 rng: random.Random | None = None) -> None:
+        super().__init__(config, metrics, load, capacity=capacity,
+                         idempotent_retries=idempotent_retries)
         self._rng = rng if rng is not None else random.Random()
 
     def order(self, runners: Sequence[Runner], call: RunnerCall) -> Iterator[Runner]:

@@ -15,7 +15,7 @@ SYNC: CallType
 DETACHED: CallType
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("fn_id", "app_id", "body", "type", "timeout_s", "memory_mb", "config", "headers", "image", "call_id", "idle_timeout_s")
+    __slots__ = ("fn_id", "app_id", "body", "type", "timeout_s", "memory_mb", "config", "headers", "image", "call_id", "idle_timeout_s", "idempotent")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class InvokeRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     fn_id: str
     app_id: str
     body: bytes
@@ -52,7 +53,8 @@ class InvokeRequest(_message.Message):
     image: str
     call_id: str
     idle_timeout_s: int
-    def __init__(self, fn_id: _Optional[str] = ..., app_id: _Optional[str] = ..., body: _Optional[bytes] = ..., type: _Optional[_Union[CallType, str]] = ..., timeout_s: _Optional[int] = ..., memory_mb: _Optional[int] = ..., config: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., call_id: _Optional[str] = ..., idle_timeout_s: _Optional[int] = ...) -> None: ...
+    idempotent: bool
+    def __init__(self, fn_id: _Optional[str] = ..., app_id: _Optional[str] = ..., body: _Optional[bytes] = ..., type: _Optional[_Union[CallType, str]] = ..., timeout_s: _Optional[int] = ..., memory_mb: _Optional[int] = ..., config: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., image: _Optional[str] = ..., call_id: _Optional[str] = ..., idle_timeout_s: _Optional[int] = ..., idempotent: _Optional[bool] = ...) -> None: ...
 
 class InvokeResponse(_message.Message):
     __slots__ = ("call_id", "status_code", "headers", "body", "runner", "attempts")
