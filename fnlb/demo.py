@@ -111,7 +111,8 @@ async def traffic(lb: Proc, group: ProcGroup,
         await asyncio.gather(*(one("sleep", lb_pb2.InvokeRequest(
             fn_id=f"sleepy-{i % 3}", config={"sleep_ms": str(100 + 100 * (i % 3))}))
             for i in range(12)))
-        print("3) burst: 30 concurrent calls of one hot function on 5 slots -> NACKs and retries")
+        print("3) burst: 30 concurrent calls of one hot function on 5 slots -> they wait in "
+              "the LB's queue for free slots (fn's LB would sweep NACKs)")
         await asyncio.gather(*(one("burst", lb_pb2.InvokeRequest(
             fn_id="hot", config={"sleep_ms": "50"})) for _ in range(30)))
         print("4) errors: a function returning 500, an empty fn_id, a 1 s deadline on a 3 s call")
@@ -182,7 +183,8 @@ def summary(results: list[tuple[str, str, float, str]], lb: Proc) -> None:
     print(f"\n== a few metric lines from {url} ==")
     wanted = ("fnlb_calls_total", "fnlb_placer_retries_total", "fnlb_placer_placed_total",
               "fnlb_call_latency_seconds_count", "fnlb_placer_attempts_sum",
-              "fnlb_placer_timeouts_total")
+              "fnlb_placer_timeouts_total", "fnlb_queue_wait_seconds_count",
+              "fnlb_queue_rejected_total")
     for line in text.splitlines():
         if line.startswith(wanted) and not line.endswith(" 0.0"):
             print("  " + line)
