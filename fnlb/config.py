@@ -61,7 +61,7 @@ class LBConfig:
     # --max-body-bytes + REQUEST_OVERHEAD_BYTES (see ``request_limit``).
     max_request_bytes: int = 0
     # The front door's connection limits (gRPC server options; 0 = off).
-    max_concurrent_streams: int = 1000
+    max_concurrent_streams: int = 10_000
     max_connection_idle: float = 300.0
     max_connection_age: float = 3600.0
     # An InvokeStream that sends no `request` message within this long is ended.

@@ -165,9 +165,10 @@ def add_serve_parser(sub: Any) -> None:
               "+ 1 MiB); a bigger one gets INVALID_ARGUMENT naming the limit. config and "
               "headers hold at most 64 entries each, keys of 256 bytes, values of 4 KiB "
               "(README, Security model)")
-    _add(p, "--max-concurrent-streams", "1000", type=non_negative_int, metavar="N",
-         help="calls one client connection may have open at once (HTTP/2 streams; the "
-              "client queues more until one ends); 0: gRPC's default (no limit)")
+    _add(p, "--max-concurrent-streams", "10000", type=non_negative_int, metavar="N",
+         help="calls one client connection may have open at once (HTTP/2 streams); beyond "
+              "it grpc clients may see UNAVAILABLE 'RST_STREAM ... error code 7' (refused, "
+              "never run, safe to retry) rather than a queue; 0: no limit")
     _add(p, "--max-connection-idle", "5m", type=duration, metavar="DUR",
          help="close a client connection with no call open for this long (GOAWAY; "
               "clients reconnect when they call again); 0: never")
