@@ -7,6 +7,7 @@ deadline) is tested against a real `fnlb serve` in test_bounded_input_e2e.py.
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -145,7 +146,6 @@ class _CancelAfterDeadline:
 async def test_a_cancel_after_the_client_deadline_counts_as_a_timeout() -> None:
     m = Metrics()
     agent = Agent(pool=None, placer=_CancelAfterDeadline(), metrics=m)  # type: ignore[arg-type]
-    import time
 
     call = build_call(req(), b"", 1024)
     with pytest.raises(ClientCanceled):

@@ -7,7 +7,6 @@ sends its `request` is ended after --stream-header-timeout.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
