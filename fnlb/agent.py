@@ -56,12 +56,13 @@ class Agent:
             call_status = "timeouts"
             raise
         except ClientCanceled:
-            call_status = "canceled"
+            # A try whose stream was cancelled at (or after) the client's deadline
+            # ended by the deadline, as the client saw it: DEADLINE_EXCEEDED.
+            call_status = "timeouts" if self._expired(deadline) else "canceled"
             raise
         except asyncio.CancelledError:
             # gRPC cancels the handler both on a client cancel and at the deadline.
-            expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK
-            call_status = "timeouts" if expired else "canceled"
+            call_status = "timeouts" if self._expired(deadline) else "canceled"
             raise
         except FnlbError as e:
             runner_addr = getattr(e, "runner", "")
@@ -69,6 +70,10 @@ class Agent:
         finally:
             m.calls_inflight.dec()
             self._end_of_call(call, call_status, runner_addr)
+
+    @staticmethod
+    def _expired(deadline: float | None) -> bool:
+        return deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK
 
     def _end_of_call(self, call: LBCall, call_status: str, runner: str) -> None:
         m = self.metrics

@@ -12,7 +12,11 @@ from fnlb.placers.queue import QueueConfig
 from fnlb.pools.health import HealthConfig
 from fnlb.runnerpool import PlacerConfig
 
-__all__ = ["LBConfig", "REGISTRATION", "TLSPaths", "split_hostport"]
+__all__ = ["LBConfig", "REGISTRATION", "REQUEST_OVERHEAD_BYTES", "TLSPaths", "split_hostport"]
+
+# What --max-request-bytes allows above --max-body-bytes by default: config,
+# headers and ids (at most 2 x 64 entries of 256 + 4,096 bytes: about 560 KiB).
+REQUEST_OVERHEAD_BYTES = 1 << 20
 
 # --discovery registration: no discovery source; runners add themselves (Admin).
 REGISTRATION = "registration"
@@ -53,6 +57,15 @@ class LBConfig:
     queue: bool = True
     queue_config: QueueConfig = field(default_factory=QueueConfig)
     max_body_bytes: int = 8 * 1024 * 1024
+    # Body + config + headers + ids of one call (--max-request-bytes); 0: derived,
+    # --max-body-bytes + REQUEST_OVERHEAD_BYTES (see ``request_limit``).
+    max_request_bytes: int = 0
+    # The front door's connection limits (gRPC server options; 0 = off).
+    max_concurrent_streams: int = 10_000
+    max_connection_idle: float = 300.0
+    max_connection_age: float = 3600.0
+    # An InvokeStream that sends no `request` message within this long is ended.
+    stream_header_timeout: float = 10.0
     max_response_bytes: int = 64 * 1024 * 1024
     # More runners an idempotent call may run on when its runner is lost.
     idempotent_retries: int = 2
@@ -78,6 +91,11 @@ class LBConfig:
     # without a client CA, nobody with one) and --register-allow.
     admin_allow: tuple[str, ...] | None = None
     register_allow: tuple[str, ...] = ()
+
+    @property
+    def request_limit(self) -> int:
+        """--max-request-bytes, or its default: --max-body-bytes + REQUEST_OVERHEAD_BYTES."""
+        return self.max_request_bytes or self.max_body_bytes + REQUEST_OVERHEAD_BYTES
 
     def __post_init__(self) -> None:
         _, port = split_hostport(self.listen, "--listen")
@@ -112,6 +130,19 @@ class LBConfig:
             raise ConfigError(f"--max-body-bytes must be > 0, got {self.max_body_bytes}")
         if self.idempotent_retries < 0:
             raise ConfigError(f"--idempotent-retries must be >= 0, got {self.idempotent_retries}")
+        if self.max_request_bytes < 0:
+            raise ConfigError(f"--max-request-bytes must be >= 0, got {self.max_request_bytes}")
+        if self.max_request_bytes and self.max_request_bytes < self.max_body_bytes:
+            raise ConfigError(f"--max-request-bytes ({self.max_request_bytes}) must be at least "
+                              f"--max-body-bytes ({self.max_body_bytes}): it bounds the body "
+                              "plus config, headers and ids")
+        if self.max_concurrent_streams < 0:
+            raise ConfigError("--max-concurrent-streams must be >= 0")
+        if not (self.max_connection_idle >= 0 and self.max_connection_age >= 0):
+            raise ConfigError("--max-connection-idle and --max-connection-age must be >= 0")
+        if not self.stream_header_timeout > 0:
+            raise ConfigError(f"--stream-header-timeout must be > 0, "
+                              f"got {self.stream_header_timeout}")
         if not self.accept_timeout >= 0:
             raise ConfigError(f"--accept-timeout must be >= 0, got {self.accept_timeout}")
         if self.max_response_bytes <= 0:

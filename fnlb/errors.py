@@ -57,7 +57,8 @@ class ShuttingDown(ServerTooBusy):
 
 
 class ClientTimeout(FnlbError, TimeoutError):
-    def __init__(self, msg: str = "client deadline exceeded") -> None:
+    # gRPC's own words: a client sees the same text whichever side's timer fired.
+    def __init__(self, msg: str = "Deadline Exceeded") -> None:
         super().__init__(msg)
 
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fnlb.agent import Agent
 from fnlb.calls import BufferSink, LBCall, new_call_id
-from fnlb.config import LBConfig
+from fnlb.config import REQUEST_OVERHEAD_BYTES, LBConfig
 from fnlb.drain import Drain
 from fnlb.error_status import grpc_status
 from fnlb.errors import FnlbError, InvalidRequest, ShuttingDown
@@ -34,7 +36,7 @@ from fnlb.runnerpool import (
 )
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
-__all__ = ["LoadBalancerServicer", "build_call"]
+__all__ = ["LoadBalancerServicer", "add_load_balancer", "build_call"]
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +45,91 @@ _MAX_MEMORY_MB = 1 << 20
 _STREAM_CHUNK = 64 * 1024
 
 
+# Bounds on a call's maps and ids (README, Security model). Each refusal is an
+# INVALID_ARGUMENT naming the field and the limit.
+MAX_MAP_ENTRIES = 64
+MAX_KEY_BYTES = 256
+MAX_VALUE_BYTES = 4096
+MAX_ID_CHARS = 255
+MAX_CALL_ID_CHARS = 128
+MAX_IMAGE_CHARS = 1024
+# fn_id, app_id, call_id, image: printable ASCII without spaces ("!".."~"), so no
+# control, DEL, bidirectional-override or zero-width character reaches logs,
+# metrics labels or runners.
+ID_PATTERN = "[!-~]"
+_ID_RE = re.compile(r"[!-~]*")
+# Header names and values: no control characters (CR/LF would split the HTTP
+# request the runner builds), tab allowed in values.
+_HEADER_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_id(field: str, value: str, most: int) -> None:
+    if len(value) > most:
+        raise InvalidRequest(f"{field}: {len(value)} characters, at most {most}")
+    if not _ID_RE.fullmatch(value):
+        bad = next(c for c in value if not "!" <= c <= "~")
+        raise InvalidRequest(f"{field}: character U+{ord(bad):04X} not allowed: printable "
+                             f"ASCII without spaces only ({ID_PATTERN}, at most {most})")
+
+
+def _map_bytes(field: str, entries: Mapping[str, str], headers: bool) -> int:
+    """Bytes of ``entries`` (keys + values, UTF-8); a bad entry names the field."""
+    if len(entries) > MAX_MAP_ENTRIES:
+        raise InvalidRequest(f"{field}: {len(entries)} entries, at most {MAX_MAP_ENTRIES}")
+    total = 0
+    for k, v in entries.items():
+        kb, vb = len(k.encode()), len(v.encode())
+        if not k:
+            raise InvalidRequest(f"{field}: empty key")
+        if kb > MAX_KEY_BYTES:
+            raise InvalidRequest(f"{field}: key {k[:32]!r}...: {kb} bytes, "
+                                 f"at most {MAX_KEY_BYTES}")
+        if vb > MAX_VALUE_BYTES:
+            raise InvalidRequest(f"{field}[{k[:64]!r}]: value of {vb} bytes, "
+                                 f"at most {MAX_VALUE_BYTES}")
+        if headers and (_HEADER_BAD.search(k) or _HEADER_BAD.search(v)):
+            raise InvalidRequest(f"{field}[{k[:64]!r}]: control characters are not allowed "
+                                 "in header names or values")
+        total += kb + vb
+    return total
+
+
 def build_call(req: lb_pb2.InvokeRequest, body: bytes, max_body_bytes: int,
-               default_timeout_s: int = 30, sink: ResponseSink | None = None) -> LBCall:
-    """Validate an InvokeRequest; the error message names the bad field."""
+               default_timeout_s: int = 30, sink: ResponseSink | None = None, *,
+               max_request_bytes: int | None = None) -> LBCall:
+    """Validate an InvokeRequest; the error message names the bad field and the limit.
+
+    ``max_request_bytes`` (default: ``max_body_bytes`` + REQUEST_OVERHEAD_BYTES)
+    bounds body + config + headers + ids together.
+    """
     fn_id = req.fn_id.strip()
     if not fn_id:
         raise InvalidRequest("fn_id: required")
-    if len(fn_id) > 255 or any(ord(c) < 32 for c in fn_id):
-        raise InvalidRequest("fn_id: at most 255 printable characters")
+    _check_id("fn_id", fn_id, MAX_ID_CHARS)
+    _check_id("app_id", req.app_id, MAX_ID_CHARS)
+    _check_id("call_id", req.call_id, MAX_CALL_ID_CHARS)
+    _check_id("image", req.image, MAX_IMAGE_CHARS)
+    if req.type not in (lb_pb2.SYNC, lb_pb2.DETACHED):
+        raise InvalidRequest(f"type: unknown CallType {req.type} (SYNC=0 or DETACHED=1)")
     if len(body) > max_body_bytes:
         raise InvalidRequest(f"body: {len(body)} bytes exceeds the limit of {max_body_bytes} "
                              "bytes (--max-body-bytes); use a smaller body")
+    config_bytes = _map_bytes("config", req.config, headers=False)
+    header_bytes = _map_bytes("headers", req.headers, headers=True)
+    limit = max_request_bytes or max_body_bytes + REQUEST_OVERHEAD_BYTES
+    ids = len(fn_id) + len(req.app_id) + len(req.image) + len(req.call_id)
+    total = len(body) + config_bytes + header_bytes + ids
+    if total > limit:
+        raise InvalidRequest(
+            f"request: {total} bytes (body {len(body)}, config {config_bytes}, headers "
+            f"{header_bytes}, ids {ids}) exceeds the limit of {limit} bytes "
+            "(--max-request-bytes)")
     if not 0 <= req.timeout_s <= _MAX_TIMEOUT_S:
         raise InvalidRequest(f"timeout_s: must be 0..{_MAX_TIMEOUT_S}, got {req.timeout_s}")
     if not 0 <= req.idle_timeout_s <= _MAX_TIMEOUT_S:
         raise InvalidRequest(f"idle_timeout_s: must be 0..{_MAX_TIMEOUT_S}")
     if req.memory_mb > _MAX_MEMORY_MB:
         raise InvalidRequest(f"memory_mb: must be at most {_MAX_MEMORY_MB}, got {req.memory_mb}")
-    if len(req.call_id) > 128:
-        raise InvalidRequest("call_id: at most 128 characters")
     model = CallModel(
         id=req.call_id or new_call_id(),
         fn_id=fn_id,
@@ -146,6 +214,77 @@ class _StreamSink:
             yield piece[0] if len(piece) == 1 else b"".join(piece)
 
 
+class Malformed:
+    """A request message that did not parse; its handler answers INVALID_ARGUMENT.
+
+    gRPC reports a deserializer's exception as UNKNOWN with the Python class in
+    the details and logs a traceback per request; ``add_load_balancer``'s
+    deserializers return this instead, so the handler sends the status.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as e:
+            # "Error parsing message with type 'fnlb.v1.InvokeRequest': String
+            # field had bad UTF-8": protobuf's words, no Python internals.
+            return Malformed(str(e) or "not a valid protobuf message")
+    return deserialize
+
+
+class Throttled:
+    """At most one warning per ``interval`` s; the next line counts those left out.
+
+    For what a client can cause at will (malformed messages): one line per
+    request would be a lever to flood the log.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = logger
+        self._interval = interval
+        self._clock = clock
+        self._next = float("-inf")
+        self.suppressed = 0
+
+    def warning(self, msg: str, **fields: Any) -> bool:
+        """Log ``msg`` unless a line went out within the interval; True if logged."""
+        now = self._clock()
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._log.warning(msg, extra=kv(**fields, suppressed=self.suppressed,
+                                        interval_s=f"{self._interval:g}"))
+        self.suppressed = 0
+        self._next = now + self._interval
+        return True
+
+
+def add_load_balancer(servicer: LoadBalancerServicer, server: grpc.aio.Server) -> None:
+    """Serve ``fnlb.v1.LoadBalancer`` on ``server`` (``add_LoadBalancerServicer_to_server``
+    with deserializers that turn a malformed message into INVALID_ARGUMENT)."""
+    handlers = {
+        "Invoke": grpc.unary_unary_rpc_method_handler(
+            servicer.Invoke,
+            request_deserializer=_lenient(lb_pb2.InvokeRequest.FromString),
+            response_serializer=lb_pb2.InvokeResponse.SerializeToString),
+        "InvokeStream": grpc.stream_stream_rpc_method_handler(
+            servicer.InvokeStream,
+            request_deserializer=_lenient(lb_pb2.InvokeStreamRequest.FromString),
+            response_serializer=lb_pb2.InvokeStreamResponse.SerializeToString),
+    }
+    name = lb_pb2.DESCRIPTOR.services_by_name["LoadBalancer"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 def _client_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -156,6 +295,21 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         self._agent = agent
         self._cfg = config
         self._drain = drain if drain is not None else Drain()
+        self._malformed_log = Throttled(log)
+
+    async def _malformed(self, bad: Malformed,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+        """Answer a message that did not parse: INVALID_ARGUMENT, counted, logged throttled."""
+        self._agent.metrics.malformed_requests.inc()
+        self._malformed_log.warning("malformed request", peer=context.peer(), error=bad.reason)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {bad.reason}")
+        raise AssertionError("context.abort() returned")  # it raises
+
+    def _build(self, req: lb_pb2.InvokeRequest, body: bytes,
+               sink: ResponseSink | None = None) -> LBCall:
+        cfg = self._cfg
+        return build_call(req, body, cfg.max_body_bytes, cfg.default_timeout_s, sink,
+                          max_request_bytes=cfg.request_limit)
 
     async def _run(self, call: LBCall, context: grpc.aio.ServicerContext[Any, Any],
                    submitted: Awaitable[Runner] | None = None) -> str:
@@ -195,12 +349,13 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
             call_id=call.model.id, status_code=status, headers=headers,
             body=body, runner=runner, attempts=call.attempts)
 
-    async def Invoke(self, request: lb_pb2.InvokeRequest,
+    async def Invoke(self, request: lb_pb2.InvokeRequest | Malformed,
                      context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.InvokeResponse:
+        if isinstance(request, Malformed):
+            await self._malformed(request, context)
         async with self._drain.admitted(context):
             try:
-                call = build_call(request, request.body, self._cfg.max_body_bytes,
-                                  self._cfg.default_timeout_s)
+                call = self._build(request, request.body)
             except InvalidRequest as e:
                 await context.abort(grpc_status(e), str(e))
             runner = await self._run(call, context)
@@ -208,7 +363,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
             return self._response(call, runner, sink, sink.body())
 
     async def InvokeStream(
-        self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest],
+        self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest | Malformed],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[lb_pb2.InvokeStreamResponse]:
         async with self._drain.admitted(context):
@@ -216,37 +371,45 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
                 yield msg
 
     async def _invoke_stream(
-        self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest],
+        self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest | Malformed],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[lb_pb2.InvokeStreamResponse]:
-        first: lb_pb2.InvokeRequest | None = None
-        parts: list[bytes] = []
-        size = 0
+        messages = aiter(request_iterator)
+        wait = self._cfg.stream_header_timeout
+        try:
+            # A stream that never sends its header would hold a stream (and its
+            # buffers) for as long as the client likes.
+            async with asyncio.timeout(wait):
+                head = await anext(messages)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"request: no `request` message within {wait:g}s "
+                                "(--stream-header-timeout)")
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message received")
+        if isinstance(head, Malformed):
+            await self._malformed(head, context)
+        if head.WhichOneof("msg") != "request":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "request: the first message must be `request`")
+        first = head.request
+        parts = [first.body]
+        size = len(first.body)
         limit = self._cfg.max_body_bytes
-        async for msg in request_iterator:
-            kind = msg.WhichOneof("msg")
-            if first is None:
-                if kind != "request":
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        "request: the first message must be `request`")
-                first = msg.request
-                chunk = first.body
-            elif kind == "data":
-                chunk = msg.data
-            else:
+        async for msg in messages:
+            if isinstance(msg, Malformed):
+                await self._malformed(msg, context)
+            if msg.WhichOneof("msg") != "data":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     "request: only the first message may be `request`")
-            size += len(chunk)
+            size += len(msg.data)
             if size > limit:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"body: exceeds the limit of {limit} bytes (--max-body-bytes)")
-            parts.append(chunk)
-        if first is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message received")
-        assert first is not None  # context.abort() raised otherwise
+            parts.append(msg.data)
         sink = _StreamSink()
         try:
-            call = build_call(first, b"".join(parts), limit, self._cfg.default_timeout_s, sink)
+            call = self._build(first, b"".join(parts), sink)
         except InvalidRequest as e:
             await context.abort(grpc_status(e), str(e))
         # The response goes on as it arrives: `response` once the runner

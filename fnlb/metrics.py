@@ -86,6 +86,10 @@ class Metrics:
             "fnlb_calls_inflight", "Calls being handled by the LB.", registry=r)
         self.calls_completed = Counter(
             "fnlb_calls_completed", "Calls ended, by call_status.", ["call_status"], registry=r)
+        self.malformed_requests = Counter(
+            "fnlb_malformed_requests",
+            "Front-door request messages that did not parse (answered INVALID_ARGUMENT).",
+            registry=r)
         self.suspicious_latency = Counter(
             "fnlb_call_latency_suspicious",
             "Latency samples dropped because runner execution time >= LB latency.", registry=r)

@@ -27,7 +27,7 @@ from fnlb.agent import Agent
 from fnlb.config import LBConfig, split_hostport
 from fnlb.drain import Drain
 from fnlb.errors import ConfigError, ShuttingDown
-from fnlb.front import LoadBalancerServicer
+from fnlb.front import LoadBalancerServicer, add_load_balancer
 from fnlb.logs import kv
 from fnlb.metrics import Metrics, MetricsServer
 from fnlb.placers import make_placer
@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 
 # How long before the drain grace ends calls still queued are answered UNAVAILABLE.
 _QUEUE_CLOSE_MARGIN_S = 0.25
+# Front door: room above --max-request-bytes for protobuf framing.
+_RECEIVE_HEADROOM = 64 * 1024
+# After --max-connection-age, a connection's open calls get this long to
+# finish: above the longest function timeout (3,600 s) plus placing time.
+_CONNECTION_AGE_GRACE_MS = 70 * 60 * 1000
 
 
 def _is_loopback(host: str) -> bool:
@@ -245,11 +250,12 @@ class LBServer:
         if start_pool is not None:
             await start_pool()  # first lookups; a bad --runners-file stops us here
         agent = Agent(self.pool, placer, self.metrics)
-        # Leave room above --max-body-bytes so a too-big body gets our clear
-        # INVALID_ARGUMENT instead of gRPC's generic RESOURCE_EXHAUSTED; an
+        # A little room above --max-request-bytes (protobuf framing) so a too-big
+        # request gets our clear INVALID_ARGUMENT naming the limit instead of
+        # gRPC's RESOURCE_EXHAUSTED "Received message larger than max"; an
         # Invoke response holds up to --max-response-bytes of body plus headers.
-        max_msg = 2 * cfg.max_body_bytes + (1 << 20)
-        server = grpc.aio.server(options=[
+        max_msg = cfg.request_limit + _RECEIVE_HEADROOM
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_msg),
             ("grpc.max_send_message_length", cfg.max_response_bytes + (1 << 20)),
             # Off unless a supervisor runs workers on this port: with it on, a
@@ -264,9 +270,19 @@ class LBServer:
             # 100,000 only guards memory.
             ("grpc.server.max_pending_requests", 100_000),
             ("grpc.server.max_pending_requests_hard_limit", 100_000),
-        ])
-        lb_pb2_grpc.add_LoadBalancerServicer_to_server(
-            LoadBalancerServicer(agent, cfg, self._drain), server)
+        ]
+        # Per-connection bounds (README, Security model): streams beyond the cap
+        # wait in the client's transport; idle and old connections get GOAWAY
+        # (clients reconnect), the old ones' calls finish within the age grace.
+        if cfg.max_concurrent_streams:
+            options.append(("grpc.max_concurrent_streams", cfg.max_concurrent_streams))
+        if cfg.max_connection_idle:
+            options.append(("grpc.max_connection_idle_ms", int(cfg.max_connection_idle * 1000)))
+        if cfg.max_connection_age:
+            options += [("grpc.max_connection_age_ms", int(cfg.max_connection_age * 1000)),
+                        ("grpc.max_connection_age_grace_ms", _CONNECTION_AGE_GRACE_MS)]
+        server = grpc.aio.server(options=options)
+        add_load_balancer(LoadBalancerServicer(agent, cfg, self._drain), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (
             lb_pb2.DESCRIPTOR.services_by_name["LoadBalancer"].full_name,

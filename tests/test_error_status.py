@@ -143,3 +143,10 @@ async def test_admin_errors_name_the_field() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await call
             assert (e.value.code(), e.value.details()) == (code, details)
+
+
+def test_the_lbs_deadline_text_is_grpcs() -> None:
+    # A client sees "Deadline Exceeded" from its own gRPC timer; when the LB's
+    # notices first, the words must be the same.
+    e = ClientTimeout()
+    assert (grpc_status(e), str(e)) == (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")

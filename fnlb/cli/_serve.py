@@ -164,6 +164,24 @@ def add_serve_parser(sub: Any) -> None:
          help="how long to wait for a runner connection before trying the next runner")
     _add(p, "--max-body-bytes", str(8 * 1024 * 1024), type=positive_int, metavar="N",
          help="largest request body accepted (buffered at the LB for retries)")
+    _add(p, "--max-request-bytes", "0", type=non_negative_int, metavar="N",
+         help="largest request: body + config + headers + ids together (0: --max-body-bytes "
+              "+ 1 MiB); a bigger one gets INVALID_ARGUMENT naming the limit. config and "
+              "headers hold at most 64 entries each, keys of 256 bytes, values of 4 KiB "
+              "(README, Security model)")
+    _add(p, "--max-concurrent-streams", "10000", type=non_negative_int, metavar="N",
+         help="calls one client connection may have open at once (HTTP/2 streams); beyond "
+              "it grpc clients may see UNAVAILABLE 'RST_STREAM ... error code 7' (refused, "
+              "never run, safe to retry) rather than a queue; 0: no limit")
+    _add(p, "--max-connection-idle", "5m", type=duration, metavar="DUR",
+         help="close a client connection with no call open for this long (GOAWAY; "
+              "clients reconnect when they call again); 0: never")
+    _add(p, "--max-connection-age", "1h", type=duration, metavar="DUR",
+         help="ask a client connection to reconnect after this long (GOAWAY, +-10%% "
+              "jitter); its open calls still get 70 minutes to finish; 0: never")
+    _add(p, "--stream-header-timeout", "10s", type=duration, metavar="DUR",
+         help="an InvokeStream that sends no `request` message within this long is "
+              "ended with DEADLINE_EXCEEDED")
     _add(p, "--max-response-bytes", str(64 * 1024 * 1024), type=positive_int, metavar="N",
          help="largest function response: runners are told it with every call and fail a "
               "bigger one before sending anything (RESOURCE_EXHAUSTED); InvokeStream streams "
@@ -248,6 +266,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
                                  weights=args.app_weights,
                                  inflight_limit=args.app_max_inflight or None),
         max_body_bytes=args.max_body_bytes,
+        max_request_bytes=args.max_request_bytes,
+        max_concurrent_streams=args.max_concurrent_streams,
+        max_connection_idle=args.max_connection_idle,
+        max_connection_age=args.max_connection_age,
+        stream_header_timeout=args.stream_header_timeout,
         max_response_bytes=args.max_response_bytes,
         accept_timeout=args.accept_timeout,
         idempotent_retries=args.idempotent_retries,
