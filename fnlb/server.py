@@ -16,7 +16,7 @@ import asyncio
 import ipaddress
 import logging
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,6 +44,9 @@ from fnlb.transport import make_runner_factory
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
 __all__ = ["LBServer", "serve_admin", "start_metrics"]
+
+if TYPE_CHECKING:
+    from fnlb.tls import CertExpiryWatch, ClientTLS, ReloadingServerCredentials
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +92,9 @@ async def start_metrics(server: MetricsServer, where: str) -> None:
         raise ConfigError(f"{where}: cannot bind: {reason}") from None
 
 
-async def serve_admin(servicer: lb_pb2_grpc.AdminServicer, health_servicer: Any,
-                      listen: str, front_tls: Any, *,
+async def serve_admin(servicer: lb_pb2_grpc.AdminServicer,
+                      health_servicer: health.aio.HealthServicer,
+                      listen: str, front_tls: ReloadingServerCredentials | None, *,
                       unix_path: str = "") -> tuple[grpc.aio.Server, str]:
     """Start an ``fnlb.v1.Admin`` server (with health and reflection); (server, address).
 
@@ -156,13 +160,13 @@ class LBServer:
         self.address = ""
         self.metrics_address = ""
         self.admin_address = ""
-        self.front_tls: Any = None
+        self.front_tls: ReloadingServerCredentials | None = None
         self.capacity: Capacity | None = None
         self._drain = Drain()
         self._drain_deadline: float | None = None
         self._drain_hurry = asyncio.Event()
-        self.runner_tls: Any = None
-        self._cert_expiry: Any = None
+        self.runner_tls: ClientTLS | None = None
+        self._cert_expiry: CertExpiryWatch | None = None
 
     def reload_tls(self) -> None:
         """SIGHUP: re-read certificates. New connections use them; live calls are untouched."""

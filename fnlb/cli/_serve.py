@@ -16,7 +16,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fnlb.cli._args import (
     HelpFormatter,
@@ -32,6 +32,11 @@ from fnlb.cli._args import (
 from fnlb.errors import ConfigError
 from fnlb.logs import setup_logging
 from fnlb.timefmt import format_duration
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from fnlb.config import LBConfig, TLSPaths
 
 __all__ = ["add_serve_parser", "config_from_args"]
 
@@ -219,7 +224,7 @@ def add_serve_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
-def _tls_paths(args: argparse.Namespace, prefix: str, flag: str) -> Any:
+def _tls_paths(args: argparse.Namespace, prefix: str, flag: str) -> TLSPaths | None:
     from fnlb.config import TLSPaths
 
     cert, key, ca = (getattr(args, f"{prefix}tls_{x}") for x in ("cert", "key", "ca"))
@@ -232,7 +237,7 @@ def _tls_paths(args: argparse.Namespace, prefix: str, flag: str) -> Any:
     return TLSPaths(Path(cert), Path(key), Path(ca) if ca else None)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def config_from_args(args: argparse.Namespace) -> LBConfig:
     from fnlb.authz import split_list
     from fnlb.config import LBConfig
     from fnlb.placers.queue import QueueConfig
@@ -324,7 +329,7 @@ def _two_stage_signals(grace: float, stop: asyncio.Event,
         loop.add_signal_handler(sig, on_signal, sig)
 
 
-async def _serve(cfg: Any, worker_fd: int | None = None) -> int:
+async def _serve(cfg: LBConfig, worker_fd: int | None = None) -> int:
     import logging
 
     from fnlb.server import LBServer
@@ -363,7 +368,7 @@ async def _serve(cfg: Any, worker_fd: int | None = None) -> int:
     return 0
 
 
-async def _supervise(cfg: Any, worker_args: Sequence[str]) -> int:
+async def _supervise(cfg: LBConfig, worker_args: Sequence[str]) -> int:
     import logging
 
     from fnlb.workers import Supervisor, WorkerStartError
@@ -419,7 +424,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return _run(_serve(cfg), args.event_loop)
 
 
-def _run(coro: Any, event_loop: str) -> int:
+def _run(coro: Coroutine[None, None, int], event_loop: str) -> int:
     """asyncio.run on the chosen loop (uvloop cuts the LB's CPU per call)."""
     factory = None
     if event_loop in ("auto", "uvloop"):
