@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health
 
-from fnlb.admin import FanOutAdminServicer
+from fnlb._admin_fanout import FanOutAdminServicer
 from fnlb.authz import AdminPolicy
 from fnlb.config import LBConfig, TLSPaths
 from fnlb.errors import ConfigError

@@ -15,7 +15,7 @@ from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fnlb.admin import AdminLedger, FanOutAdminServicer, merge_runner_infos
+from fnlb._admin_fanout import AdminLedger, FanOutAdminServicer, merge_runner_infos
 from fnlb.config import LBConfig
 from fnlb.errors import ConfigError
 from fnlb.harness import wait_until

@@ -14,6 +14,7 @@ Responses: at most ``max_response_bytes`` of body (``--max-response-bytes``,
 goes over TryExec, so its response arrives in frames.
 """
 
+from fnlb.transport._channel import CHANNEL_OPTIONS, KEEPALIVE_OPTIONS
 from fnlb.transport._response import (
     DEFAULT_MAX_RESPONSE_BYTES,
     MAX_RESPONSE_BYTES_KEY,
@@ -23,8 +24,6 @@ from fnlb.transport._response import (
 from fnlb.transport._tryexec import CHUNK_SIZE
 from fnlb.transport.callstream import STREAM_MAX_BODY, CallStream, CallStreamFailed
 from fnlb.transport.grpc_runner import (
-    CHANNEL_OPTIONS,
-    KEEPALIVE_OPTIONS,
     UNARY_MAX_BODY,
     GrpcRunner,
     make_runner_factory,

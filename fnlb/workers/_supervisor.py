@@ -27,7 +27,8 @@ import grpc
 from grpc_health.v1 import health
 from prometheus_client import generate_latest
 
-from fnlb.admin import FanOutAdminServicer, admin_policy
+from fnlb._admin_fanout import FanOutAdminServicer
+from fnlb.admin import admin_policy
 from fnlb.config import LBConfig, split_hostport
 from fnlb.errors import ConfigError
 from fnlb.logs import kv
