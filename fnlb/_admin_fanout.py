@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from fnlb.admin import _check_ttl, _Gate
+from fnlb.admin import Context, _check_ttl, _Gate
 from fnlb.authz import AdminPolicy
 from fnlb.logs import kv
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
@@ -30,7 +30,7 @@ __all__ = ["AdminLedger", "FanOutAdminServicer", "merge_runner_infos"]
 log = logging.getLogger("fnlb.admin")
 
 # (worker index, fnlb.v1.Admin stub) for every worker that is up now.
-WorkerStubs = Callable[[], Sequence[tuple[int, Any]]]
+WorkerStubs = Callable[[], Sequence[tuple[int, lb_pb2_grpc.AdminStub]]]
 
 # Worst first: ListRunners shows a runner in the most severe state any worker
 # has it in, as each worker judges health on its own.
@@ -116,7 +116,7 @@ class AdminLedger:
         return sorted(self._drained)
 
 
-def _timeout(context: grpc.aio.ServicerContext[Any, Any], default: float) -> float:
+def _timeout(context: Context, default: float) -> float:
     remaining = context.time_remaining()
     return default if remaining is None else max(min(remaining, default), 0.001)
 
@@ -150,7 +150,7 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
         those that answered, and the errors of the others."""
         targets = list(self._workers())
 
-        async def one(stub: Any) -> tuple[Any, Sequence[tuple[str, Any]]]:
+        async def one(stub: lb_pb2_grpc.AdminStub) -> tuple[Any, Sequence[tuple[str, Any]]]:
             call = getattr(stub, method)(request, timeout=timeout)
             resp = await call
             return resp, tuple(await call.trailing_metadata() or ())
@@ -168,7 +168,7 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
                         worker=i, rpc=method, code=code.name, error=details))
         return answered, errors
 
-    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any],
+    async def _fail(self, context: Context,
                     errors: list[tuple[grpc.StatusCode, str]]) -> None:
         """No worker answered: the most telling error, a worker's verdict on the
         request (NOT_FOUND, INVALID_ARGUMENT, ...) over UNAVAILABLE."""
@@ -177,7 +177,7 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
         code, details = min(errors, key=lambda e: e[0] == grpc.StatusCode.UNAVAILABLE)
         await context.abort(code, details)
 
-    async def _change(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
+    async def _change(self, context: Context, method: str,
                       request: Any, timeout: float = 10,
                       refused: Callable[[], None] | None = None
                       ) -> list[tuple[Any, Sequence[tuple[str, Any]]]]:
@@ -192,7 +192,8 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
         return answered
 
     async def ListRunners(self, request: lb_pb2.ListRunnersRequest,
-                          context: grpc.aio.ServicerContext[Any, Any]
+                          context: grpc.aio.ServicerContext[
+                              lb_pb2.ListRunnersRequest, lb_pb2.ListRunnersResponse]
                           ) -> lb_pb2.ListRunnersResponse:
         await self._gate.admit(context, "ListRunners")
         answered, errors = await self._fan_out("ListRunners", request, _timeout(context, 10))
@@ -205,7 +206,9 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
             placer=self._placer)
 
     async def AddRunner(self, request: lb_pb2.AddRunnerRequest,
-                        context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.AddRunnerResponse:
+                        context: grpc.aio.ServicerContext[
+                              lb_pb2.AddRunnerRequest, lb_pb2.AddRunnerResponse],
+                        ) -> lb_pb2.AddRunnerResponse:
         # Resolved here: a worker sees the supervisor's unix socket, not the caller.
         caller, address, rule = await self._gate.admit(
             context, "AddRunner", request.address, request.ttl_s)
@@ -223,7 +226,8 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
         return lb_pb2.AddRunnerResponse(added=added)
 
     async def RemoveRunner(self, request: lb_pb2.RemoveRunnerRequest,
-                           context: grpc.aio.ServicerContext[Any, Any]
+                           context: grpc.aio.ServicerContext[
+                              lb_pb2.RemoveRunnerRequest, lb_pb2.RemoveRunnerResponse]
                            ) -> lb_pb2.RemoveRunnerResponse:
         _, address, _ = await self._gate.admit(context, "RemoveRunner", request.address)
         self.ledger.removed(address)
@@ -232,7 +236,8 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
         return lb_pb2.RemoveRunnerResponse(removed=any(resp.removed for resp, _ in answered))
 
     async def DrainRunner(self, request: lb_pb2.DrainRunnerRequest,
-                          context: grpc.aio.ServicerContext[Any, Any]
+                          context: grpc.aio.ServicerContext[
+                              lb_pb2.DrainRunnerRequest, lb_pb2.DrainRunnerResponse]
                           ) -> lb_pb2.DrainRunnerResponse:
         _, address, _ = await self._gate.admit(context, "DrainRunner", request.address)
         self.ledger.drained(address)
@@ -245,7 +250,7 @@ class FanOutAdminServicer(lb_pb2_grpc.AdminServicer):
             context.set_trailing_metadata((("fnlb-drain-error", str(drain_errors[0])[:200]),))
         return lb_pb2.DrainRunnerResponse(draining=True)
 
-    async def replay(self, index: int, stub: Any) -> None:
+    async def replay(self, index: int, stub: lb_pb2_grpc.AdminStub) -> None:
         """Tell a (re)started worker what the Admin API changed before it existed."""
         adds, drains = self.ledger.adds(), self.ledger.drains()
         sent = []

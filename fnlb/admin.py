@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import unquote
 
 import grpc
@@ -41,6 +41,12 @@ from fnlb.v1 import lb_pb2, lb_pb2_grpc
 __all__ = ["AdminServicer", "MAX_ADDRESS_BYTES", "MAX_TTL_S", "admin_policy", "peer_host",
            "runner_info"]
 
+if TYPE_CHECKING:
+    from fnlb.config import LBConfig
+
+# The context of any Admin RPC, for the helpers they share.
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
 log = logging.getLogger(__name__)
 
 MAX_TTL_S = 24 * 3600
@@ -54,7 +60,7 @@ _MAX_LABEL = 63
 _REFUSAL_LOG_INTERVAL_S = 60.0
 
 
-def admin_policy(config: Any) -> AdminPolicy:
+def admin_policy(config: LBConfig) -> AdminPolicy:
     """The Admin policy of an ``LBConfig`` (its ``--admin-allow`` and ``--register-allow``)."""
     client_ca = config.front_tls is not None and config.front_tls.ca is not None
     policy = AdminPolicy.from_flags(config.admin_allow, config.register_allow,
@@ -81,7 +87,7 @@ def peer_host(peer: str) -> str | None:
     return None
 
 
-async def _caller_address(address: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+async def _caller_address(address: str, context: Context) -> str:
     """``address`` with an unspecified host replaced by the caller's IP."""
     address = address.strip()
     host, sep, port = address.rpartition(":")
@@ -95,7 +101,7 @@ async def _caller_address(address: str, context: grpc.aio.ServicerContext[Any, A
     return f"{peer}:{port}"
 
 
-async def _runner_address(text: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+async def _runner_address(text: str, context: Context) -> str:
     """The request's runner address, bounded, resolved (``_caller_address``) and normalised."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_ADDRESS_BYTES:
@@ -126,7 +132,7 @@ class _Gate:
         self._clock = clock
         self._logged: dict[tuple[str, str], float] = {}
 
-    async def admit(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
+    async def admit(self, context: Context, method: str,
                     address: str | None = None, ttl_s: int = 0) -> tuple[Caller, str, str]:
         """(caller, the runner address resolved, the rule that allowed it); aborts if refused.
 
@@ -143,7 +149,7 @@ class _Gate:
                 await self._refuse(context, method, caller, decision)
         return caller, resolved, decision.reason
 
-    async def _refuse(self, context: grpc.aio.ServicerContext[Any, Any], method: str,
+    async def _refuse(self, context: Context, method: str,
                       caller: Caller, decision: Decision) -> None:
         who = (caller.identities[0] if caller.identities else str(caller.ip))[:128]
         now = self._clock()
@@ -158,7 +164,7 @@ class _Gate:
                             f"Admin/{method} refused: {decision.reason}")
 
 
-async def _check_ttl(ttl_s: int, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+async def _check_ttl(ttl_s: int, context: Context) -> None:
     if not 0 <= ttl_s <= MAX_TTL_S:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"ttl_s: must be 0..{MAX_TTL_S}, got {ttl_s}")
@@ -183,19 +189,22 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
         self._placer = placer
         self._gate = _Gate(policy)
 
-    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any],
+    async def _fail(self, context: Context,
                     e: FnlbError | ConfigError) -> None:
         await context.abort(grpc_status(e), str(e))
 
     async def ListRunners(self, request: lb_pb2.ListRunnersRequest,
-                          context: grpc.aio.ServicerContext[Any, Any]
+                          context: grpc.aio.ServicerContext[
+                              lb_pb2.ListRunnersRequest, lb_pb2.ListRunnersResponse]
                           ) -> lb_pb2.ListRunnersResponse:
         await self._gate.admit(context, "ListRunners")
         return lb_pb2.ListRunnersResponse(
             runners=[runner_info(v) for v in self._pool.views()], placer=self._placer)
 
     async def AddRunner(self, request: lb_pb2.AddRunnerRequest,
-                        context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.AddRunnerResponse:
+                        context: grpc.aio.ServicerContext[
+                              lb_pb2.AddRunnerRequest, lb_pb2.AddRunnerResponse],
+                        ) -> lb_pb2.AddRunnerResponse:
         caller, address, rule = await self._gate.admit(
             context, "AddRunner", request.address, request.ttl_s)
         await _check_ttl(request.ttl_s, context)
@@ -210,7 +219,8 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
         return lb_pb2.AddRunnerResponse(added=added)
 
     async def RemoveRunner(self, request: lb_pb2.RemoveRunnerRequest,
-                           context: grpc.aio.ServicerContext[Any, Any]
+                           context: grpc.aio.ServicerContext[
+                              lb_pb2.RemoveRunnerRequest, lb_pb2.RemoveRunnerResponse]
                            ) -> lb_pb2.RemoveRunnerResponse:
         _, address, _ = await self._gate.admit(context, "RemoveRunner", request.address)
         try:
@@ -220,7 +230,8 @@ class AdminServicer(lb_pb2_grpc.AdminServicer):
         return lb_pb2.RemoveRunnerResponse(removed=removed)
 
     async def DrainRunner(self, request: lb_pb2.DrainRunnerRequest,
-                          context: grpc.aio.ServicerContext[Any, Any]
+                          context: grpc.aio.ServicerContext[
+                              lb_pb2.DrainRunnerRequest, lb_pb2.DrainRunnerResponse]
                           ) -> lb_pb2.DrainRunnerResponse:
         _, address, _ = await self._gate.admit(context, "DrainRunner", request.address)
         try:

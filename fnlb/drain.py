@@ -19,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 
 from fnlb.errors import ShuttingDown
+
+if TYPE_CHECKING:
+    from fnlb.front import Context
 
 __all__ = ["Drain"]
 
@@ -58,7 +61,7 @@ class Drain:
             self._idle.set()
 
     @contextlib.asynccontextmanager
-    async def admitted(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+    async def admitted(self, context: Context) -> AsyncIterator[None]:
         """A front-door handler's body: refused once draining, told why when cut."""
         try:
             self.enter()

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -37,6 +37,9 @@ from fnlb.runnerpool import (
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
 __all__ = ["LoadBalancerServicer", "add_load_balancer", "build_call"]
+
+# The context of either front-door RPC, for the steps they share.
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +288,7 @@ def add_load_balancer(servicer: LoadBalancerServicer, server: grpc.aio.Server) -
     server.add_registered_method_handlers(name, handlers)
 
 
-def _client_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+def _client_deadline(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
@@ -298,7 +301,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         self._malformed_log = Throttled(log)
 
     async def _malformed(self, bad: Malformed,
-                         context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+                         context: Context) -> NoReturn:
         """Answer a message that did not parse: INVALID_ARGUMENT, counted, logged throttled."""
         self._agent.metrics.malformed_requests.inc()
         self._malformed_log.warning("malformed request", peer=context.peer(), error=bad.reason)
@@ -311,7 +314,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         return build_call(req, body, cfg.max_body_bytes, cfg.default_timeout_s, sink,
                           max_request_bytes=cfg.request_limit)
 
-    async def _run(self, call: LBCall, context: grpc.aio.ServicerContext[Any, Any],
+    async def _run(self, call: LBCall, context: Context,
                    submitted: Awaitable[Runner] | None = None) -> str:
         """Submit ``call`` (or await its ``submitted`` task); an error aborts the RPC.
 
@@ -350,7 +353,9 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
             body=body, runner=runner, attempts=call.attempts)
 
     async def Invoke(self, request: lb_pb2.InvokeRequest | Malformed,
-                     context: grpc.aio.ServicerContext[Any, Any]) -> lb_pb2.InvokeResponse:
+                     context: grpc.aio.ServicerContext[lb_pb2.InvokeRequest,
+                                                       lb_pb2.InvokeResponse],
+                     ) -> lb_pb2.InvokeResponse:
         if isinstance(request, Malformed):
             await self._malformed(request, context)
         async with self._drain.admitted(context):
@@ -364,7 +369,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
 
     async def InvokeStream(
         self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest | Malformed],
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: Context,
     ) -> AsyncIterator[lb_pb2.InvokeStreamResponse]:
         async with self._drain.admitted(context):
             async for msg in self._invoke_stream(request_iterator, context):
@@ -372,7 +377,7 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
 
     async def _invoke_stream(
         self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest | Malformed],
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: Context,
     ) -> AsyncIterator[lb_pb2.InvokeStreamResponse]:
         messages = aiter(request_iterator)
         wait = self._cfg.stream_header_timeout

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from fnlb.transport._accept import AcceptWatch
-from fnlb.v1 import runner_pb2
+from fnlb.v1 import runner_pb2, runner_pb2_grpc
 
 __all__ = ["AcceptTimeout", "CallStream", "CallStreamFailed", "STREAM_MAX_BODY"]
 
@@ -119,7 +119,7 @@ class CallStream:
     ``watch``: the runner's accept deadline (``_accept.AcceptWatch``); None: none.
     """
 
-    def __init__(self, stub: Any, watch: AcceptWatch | None = None) -> None:
+    def __init__(self, stub: runner_pb2_grpc.RunnerStub, watch: AcceptWatch | None = None) -> None:
         self._stub = stub
         self._watch = watch
         self._open: _Open | None = None
