@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.datapath import cpu_seconds
+from bench.datapath import cpu_seconds, rss_kib
 from fnlb.harness import Proc, running, running_stubs
 from fnlb.v1 import lb_pb2, lb_pb2_grpc
 
@@ -57,12 +57,7 @@ def scrape(metrics_addr: str) -> dict[str, float]:
 
 
 def _rss_mib(pid: int, field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of a process, in MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid, field) / 1024
 
 
 def _sum(m: dict[str, float], prefix: str) -> float:

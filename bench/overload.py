@@ -61,7 +61,7 @@ from google.protobuf import empty_pb2
 
 from bench._overload_clients import Burst, ClosedLoop, burst, closed_loop, ping
 from bench.burst import scrape
-from bench.datapath import cpu_seconds
+from bench.datapath import cpu_seconds, rss_kib
 from fnlb.harness import Proc, ProcGroup, parse_logfmt
 from fnlb.v1 import runner_pb2_grpc
 
@@ -142,11 +142,7 @@ def _calls_total(m: dict[str, float]) -> float:
 
 
 def _rss_mib(pid: int, field: str) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid, field) / 1024
 
 
 def _wait_healthy(lbs: Sequence[Proc], within: float = 20.0) -> None:

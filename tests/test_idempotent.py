@@ -7,7 +7,7 @@ import pytest
 from fnlb.calls import LBCall
 from fnlb.errors import RunnerError
 from fnlb.metrics import Metrics
-from fnlb.placers import make_placer
+from fnlb.placers import BasePlacer, make_placer
 from fnlb.placers.retry import RetryBudget
 from fnlb.runnerpool import Attempt, CallModel, RunnerCall
 from tests.fakes import FakePool, FakeRunner
@@ -26,6 +26,13 @@ def call(idempotent: bool) -> LBCall:
     return LBCall(CallModel(id="c", fn_id="f", idempotent=idempotent), b"hi")
 
 
+def placer(m: Metrics | None = None) -> BasePlacer:
+    """naive, starting at the first runner (r1): the lost run comes first."""
+    p = make_placer("naive", metrics=m, idempotent_retries=2)
+    p._next = iter(range(100))  # type: ignore[attr-defined]
+    return p
+
+
 def retries(m: Metrics) -> float:
     return m.registry.get_sample_value("fnlb_idempotent_retries_total") or 0.0
 
@@ -33,37 +40,29 @@ def retries(m: Metrics) -> float:
 async def test_an_idempotent_call_runs_again_elsewhere_when_its_runner_is_lost() -> None:
     first, second = FakeRunner("r1", lost), FakeRunner("r2")
     m = Metrics()
-    placer = make_placer("naive", metrics=m, idempotent_retries=2)
-    placer._next = iter(range(100))  # type: ignore[attr-defined]  # r1 first
-    runner = await placer.place_call(FakePool([first, second]), c := call(True))
+    runner = await placer(m).place_call(FakePool([first, second]), c := call(True))
     assert runner.address == "r2" and c.attempts == 2 and retries(m) == 1
     assert first.tried == ["c"] and second.tried == ["c"]
 
 
 async def test_at_most_once_unless_the_client_says_idempotent() -> None:
     first, second = FakeRunner("r1", lost), FakeRunner("r2")
-    placer = make_placer("naive", idempotent_retries=2)
-    placer._next = iter(range(100))  # type: ignore[attr-defined]
     with pytest.raises(RunnerError):
-        await placer.place_call(FakePool([first, second]), call(False))
+        await placer().place_call(FakePool([first, second]), call(False))
     assert second.tried == []
 
 
 async def test_a_failure_the_runner_reported_is_never_rerun() -> None:
     first, second = FakeRunner("r1", reported), FakeRunner("r2")
-    placer = make_placer("naive", idempotent_retries=2)
-    placer._next = iter(range(100))  # type: ignore[attr-defined]
     with pytest.raises(RunnerError):
-        await placer.place_call(FakePool([first, second]), call(True))
+        await placer().place_call(FakePool([first, second]), call(True))
     assert second.tried == []
 
 
 async def test_reruns_stop_at_the_limit() -> None:
     runners = [FakeRunner(f"r{i}", lost) for i in range(5)]
-    placer = make_placer("naive", idempotent_retries=2)
-    placer._next = iter(range(100))  # type: ignore[attr-defined]
     with pytest.raises(RunnerError):
-        await placer.place_call(FakePool(runners), call(True))
+        await placer().place_call(FakePool(runners), call(True))
     assert sum(len(r.tried) for r in runners) == 3  # the first run and 2 reruns
 
 
