@@ -44,7 +44,8 @@ class Drain:
     def __len__(self) -> int:
         return len(self._running)
 
-    def enter(self) -> None:
+    def enter(self) -> asyncio.Task[object] | None:
+        """Count the current handler task in; ShuttingDown once draining."""
         if self.draining:
             raise ShuttingDown("LB is draining (shutting down): it takes no new calls; "
                                "retry on another LB")
@@ -52,9 +53,11 @@ class Drain:
         if task is not None:
             self._running.add(task)
             self._idle.clear()
+        return task
 
-    def leave(self) -> None:
-        task = asyncio.current_task()
+    def leave(self, task: asyncio.Task[object] | None) -> None:
+        """Count ``task`` out (the one ``enter`` returned: a streaming handler may
+        be finalized from another task)."""
         if task is not None:
             self._running.discard(task)
         if not self._running:
@@ -64,7 +67,7 @@ class Drain:
     async def admitted(self, context: Context) -> AsyncIterator[None]:
         """A front-door handler's body: refused once draining, told why when cut."""
         try:
-            self.enter()
+            task = self.enter()
         except ShuttingDown as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         try:
@@ -74,7 +77,7 @@ class Drain:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, self.cut_reason)
             raise
         finally:
-            self.leave()
+            self.leave(task)
 
     def begin(self) -> None:
         self.draining = True

@@ -164,6 +164,7 @@ class LBServer:
         self.capacity: Capacity | None = None
         self._drain = Drain()
         self._drain_deadline: float | None = None
+        self._drain_grace = 0.0  # the shortest grace asked for: the one that runs
         self._drain_hurry = asyncio.Event()
         self.runner_tls: ClientTLS | None = None
         self._cert_expiry: CertExpiryWatch | None = None
@@ -352,6 +353,7 @@ class LBServer:
         deadline = loop.time() + grace
         if self._drain_deadline is None or deadline < self._drain_deadline:
             self._drain_deadline = deadline
+            self._drain_grace = grace
             self._drain_hurry.set()
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._drain_and_close(grace))
@@ -386,7 +388,8 @@ class LBServer:
             hurry.cancel()
         if len(self._drain):
             cut = self._drain.cut(
-                f"LB shut down before the call finished (--drain-grace {grace:g}s ran out); "
+                f"LB shut down before the call finished (drain grace {self._drain_grace:g}s "
+                "ran out: --drain-grace, or shorter after a second signal); "
                 "it may have run on its runner")
             log.warning("drain grace over: cutting calls still running", extra=kv(calls=cut))
             await self._drain.wait_idle(1.0)  # their handlers answer the clients

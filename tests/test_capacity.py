@@ -298,3 +298,35 @@ async def test_a_call_only_some_runners_fit_goes_to_those_and_none_fit_is_invali
     huge = LBCall(CallModel(id="h", app_id="a", fn_id="f", memory=8192), b"")
     with pytest.raises(InvalidRequest, match=r"8192 MiB is more than any runner has"):
         await placer.place_call(pool, huge)
+
+
+async def test_a_runner_of_unknown_capacity_joining_lets_the_waiters_sweep_to_it() -> None:
+    # No event will ever say that a runner without slot reports has room: the
+    # calls waiting when it joins go and try it, as fn's sweep would.
+    full = SlotRunner("r1", 1)
+    pool, placer, _load, cap, _m = setup([full])
+    held = asyncio.ensure_future(placer.place_call(pool, call(0)))
+    await until(lambda: len(full.running) == 1, [full])
+    waiting = asyncio.ensure_future(placer.place_call(pool, call(1)))
+    await depth(cap, 1)
+    newcomer = SlotRunner("r2", 1)  # reports nothing: its capacity is unknown
+    pool.list = (full, newcomer)
+    cap.changed()
+    await until(lambda: len(newcomer.running) == 1, [newcomer])
+    assert cap.queue.depth() == 0 and not cap.must_wait(pool.list)
+    newcomer.finish_one()
+    full.finish_one()
+    assert (await waiting).address == "r2" and (await held).address == "r1"
+
+
+async def test_a_turn_granted_but_not_yet_used_keeps_newcomers_in_line() -> None:
+    runner = SlotRunner("r1", 1)
+    pool, _placer, load, cap, _m = setup([runner])
+    load.started("r1")  # one of our calls holds the only slot
+    waiter = asyncio.ensure_future(cap.wait("a", 5, None))
+    await depth(cap, 1)
+    load.finished("r1")  # the slot frees: the waiter is granted its turn at once ...
+    assert cap.queue.depth() == 0 and cap.queue.pending_grants() == 1
+    assert cap.must_wait(pool.list)  # ... and a newcomer queues behind it
+    await waiter
+    assert cap.queue.pending_grants() == 0 and not cap.must_wait(pool.list)

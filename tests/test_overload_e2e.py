@@ -74,7 +74,7 @@ async def test_sigterm_answers_calls_still_queued_at_the_end_of_the_grace() -> N
             with pytest.raises(grpc.aio.AioRpcError) as cut:
                 await hog  # longer than the grace: cut, and told so
             assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "--drain-grace 1s ran out" in (cut.value.details() or "")
+            assert "drain grace 1s ran out" in (cut.value.details() or "")
         assert front.wait(20) == 0
 
 

@@ -161,4 +161,6 @@ class BasePlacer(abc.ABC):
         finally:
             if turn is not None:
                 turn.done()
+                if cap is not None:
+                    cap.kick()  # a turn that ended unused (deadline, cancel) goes on
             tracker.handle_done()

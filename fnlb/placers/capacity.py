@@ -74,10 +74,15 @@ class Capacity:
     def must_wait(self, runners: Sequence[Runner]) -> bool:
         """Should a new call queue instead of trying ``runners`` now?
 
-        Yes when others already wait (first come, first served) or when every
-        runner is believed full.
+        Yes when others already wait or hold a turn not yet used (first come,
+        first served), or when every runner is believed full. No while any
+        runner's capacity is unknown: no event would ever say it has room, so
+        calls sweep, as in fn.
         """
-        return bool(self.queue.depth()) or self.full(runners)
+        if any(self.room(r.address) is None for r in runners):
+            return False
+        queue = self.queue
+        return bool(queue.depth() or queue.pending_grants()) or self.full(runners)
 
     def nacked(self, address: str) -> None:
         """The runner refused us: full until our next call there ends or it reports."""
@@ -102,7 +107,13 @@ class Capacity:
         queue = self.queue
         if not queue.depth():
             return
-        n = self.free(self._offered()) - queue.pending_grants()
+        offered = self._offered()
+        if any(self.room(r.address) is None for r in offered):
+            # A runner of unknown capacity joined (or its report went stale):
+            # no event will say when it has room, so let the waiters sweep.
+            queue.release(queue.depth())
+            return
+        n = self.free(offered) - queue.pending_grants()
         if n > 0:
             queue.release(n)
 
