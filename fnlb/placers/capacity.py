@@ -57,13 +57,15 @@ class Capacity:
         """True: a free slot is believed; False: full or draining; None: unknown."""
         return self.load.has_room(address)
 
-    def free(self, runners: Sequence[Runner]) -> int:
-        """Slots believed free over ``runners`` (runners of unknown capacity add none)."""
+    def free(self, runners: Sequence[Runner]) -> int | None:
+        """Slots believed free over ``runners``; None if any runner's capacity is unknown."""
         load = self.load
         n = 0
         for r in runners:
             report = load.report(r.address)
-            if report is not None and not report.draining and report.slots_total > 0:
+            if report is None or report.slots_total <= 0:
+                return None
+            if not report.draining:
                 n += max(0, report.slots_total - load.load(r.address))
         return n
 
@@ -79,10 +81,14 @@ class Capacity:
         runner's capacity is unknown: no event would ever say it has room, so
         calls sweep, as in fn.
         """
-        if any(self.room(r.address) is None for r in runners):
-            return False
+        free = False
+        for r in runners:  # one pass: this runs for every call
+            room = self.room(r.address)
+            if room is None:
+                return False
+            free = free or room
         queue = self.queue
-        return bool(queue.depth() or queue.pending_grants()) or self.full(runners)
+        return bool(queue.depth() or queue.pending_grants()) or not free
 
     def nacked(self, address: str) -> None:
         """The runner refused us: full until our next call there ends or it reports."""
@@ -107,13 +113,13 @@ class Capacity:
         queue = self.queue
         if not queue.depth():
             return
-        offered = self._offered()
-        if any(self.room(r.address) is None for r in offered):
+        free = self.free(self._offered())
+        if free is None:
             # A runner of unknown capacity joined (or its report went stale):
             # no event will say when it has room, so let the waiters sweep.
             queue.release(queue.depth())
             return
-        n = self.free(offered) - queue.pending_grants()
+        n = free - queue.pending_grants()
         if n > 0:
             queue.release(n)
 
