@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PROTOS := $(wildcard protos/fnlb/v1/*.proto)
+# fnlb/v1: fnlb's protocol; fnlb/fn: fn's package-less RunnerProtocol service.
+PROTOS := $(wildcard protos/fnlb/v1/*.proto) $(wildcard protos/fnlb/fn/*.proto)
 PYTEST_ARGS ?=
 
 .PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload bench-faults clean
@@ -21,7 +22,7 @@ help:
 	@echo "make bench-sim-overload  simulated overload: fn's NACK sweep vs a wait queue, 1 and 10 LBs"
 	@echo "make bench-faults     real faults (SIGSTOP, partition, SIGTERM, dead runners) vs the issue-13 targets"
 	@echo "make lint             ruff and mypy"
-	@echo "make proto            regenerate fnlb/v1 from protos/"
+	@echo "make proto            regenerate fnlb/v1 and fnlb/fn from protos/"
 	@echo "make clean            remove .venv and caches"
 
 $(STAMP): pyproject.toml
@@ -42,9 +43,10 @@ check-proto: $(STAMP)
 	@rm -rf build/proto-check && mkdir -p build/proto-check
 	@$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=build/proto-check \
 		--pyi_out=build/proto-check --grpc_python_out=build/proto-check $(PROTOS)
-	@for f in build/proto-check/fnlb/v1/*; do \
-		diff -q "$$f" "fnlb/v1/$$(basename $$f)" >/dev/null || { \
-		echo "fnlb/v1/$$(basename $$f) is stale: run 'make proto' and commit"; exit 1; }; \
+	@for f in build/proto-check/fnlb/*/*; do \
+		g="$${f#build/proto-check/}"; \
+		diff -q "$$f" "$$g" >/dev/null 2>&1 || { \
+		echo "$$g is stale: run 'make proto' and commit"; exit 1; }; \
 	done
 	@echo "generated code matches protos/"
 
