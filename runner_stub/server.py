@@ -30,9 +30,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fnlb.authz import caller_of, close_decision
+from fnlb.fn import runner_protocol_pb2_grpc as fn_pb2_grpc
 from fnlb.logs import kv
 from fnlb.timefmt import format_duration, now_rfc3339, rfc3339_ms
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
+from runner_stub.call_logs import CallLogs
 from runner_stub.calls import Call as ParsedCall
 from runner_stub.calls import parse_call
 from runner_stub.config import StubConfig, split_host_port
@@ -44,6 +46,7 @@ from runner_stub.errors import (
     ProtocolError,
     StartupError,
 )
+from runner_stub.fn_protocol import FN_SERVICE, FnRunnerService
 from runner_stub.functions import MAX_RESPONSE_SIZE, FunctionResult, run_function
 from runner_stub.slots import Lease, SlotPool, WarmCache
 
@@ -254,6 +257,13 @@ class _StreamIO:
         await self._context.abort(code, details)
 
 
+class _FnStreamIO(_StreamIO):
+    """fn's Engage: TryExec's stream without the acknowledgement (fn knows none)."""
+
+    __slots__ = ()
+    acks = False
+
+
 class _UnaryIO:
     """A call's input and output as one CallReply: the whole body in, one reply out.
 
@@ -408,6 +418,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self._close_refused = 0
         self._close_refused_logged = -1e9
         self.features = FEATURES + ((ACK_FEATURE,) if config.ack else ())
+        # One line per ended call, for fn's RunnerProtocol/StreamLogs.
+        self.call_logs = CallLogs()
 
     # -- drain ---------------------------------------------------------------
 
@@ -417,7 +429,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             return
         self.draining = True
         log.info("draining", extra=kv(active=self.active))
-        for service in ("", RUNNER_SERVICE):
+        for service in ("", RUNNER_SERVICE, FN_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def wait_idle(self, max_wait: float | None = None) -> bool:
@@ -489,6 +501,10 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         return runner_pb2.CloseResponse(active=self.active, drained=self.active == 0)
 
     async def TryExec(self, request_iterator: Any, context: Any) -> None:
+        await self.exec_stream(context)
+
+    async def exec_stream(self, context: Any, *, acks: bool = True) -> None:
+        """One call over a TryExec-shaped stream; fn's Engage passes ``acks=False``."""
         requests = _Requests(context)
         try:
             first = await requests.read()
@@ -498,7 +514,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         except ProtocolError as e:
             await self._bad_request(e, _StreamIO(requests, context))
             return
-        await self._serve(_try_of(first), created, _StreamIO(requests, context))
+        io = _StreamIO(requests, context) if acks else _FnStreamIO(requests, context)
+        await self._serve(_try_of(first), created, io)
 
     async def Call(self, request: runner_pb2.CallRequest, context: Any) -> runner_pb2.CallReply:
         """The unary fast path: TryExec's logic, the whole call in one message each way."""
@@ -718,8 +735,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if self._cfg.fail_rate and self._rng.random() < self._cfg.fail_rate:
             self.counters.failed += 1
             now = _now()
-            await io.finish(self._finished(
-                call, created, now, now, error=CallRejected(500, "injected failure")))
+            await io.finish(self._log_end(call, self._finished(
+                call, created, now, now, error=CallRejected(500, "injected failure"))))
             return
         if call.detached:
             # fn acknowledges a detached call as soon as it is taken (202), then runs it.
@@ -751,17 +768,19 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if error is not None or result is None:
             self.counters.failed += 1
             await self._maybe_crash(call, nth)
-            await io.finish(self._finished(call, created, started, _now(), error=error))
+            await io.finish(self._log_end(
+                call, self._finished(call, created, started, _now(), error=error)))
             return
         limit = call.max_response_bytes
         if not call.detached and limit and len(result.body) > limit:
             # Fail before result_start: the LB could not carry it, and the
             # client gets a clear error instead of a cut-off body.
             self.counters.failed += 1
-            await io.finish(self._finished(call, created, started, _now(), error=CallRejected(
-                RESPONSE_TOO_LARGE,
-                f"response body of {len(result.body)} bytes exceeds the LB's limit of {limit} "
-                "bytes (--max-response-bytes)", user_error=True)))
+            await io.finish(self._log_end(call, self._finished(
+                call, created, started, _now(), error=CallRejected(
+                    RESPONSE_TOO_LARGE,
+                    f"response body of {len(result.body)} bytes exceeds the LB's limit of "
+                    f"{limit} bytes (--max-response-bytes)", user_error=True))))
             return
         self.counters.completed += 1
         if not call.detached:
@@ -771,7 +790,20 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             await io.start(result.status, headers)
             await self._maybe_crash(call, nth)
             await io.send_body(result.body)
-        await io.finish(self._finished(call, created, started, _now()))
+        await io.finish(self._log_end(
+            call, self._finished(call, created, started, _now()), result.status))
+
+    def _log_end(self, call: ParsedCall, fin: runner_pb2.CallFinished,
+                 status: int | None = None) -> runner_pb2.CallFinished:
+        """Keep the call's log line for StreamLogs; returns ``fin`` unchanged."""
+        took_ms = fin.executionDuration / 1e6
+        if fin.success:
+            text = f"call {call.id} done: status {status}, {took_ms:.1f} ms"
+        else:
+            text = f"call {call.id} failed: {fin.errorCode} {fin.errorStr}"
+        self.call_logs.add(app_id=call.app_id, fn_id=call.fn_id, container_id=call.slot_key,
+                           call_id=call.id, text=text, stderr=not fin.success)
+        return fin
 
     async def _warm_up(self, call: ParsedCall) -> None:
         if self.warm.hit(call.slot_key):
@@ -862,9 +894,11 @@ class StubServer:
         service = RunnerService(cfg, self._health, rng=self._rng,
                                 exit_process=self._exit_process)
         runner_pb2_grpc.add_RunnerServicer_to_server(service, server)
+        # fn's LB calls the same runner as /RunnerProtocol/Engage and /Status.
+        fn_pb2_grpc.add_RunnerProtocolServicer_to_server(FnRunnerService(service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (RUNNER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+            (RUNNER_SERVICE, FN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         try:
             if tls is None:
                 bound = server.add_insecure_port(f"{bind_host}:{port}")
@@ -886,7 +920,7 @@ class StubServer:
         service.runner_id = cfg.runner_id or self._addr
         await server.start()
         self._server, self._service = server, service
-        for name in ("", RUNNER_SERVICE):
+        for name in ("", RUNNER_SERVICE, FN_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening", extra=kv(
             addr=self._addr, runner_id=service.runner_id, slots=cfg.slots,

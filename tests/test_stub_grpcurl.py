@@ -32,3 +32,28 @@ def test_grpcurl_with_only_the_proto_runs_a_call_and_reads_status() -> None:
         assert r.returncode == 0, r.stderr
         status = json.loads(r.stdout)
         assert int(status["requestsHandled"]) == 1
+
+
+def test_grpcurl_lists_both_runner_services_and_reads_fn_status() -> None:
+    """fn's package-less RunnerProtocol is served beside fnlb.v1.Runner (issue 15)."""
+    with running("runner_stub", ["--listen", "127.0.0.1:0", "--slots", "3"]) as stub:
+        r = subprocess.run([grpcurl_path(), "-plaintext", stub.addr, "list"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        services = r.stdout.split()
+        assert "fnlb.v1.Runner" in services and "RunnerProtocol" in services
+        r = subprocess.run([grpcurl_path(), "-plaintext", stub.addr, "describe",
+                            "RunnerProtocol"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert "rpc Engage ( stream .fnlb.v1.ClientMsg ) returns ( stream .fnlb.v1.RunnerMsg )" \
+            in r.stdout
+        # Over reflection, and with nothing but the .proto at hand.
+        for how in ([], ["-import-path", str(ROOT / "protos"),
+                         "-proto", "fnlb/fn/runner_protocol.proto"]):
+            r = subprocess.run([grpcurl_path(), "-plaintext", *how, stub.addr,
+                                "RunnerProtocol/Status"],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            # grpcurl names fields slots_total over reflection, slotsTotal from a .proto.
+            status = {k.replace("_", "").lower(): v for k, v in json.loads(r.stdout).items()}
+            assert status["slotstotal"] == 3 and status["runnerid"] == stub.addr
