@@ -6,8 +6,15 @@ STAMP  := $(VENV)/.installed-stamp
 # fnlb/v1: fnlb's protocol; fnlb/fn: fn's package-less RunnerProtocol service.
 PROTOS := $(wildcard protos/fnlb/v1/*.proto) $(wildcard protos/fnlb/fn/*.proto)
 PYTEST_ARGS ?=
+# npm tools (buf) install into build/npm-tools from tools/npm's lock file;
+# downloads are cached here across clean clones.
+NPM_CACHE ?= $(HOME)/.cache/fnlb-npm
+NPM_TOOLS := build/npm-tools
+BUF := $(NPM_TOOLS)/node_modules/.bin/buf
+# What `buf breaking` compares protos/ with; empty = automatic (see proto-lint).
+BUF_AGAINST ?=
 
-.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload bench-faults clean
+.PHONY: help install proto check-proto proto-lint test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload bench-faults clean
 
 help:
 	@echo "make demo             start an LB and 3 runner stubs, send calls, show results and metrics"
@@ -21,7 +28,7 @@ help:
 	@echo "make bench-sim        placement simulation at 1,000 runners (no processes)"
 	@echo "make bench-sim-overload  simulated overload: fn's NACK sweep vs a wait queue, 1 and 10 LBs"
 	@echo "make bench-faults     real faults (SIGSTOP, partition, SIGTERM, dead runners) vs the issue-13 targets"
-	@echo "make lint             ruff and mypy"
+	@echo "make lint             ruff, mypy, and buf (proto lint + wire-breaking check)"
 	@echo "make proto            regenerate fnlb/v1 and fnlb/fn from protos/"
 	@echo "make clean            remove .venv and caches"
 
@@ -56,9 +63,38 @@ test: check-proto
 test-fast: check-proto
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) proto-lint
 	$(BIN)/ruff check fnlb runner_stub tests bench
 	$(BIN)/mypy
+
+$(BUF): tools/npm/package.json tools/npm/package-lock.json
+	@command -v npm >/dev/null || { echo "buf needs node and npm (Debian: apt-get install nodejs npm)"; exit 1; }
+	rm -rf $(NPM_TOOLS) && mkdir -p $(NPM_TOOLS)
+	cp tools/npm/package.json tools/npm/package-lock.json $(NPM_TOOLS)/
+	cd $(NPM_TOOLS) && npm ci --cache "$(NPM_CACHE)" --no-audit --no-fund --loglevel=error
+	touch $(BUF)
+
+# buf lint (rules and their documented exceptions: protos/buf.yaml), then buf
+# breaking: a wire- or JSON-incompatible change to protos/ fails. It compares
+# with where this branch left main (git merge-base HEAD main); on main itself
+# (CI's clone) with the commit before (for a merge, main before it). Set
+# BUF_AGAINST to compare with something else, e.g. '.git#tag=v1,subdir=protos'.
+proto-lint: $(BUF)
+	$(BUF) lint protos
+	@against='$(BUF_AGAINST)'; \
+	if [ -z "$$against" ]; then \
+		branch=$$(git rev-parse --abbrev-ref HEAD 2>/dev/null); \
+		if [ "$$branch" != main ] && base=$$(git merge-base HEAD refs/heads/main 2>/dev/null); then \
+			against=".git#ref=$$base,subdir=protos"; \
+		elif base=$$(git rev-parse -q --verify 'HEAD~1^{commit}'); then \
+			against=".git#ref=$$base,subdir=protos"; \
+		else \
+			echo "buf breaking skipped: no main branch and no parent commit to compare with"; \
+			exit 0; \
+		fi; \
+	fi; \
+	echo "buf breaking protos --against $$against"; \
+	$(BUF) breaking protos --against "$$against"
 
 demo: $(STAMP)
 	$(BIN)/python -m fnlb.demo $(if $(TLS),--tls,)
