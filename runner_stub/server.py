@@ -847,7 +847,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
 
 
 class StubServer:
-    """A runner stub serving on ``config.listen``: Runner, Health and reflection.
+    """A runner stub serving on ``config.listen``: Runner, fn's RunnerProtocol, Health, reflection.
 
     ``start()`` binds and logs ``msg=listening addr=HOST:PORT``; ``shutdown(grace)``
     drains then stops; ``stop(grace)`` stops at once and may be called again
