@@ -11,6 +11,7 @@ logged. StreamLogs serves the per-call log lines (``call_logs``).
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,12 @@ log = logging.getLogger("runner_stub")
 FN_SERVICE = fn_pb2.DESCRIPTOR.services_by_name["RunnerProtocol"].full_name  # "RunnerProtocol"
 
 
+def _shown(config: Any) -> str:
+    """A config map as JSON for one log line, cut at 500 characters."""
+    text = json.dumps(dict(sorted(config.items())))
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
 class FnRunnerService(fn_pb2_grpc.RunnerProtocolServicer):
     """fn's method names for the calls a ``RunnerService`` serves."""
 
@@ -51,7 +58,7 @@ class FnRunnerService(fn_pb2_grpc.RunnerProtocolServicer):
     async def ConfigureRunner(self, request: fn_pb2.ConfigMsg,
                               context: Any) -> fn_pb2.ConfigStatus:
         log.info("configure runner (logged, not applied)",
-                 extra=kv(peer=context.peer(), config=dict(request.config)))
+                 extra=kv(peer=context.peer(), config=_shown(request.config)))
         return fn_pb2.ConfigStatus()
 
     async def StreamLogs(self, request_iterator: Any, context: Any) -> None:
@@ -66,7 +73,7 @@ class FnRunnerService(fn_pb2_grpc.RunnerProtocolServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "first message must be start")
         log.info("log stream started", extra=kv(peer=context.peer(),
-                                                config=dict(first.start.config)))
+                                                config=_shown(first.start.config)))
         logs = self._service.call_logs
         cursor = 0
         while True:

@@ -127,7 +127,9 @@ async def test_engage_streams_a_large_body_both_ways(stub: StubServer) -> None:
     assert msgs[-1].finished.success
 
 
-async def test_status2_and_configure_runner(stub: StubServer) -> None:
+async def test_status2_and_configure_runner(stub: StubServer,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="runner_stub")
     async with grpc.aio.insecure_channel(stub.addr) as ch:
         status2 = ch.unary_unary("/RunnerProtocol/Status2", request_serializer=_raw,
                                  response_deserializer=pb.RunnerStatus.FromString)
@@ -138,6 +140,8 @@ async def test_status2_and_configure_runner(stub: StubServer) -> None:
                                    response_deserializer=fn_pb.ConfigStatus.FromString)
         got = await configure(fn_pb.ConfigMsg(config={"k": "v"}), timeout=10)
         assert got == fn_pb.ConfigStatus()
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("configure runner")]
+    assert logged.__dict__["kv"]["config"] == '{"k": "v"}'
 
 
 async def test_stream_logs_pulls_one_line_per_ended_call(stub: StubServer) -> None:
