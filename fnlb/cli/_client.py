@@ -37,6 +37,10 @@ def add_invoke_parser(sub: Any) -> None:
     p.add_argument("--tls-ca", default=None, help="CA of the LB's certificate (front-door TLS)")
     p.add_argument("--tls-cert", default=None, help="client certificate (front-door mTLS)")
     p.add_argument("--tls-key", default=None, help="key of --tls-cert")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="ask for the call's trace (metadata fnlb-trace: 1) and print it to "
+                        "stderr: the runners tried (fnlb-attempts) and where the time went "
+                        "(fnlb-phases), also when the call fails")
     p.set_defaults(func=_cmd_invoke)
 
 
