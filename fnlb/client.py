@@ -32,7 +32,8 @@ def open_channel(address: str, ca: str | None = None, cert: str | None = None,
 
 async def invoke(args: argparse.Namespace, data: bytes, config: dict[str, str]) -> int:
     req = lb_pb2.InvokeRequest(
-        fn_id=args.fn_id, app_id=args.app_id, body=data, config=config,
+        fn_id=args.fn_id, app_id=args.app_id, image=getattr(args, "image", ""), body=data,
+        config=config,
         memory_mb=args.memory_mb, type=lb_pb2.DETACHED if args.detached else lb_pb2.SYNC)
     verbose = getattr(args, "verbose", False)
     metadata = ((TRACE_HEADER, "1"),) if verbose else None

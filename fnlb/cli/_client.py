@@ -28,6 +28,9 @@ def add_invoke_parser(sub: Any) -> None:
     body.add_argument("--data-file", default=None, metavar="PATH",
                       help="request body from a file ('-' = stdin)")
     p.add_argument("--app-id", default="", type=utf8_text)
+    p.add_argument("--image", default="", type=utf8_text,
+                   help="the function's image (runner-stub pulls each image once: "
+                        "--image-pull-ms)")
     p.add_argument("--detached", action="store_true", help="return once a runner accepted it")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", type=utf8_text,
                    help="function config, repeatable (runner-stub reads sleep_ms, status, ...)")
