@@ -76,6 +76,7 @@ class Agent:
         return deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK
 
     def _end_of_call(self, call: LBCall, call_status: str, runner: str) -> None:
+        call.timings.ended(call_status, runner)
         m = self.metrics
         m.calls_completed_by[call_status].inc()
         latency = time.monotonic() - call.started_mono

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 
+from fnlb.phases import CallTimings
 from fnlb.runnerpool import CallModel, ResponseSink
 
 __all__ = ["LBCall", "BufferSink", "new_call_id"]
@@ -56,6 +57,7 @@ class LBCall:
         self.attempts = 0
         # Monotonic start of the call at the LB (after the body was read).
         self.started_mono = time.monotonic()
+        self.timings = CallTimings(self.started_mono)
 
     @property
     def model(self) -> CallModel:

@@ -78,6 +78,10 @@ class LBConfig:
     runner_server_name: str = ""
     front_tls: TLSPaths | None = None
     log_level: str = "info"
+    # One logfmt line per call on logger fnlb.access (--access-log), at most
+    # access_log_rate lines per second (0: no limit; README, Observability).
+    access_log: bool = True
+    access_log_rate: float = 1000.0
     # --workers N > 1: this process supervises N LB processes sharing --listen.
     workers: int = 1
     # Set in a worker process only (by the supervisor, through hidden flags):
@@ -156,6 +160,8 @@ class LBConfig:
         # A bad pattern fails at startup, naming its flag.
         client_ca = self.front_tls is not None and self.front_tls.ca is not None
         AdminPolicy.from_flags(self.admin_allow, self.register_allow, client_ca=client_ca)
+        if not (math.isfinite(self.access_log_rate) and self.access_log_rate >= 0):
+            raise ConfigError(f"--access-log-rate must be >= 0, got {self.access_log_rate}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"--log-level must be debug, info, warning or error, "
                               f"got {self.log_level!r}")

@@ -19,6 +19,7 @@ from typing import Any, Literal, NoReturn, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
+from fnlb.access import AccessLog
 from fnlb.agent import Agent
 from fnlb.calls import BufferSink, LBCall, new_call_id
 from fnlb.config import REQUEST_OVERHEAD_BYTES, LBConfig
@@ -26,6 +27,13 @@ from fnlb.drain import Drain
 from fnlb.error_status import grpc_status
 from fnlb.errors import FnlbError, InvalidRequest, ShuttingDown
 from fnlb.logs import kv
+from fnlb.phases import (
+    ATTEMPTS_TRAILER,
+    PHASES_TRAILER,
+    format_attempts,
+    format_phases,
+    trace_wanted,
+)
 from fnlb.placers.queue import QueueFull
 from fnlb.runnerpool import (
     DETACHED,
@@ -299,6 +307,8 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         self._cfg = config
         self._drain = drain if drain is not None else Drain()
         self._malformed_log = Throttled(log)
+        self._access = AccessLog(enabled=config.access_log, rate=config.access_log_rate,
+                                 suppressed=agent.metrics.access_log_suppressed)
 
     async def _malformed(self, bad: Malformed,
                          context: Context) -> NoReturn:
@@ -315,8 +325,9 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
                           max_request_bytes=cfg.request_limit)
 
     async def _run(self, call: LBCall, context: Context,
-                   submitted: Awaitable[Runner] | None = None) -> str:
-        """Submit ``call`` (or await its ``submitted`` task); an error aborts the RPC.
+                   submitted: Awaitable[Runner] | None = None, bytes_out: int = 0) -> str:
+        """Submit ``call`` (or await its ``submitted`` task); an error ends the call
+        (``_end``) and aborts the RPC.
 
         Abort only from the handler's own task: gRPC sends the status at once,
         which must not overlap a response message the handler is writing.
@@ -326,9 +337,10 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
                             else self._agent.submit(call, _client_deadline(context)))
         except FnlbError as e:
             code = grpc_status(e)
+            trailers: tuple[tuple[str, str], ...] = ()
             if isinstance(e, QueueFull):
                 # gRPC's retry pushback: when a retry may find room in the queue.
-                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(e.pushback_ms)),))
+                trailers = (("grpc-retry-pushback-ms", str(e.pushback_ms)),)
                 # Shedding is the designed answer to overload: the metrics count
                 # it; a log line per call would flood the log exactly then.
                 log.debug("call shed", extra=kv(call_id=call.model.id, app_id=e.app_id,
@@ -339,8 +351,57 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
                 log.warning("call failed", extra=kv(call_id=call.model.id, fn_id=call.model.fn_id,
                                                     runner=getattr(e, "runner", ""),
                                                     code=code.name, error=str(e)))
+            self._end(call, code, bytes_out, context, trailers)
             await context.abort(code, str(e))
         return runner.address
+
+    def _end(self, call: LBCall, code: grpc.StatusCode, bytes_out: int,
+             context: Context | None = None, trailers: Sequence[tuple[str, str]] = ()) -> None:
+        """The call is over for the client: observe its phases and overhead, write its
+        access line, and set ``trailers`` (with the trace, when the client asked
+        for it: ``fnlb-trace: 1``). Once per call; ``context`` None: the client is gone.
+        """
+        t = call.timings
+        end = t.over()
+        if end is None:
+            return
+        phases = t.breakdown(end)
+        total = end - t.start
+        m = self._agent.metrics
+        for name, seconds in phases.items():
+            m.call_phase_by[name].observe(seconds)
+        if t.status:
+            # fn's proposed refinement of lb_call_latency: take out the image pull
+            # and cold start too, so what remains is what the LB itself cost.
+            overhead = total - (phases.get("execution", 0.0) + phases.get("image_pull", 0.0)
+                                + phases.get("cold_start", 0.0))
+            if overhead >= 0:
+                m.call_overhead_by[t.status].observe(overhead)
+        if self._access.admit():
+            model = call.model
+            execution = phases.get("execution")
+            self._access.write(
+                call_id=model.id, fn_id=model.fn_id, app_id=model.app_id, type=model.type,
+                status=t.status or "canceled", grpc_code=code.name, runner=t.runner,
+                attempts=call.attempts, queue_ms=f"{t.queue * 1000:.1f}",
+                total_ms=f"{total * 1000:.1f}",
+                exec_ms="-" if execution is None else f"{execution * 1000:.1f}",
+                bytes_in=len(call.request_body()), bytes_out=bytes_out)
+        if context is None:
+            return
+        if trace_wanted(context.invocation_metadata()):
+            trailers = (*trailers, (ATTEMPTS_TRAILER, format_attempts(t.trail())),
+                        (PHASES_TRAILER, format_phases(phases, total)))
+        if trailers:
+            context.set_trailing_metadata(tuple(trailers))
+
+    def _gone(self, call: LBCall, bytes_out: int = 0) -> None:
+        """End a call whose RPC ended without ``_end`` (cancelled, deadline, or a bug)."""
+        status = call.timings.status
+        code = (grpc.StatusCode.DEADLINE_EXCEEDED if status == "timeouts"
+                else grpc.StatusCode.CANCELLED if status in ("canceled", "completed", "")
+                else grpc.StatusCode.UNKNOWN)
+        self._end(call, code, bytes_out)
 
     def _response(self, call: LBCall, runner: str, sink: BufferSink | _StreamSink,
                   body: bytes = b"") -> lb_pb2.InvokeResponse:
@@ -363,9 +424,15 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
                 call = self._build(request, request.body)
             except InvalidRequest as e:
                 await context.abort(grpc_status(e), str(e))
-            runner = await self._run(call, context)
-            sink = _buffer(call)
-            return self._response(call, runner, sink, sink.body())
+            try:
+                runner = await self._run(call, context)
+                sink = _buffer(call)
+                body = sink.body()
+                response = self._response(call, runner, sink, body)
+                self._end(call, grpc.StatusCode.OK, len(body), context)
+                return response
+            finally:
+                self._gone(call)  # unless ended above
 
     async def InvokeStream(
         self, request_iterator: AsyncIterator[lb_pb2.InvokeStreamRequest | Malformed],
@@ -422,22 +489,32 @@ class LoadBalancerServicer(lb_pb2_grpc.LoadBalancerServicer):
         # its status, after the part of the body already sent.
         run = asyncio.create_task(self._agent.submit(call, _client_deadline(context)))
         run.add_done_callback(lambda _: sink.close())
+        sent = 0
         try:
             if await sink.started_on_runner():
                 yield lb_pb2.InvokeStreamResponse(
                     response=self._response(call, sink.runner, sink))
                 async for piece in sink.body():
+                    sent += len(piece)
                     yield lb_pb2.InvokeStreamResponse(data=piece)
-                await self._run(call, context, run)  # an error is the stream's status
+                # An error is the stream's status.
+                await self._run(call, context, run, bytes_out=sent)
+                self._end(call, grpc.StatusCode.OK, sent, context)
                 return
             runner = await self._run(call, context, run)
             yield lb_pb2.InvokeStreamResponse(response=self._response(call, runner, sink))
             async for piece in sink.body():  # a runner that did not name itself
+                sent += len(piece)
                 yield lb_pb2.InvokeStreamResponse(data=piece)
+            self._end(call, grpc.StatusCode.OK, sent, context)
         finally:
             if not run.done():
                 run.cancel()  # the client went away: so does the call
-            elif not run.cancelled():
-                run.exception()  # seen, even when the client left before its error
+                # Its accounting once the agent is done with it.
+                run.add_done_callback(lambda _: self._gone(call, sent))
+            else:
+                if not run.cancelled():
+                    run.exception()  # seen, even when the client left before its error
+                self._gone(call, sent)
 
 

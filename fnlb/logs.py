@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +20,14 @@ def kv(**fields: Any) -> dict[str, Any]:
     return {"kv": fields}
 
 
+# One regex search instead of a check per character: an access line quotes
+# thirteen values per call (fnlb.access).
+_NEEDS_QUOTES = re.compile(r'[ "=\n\t]')
+
+
 def _quote(value: Any) -> str:
     s = str(value)
-    if s == "" or any(c in s for c in ' "=\n\t'):
+    if s == "" or _NEEDS_QUOTES.search(s):
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return s
 

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from fnlb.logs import kv
+from fnlb.phases import PHASES
 
 __all__ = ["Metrics", "MetricsServer", "SupervisorMetrics", "WorkerMetricsCollector",
            "CALL_STATUSES", "POOL_STATES"]
@@ -137,6 +138,22 @@ class Metrics:
             ["reason"], registry=r)
         self.queue_rejected_by = {r: self.queue_rejected.labels(r)
                                   for r in QUEUE_REJECT_REASONS}
+        # Where a call's time goes (fnlb.phases): see docs/design.md, Observability.
+        self.call_phase = Histogram(
+            "fnlb_call_phase_seconds",
+            "Time a call spent in each phase (queue, placement, runner_wait, cold_start, "
+            "image_pull, execution, transfer); observed for the calls that had the phase.",
+            ["phase"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.call_phase_by = {p: self.call_phase.labels(p) for p in PHASES}
+        self.call_overhead = Histogram(
+            "fnlb_call_overhead_seconds",
+            "Time the LB spent on a call (until the response was handed to the client) "
+            "minus the function's execution, image pull and cold start on the runner.",
+            ["call_status"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.call_overhead_by = {s: self.call_overhead.labels(s) for s in CALL_STATUSES}
+        self.access_log_suppressed = Counter(
+            "fnlb_access_log_suppressed",
+            "Access log lines left out by the rate limit (--access-log-rate).", registry=r)
         # fnlb.tls.CertExpiryWatch sets one child per role (front, runner_client),
         # computed when scraped.
         self.tls_cert_expiry = Gauge(

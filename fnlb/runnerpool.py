@@ -19,6 +19,7 @@ from fnlb.errors import ConfigError
 from fnlb.timefmt import rfc3339_ms
 
 if TYPE_CHECKING:
+    from fnlb.phases import CallTimings
     from fnlb.tls import ClientTLS
 
 __all__ = [
@@ -139,6 +140,7 @@ class RunnerCall(Protocol):
     """One call as the placer and runners see it (fn's ``RunnerCall``)."""
 
     attempts: int  # runners tried so far; the placer counts them
+    timings: CallTimings  # where the call's time goes, recorded as it goes (fnlb.phases)
 
     @property
     def slot_hash_id(self) -> str: ...

@@ -108,7 +108,11 @@ _FLAGS: tuple[_Flag, ...] = (
           "not fit' (507: the LB tries another runner)"),
     _Flag("nack_after_ms", "N", _int, "how long a call waits for a slot and memory before "
           "it is NACKed as busy (503)"),
-    _Flag("cold_start_ms", "N", _int, "extra start-up time of a function that is not warm"),
+    _Flag("cold_start_ms", "N", _int, "extra start-up time of a function that is not warm "
+          "(reported as ctrCreateDuration)"),
+    _Flag("image_pull_ms", "N", _int, "fake image pull: the first call for an image on this "
+          "runner (that is not warm) waits N ms first, calls during the pull wait for it too; "
+          "later ones find the image cached (reported as imagePullWaitDuration)"),
     _Flag("warm_cache", "N", _int, "functions kept warm (LRU, keyed by slot_hash_id, else "
           "fn_id); 0 = every call is a cold start"),
     _Flag("max_body_bytes", "N", _int, "largest request body; bigger ones fail with 413"),

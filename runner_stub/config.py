@@ -48,7 +48,8 @@ def split_host_port(addr: str) -> tuple[str, int]:
 
 
 _INT_MINIMUMS = {
-    "slots": 1, "memory_mb": 1, "nack_after_ms": 0, "cold_start_ms": 0, "warm_cache": 0,
+    "slots": 1, "memory_mb": 1, "nack_after_ms": 0, "cold_start_ms": 0, "image_pull_ms": 0,
+    "warm_cache": 0,
     "max_body_bytes": 0, "crash_after": 0, "hang_ms": 0, "nack_delay_ms": 0,
 }
 
@@ -71,6 +72,7 @@ class StubConfig:
     memory_mb: int = 1024
     nack_after_ms: int = 10
     cold_start_ms: int = 0
+    image_pull_ms: int = 0  # fake image pull, first call per image (imagePullWaitDuration)
     warm_cache: int = 8
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"

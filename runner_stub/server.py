@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -123,6 +123,13 @@ class _Instant:
 
 def _now() -> _Instant:
     return _Instant(datetime.now(UTC), time.monotonic_ns())
+
+
+class _Startup(NamedTuple):
+    """What starting a function that was not warm took, in ns."""
+
+    image_pull_ns: int = 0
+    cold_start_ns: int = 0
 
 
 def _try_of(msg: runner_pb2.ClientMsg) -> runner_pb2.TryCall:
@@ -405,6 +412,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self._exit_process = exit_process
         self.pool = SlotPool(config.slots, config.memory_mb)
         self.warm = WarmCache(config.warm_cache)
+        self._pulls: dict[str, asyncio.Future[None]] = {}  # image -> its fake pull
         self.counters = Counters()
         self.runner_id = config.runner_id
         self.active = 0
@@ -752,7 +760,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 log.debug("stream gone while sending 202; detached call runs on",
                           extra=kv(call_id=call.id, error=repr(e)))
             await self._maybe_crash(call, nth)
-        await self._warm_up(call)
+        startup = await self._warm_up(call)
         started = _now()
         self.counters.started += 1
         log.debug("function started", extra=kv(call_id=call.id))
@@ -769,7 +777,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             self.counters.failed += 1
             await self._maybe_crash(call, nth)
             await io.finish(self._log_end(
-                call, self._finished(call, created, started, _now(), error=error)))
+                call, self._finished(call, created, started, _now(), error=error,
+                                     startup=startup)))
             return
         limit = call.max_response_bytes
         if not call.detached and limit and len(result.body) > limit:
@@ -780,7 +789,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 call, created, started, _now(), error=CallRejected(
                     RESPONSE_TOO_LARGE,
                     f"response body of {len(result.body)} bytes exceeds the LB's limit of "
-                    f"{limit} bytes (--max-response-bytes)", user_error=True))))
+                    f"{limit} bytes (--max-response-bytes)", user_error=True),
+                startup=startup)))
             return
         self.counters.completed += 1
         if not call.detached:
@@ -791,7 +801,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             await self._maybe_crash(call, nth)
             await io.send_body(result.body)
         await io.finish(self._log_end(
-            call, self._finished(call, created, started, _now()), result.status))
+            call, self._finished(call, created, started, _now(), startup=startup),
+            result.status))
 
     def _log_end(self, call: ParsedCall, fin: runner_pb2.CallFinished,
                  status: int | None = None) -> runner_pb2.CallFinished:
@@ -805,16 +816,39 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                            call_id=call.id, text=text, stderr=not fin.success)
         return fin
 
-    async def _warm_up(self, call: ParsedCall) -> None:
+    async def _warm_up(self, call: ParsedCall) -> _Startup:
+        """Start the function unless it is warm: pull its image (once per image on
+        this runner), then the cold start. What it took is reported in ``finished``."""
         if self.warm.hit(call.slot_key):
             self.counters.warm_hits += 1
-            return
+            return _Startup()
+        pull_ns = await self._pull(call.image)
+        cold_ns = 0
         if self._cfg.cold_start_ms:
+            t0 = time.monotonic_ns()
             await asyncio.sleep(self._cfg.cold_start_ms / 1000)
+            cold_ns = time.monotonic_ns() - t0
         # Counted only once the start completed: a cancelled start warmed nothing.
         self.counters.cold_starts += 1
         for evicted in self.warm.add(call.slot_key):
             log.debug("evicted warm function", extra=kv(slot=evicted))
+        return _Startup(pull_ns, cold_ns)
+
+    async def _pull(self, image: str) -> int:
+        """The fake image pull (--image-pull-ms): the first call for ``image`` starts it,
+        calls that come while it runs wait for the same pull, later ones find it
+        cached. Returns the ns this call waited."""
+        if not self._cfg.image_pull_ms:
+            return 0
+        pull = self._pulls.get(image)
+        if pull is None:
+            pull = self._pulls[image] = asyncio.ensure_future(
+                asyncio.sleep(self._cfg.image_pull_ms / 1000))
+        if pull.done():
+            return 0
+        t0 = time.monotonic_ns()
+        await asyncio.shield(pull)  # a cancelled call leaves the pull to the others
+        return time.monotonic_ns() - t0
 
     async def _maybe_crash(self, call: ParsedCall, nth: int) -> None:
         if call.spec.crash or nth == self._cfg.crash_after:
@@ -829,10 +863,15 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     @staticmethod
     def _finished(call: ParsedCall, created: _Instant, started: _Instant | None = None,
                   completed: _Instant | None = None, *,
-                  error: CallRejected | None = None) -> runner_pb2.CallFinished:
+                  error: CallRejected | None = None,
+                  startup: _Startup | None = None) -> runner_pb2.CallFinished:
         fin = runner_pb2.CallFinished(
             success=error is None, details=call.id, image=call.image,
             createdAt=rfc3339_ms(created.wall))
+        if startup is not None:
+            # As fn's runners report them; both are part of schedulerDuration.
+            fin.imagePullWaitDuration = startup.image_pull_ns
+            fin.ctrCreateDuration = startup.cold_start_ns
         if error is not None:
             fin.errorCode = error.code
             fin.errorStr = error.message

@@ -28,6 +28,9 @@ def add_invoke_parser(sub: Any) -> None:
     body.add_argument("--data-file", default=None, metavar="PATH",
                       help="request body from a file ('-' = stdin)")
     p.add_argument("--app-id", default="", type=utf8_text)
+    p.add_argument("--image", default="", type=utf8_text,
+                   help="the function's image (runner-stub pulls each image once: "
+                        "--image-pull-ms)")
     p.add_argument("--detached", action="store_true", help="return once a runner accepted it")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", type=utf8_text,
                    help="function config, repeatable (runner-stub reads sleep_ms, status, ...)")
@@ -37,6 +40,10 @@ def add_invoke_parser(sub: Any) -> None:
     p.add_argument("--tls-ca", default=None, help="CA of the LB's certificate (front-door TLS)")
     p.add_argument("--tls-cert", default=None, help="client certificate (front-door mTLS)")
     p.add_argument("--tls-key", default=None, help="key of --tls-cert")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="ask for the call's trace (metadata fnlb-trace: 1) and print it to "
+                        "stderr: the runners tried (fnlb-attempts) and where the time went "
+                        "(fnlb-phases), also when the call fails")
     p.set_defaults(func=_cmd_invoke)
 
 

@@ -206,6 +206,14 @@ def add_serve_parser(sub: Any) -> None:
          help="when set, clients must present a certificate signed by this CA")
     _add(p, "--log-level", "info", choices=("debug", "info", "warning", "error"),
          help="log verbosity (debug logs one line per call)")
+    _add(p, "--access-log", "on", type=on_off, metavar="on|off",
+         help="one logfmt line per call at info on logger fnlb.access: call_id, fn_id, "
+              "app_id, type, status, grpc_code, runner, attempts, queue_ms, total_ms, "
+              "exec_ms, bytes_in, bytes_out (README, Observability)")
+    _add(p, "--access-log-rate", "1000", type=number, metavar="N",
+         help="at most N access lines per second (a burst of N); the others are counted in "
+              "fnlb_access_log_suppressed_total and summed up every 10 s in one line "
+              "'access log: N lines suppressed'; 0: no limit")
     _add(p, "--event-loop", "auto", choices=("auto", "uvloop", "asyncio"),
          help="event loop: uvloop costs less CPU per call; auto = uvloop when installed")
     _add(p, "--workers", "1", type=positive_int, metavar="N",
@@ -286,6 +294,8 @@ def config_from_args(args: argparse.Namespace) -> LBConfig:
         runner_server_name=args.runner_server_name,
         front_tls=_tls_paths(args, "front_", "front-"),
         log_level=args.log_level,
+        access_log=args.access_log,
+        access_log_rate=args.access_log_rate,
         workers=args.workers,
         admin_allow=None if args.admin_allow is None else split_list(args.admin_allow),
         register_allow=split_list(args.register_allow),

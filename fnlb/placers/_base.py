@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import time
 from collections.abc import Iterable, Sequence
 
 from fnlb.errors import (
@@ -117,10 +118,13 @@ class BasePlacer(abc.ABC):
                     queue = cap
                 if queue is not None and runners and (
                         queue.must_wait(runners) if turn is None else queue.full(runners)):
+                    waiting = time.monotonic()
                     try:
                         turn = await queue.wait(call.model.app_id, tracker.time_left(), turn)
                     except TimeoutError:
                         turn = None  # the wait ended with its deadline; so does the call
+                    finally:
+                        call.timings.queued(time.monotonic() - waiting)
                     if tracker.is_done():
                         break
                     continue
@@ -131,10 +135,12 @@ class BasePlacer(abc.ABC):
                     if cap is not None and cap.room(address) is False:
                         continue  # believed full: no attempt that would only be refused
                     self._load.started(address)
+                    tried = time.monotonic()
                     try:
                         placed, err = await tracker.try_runner(runner, call)
                     finally:
                         self._load.finished(address)
+                    call.timings.attempted(address, placed, err, tried)
                     if placed:
                         if err is None:
                             self._budget.succeeded()

@@ -12,6 +12,7 @@ import grpc
 from fnlb.errors import ClientCanceled, DoesNotFit, RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
+from fnlb.phases import runner_phases
 from fnlb.runnerpool import Attempt, RunnerCall
 from fnlb.timefmt import parse_rfc3339
 from fnlb.transport import commit
@@ -55,6 +56,7 @@ class Answers:
             return Attempt(False, ServerTooBusy(f.errorStr or "Timed out - server too busy"))
         if verdict is Verdict.DOES_NOT_FIT:
             return self.does_not_fit(f)
+        call.timings.responded()
         if has_http and len(reply.body) > self.max_response_bytes:
             return Attempt(True, too_large(self.address, len(reply.body),
                                            self.max_response_bytes))
@@ -121,6 +123,11 @@ class Answers:
         if created and started and completed and created <= started <= completed:
             self._metrics.runner_sched_latency.observe((started - created).total_seconds())
             self._metrics.runner_exec_latency.observe((completed - started).total_seconds())
+        call.timings.finished(runner_phases(
+            scheduler_ns=f.schedulerDuration, execution_ns=f.executionDuration,
+            image_pull_ns=f.imagePullWaitDuration, prep_ns=f.ctrPrepDuration,
+            create_ns=f.ctrCreateDuration, init_ns=f.initStartTime,
+            created=created, started=started, completed=completed))
         # The nanosecond durations are more precise than millisecond timestamps.
         if f.executionDuration > 0:
             call.add_user_execution_time(_ns(f.executionDuration))

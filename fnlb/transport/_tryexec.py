@@ -178,6 +178,7 @@ async def try_exec_stream(stub: runner_pb2_grpc.RunnerStub, call: RunnerCall, an
                 sender = await _start_sending(_send_body(stream, call), call)
             committed = True
             if kind == "result_start":
+                call.timings.responded()
                 http = msg.result_start.http
                 if is_streaming(sink):
                     cast(StreamingSink, sink).runner = answers.address
