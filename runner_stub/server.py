@@ -33,6 +33,7 @@ from fnlb.authz import caller_of, close_decision
 from fnlb.logs import kv
 from fnlb.timefmt import format_duration, now_rfc3339, rfc3339_ms
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
+from runner_stub import tracing
 from runner_stub.calls import Call as ParsedCall
 from runner_stub.calls import parse_call
 from runner_stub.config import StubConfig, split_host_port
@@ -243,6 +244,8 @@ class _StreamIO:
                 data=bytes(chunk), eof=offset + MAX_DATA_CHUNK >= len(body))))
 
     async def finish(self, finished: runner_pb2.CallFinished) -> None:
+        if tracing.enabled:
+            tracing.finished(finished)
         if self.orphaned:
             return  # a detached call outlived its stream: no one is listening
         await self._context.write(runner_pb2.RunnerMsg(finished=finished))
@@ -293,6 +296,8 @@ class _UnaryIO:
         self.reply.body = body
 
     async def finish(self, finished: runner_pb2.CallFinished) -> None:
+        if tracing.enabled:
+            tracing.finished(finished)
         self.reply.finished.CopyFrom(finished)
 
     async def discard_rest(self) -> None:
@@ -498,7 +503,10 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         except ProtocolError as e:
             await self._bad_request(e, _StreamIO(requests, context))
             return
-        await self._serve(_try_of(first), created, _StreamIO(requests, context))
+        io, tc = _StreamIO(requests, context), _try_of(first)
+        if tracing.enabled:
+            return await tracing.serve(self._serve, "TryExec", tc, created, io, context)
+        await self._serve(tc, created, io)
 
     async def Call(self, request: runner_pb2.CallRequest, context: Any) -> runner_pb2.CallReply:
         """The unary fast path: TryExec's logic, the whole call in one message each way."""
@@ -524,7 +532,11 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if io is None:
             io = _UnaryIO(request.body, context)
         # `try` is a Python keyword, hence getattr.
-        await self._serve(getattr(request, "try"), created, io)
+        if tracing.enabled:
+            await tracing.serve(self._serve, "Call" if context else "Calls",
+                                getattr(request, "try"), created, io, context)
+        else:
+            await self._serve(getattr(request, "try"), created, io)
         reply = io.reply
         if len(reply.body) > _REPLY_BODY_LIMIT:
             # The function ran (committed), but its answer cannot travel in one
