@@ -151,17 +151,25 @@ async def test_one_trace_from_client_through_lb_to_runner() -> None:
                     lb_pb2.InvokeRequest(fn_id="traced", app_id="app", body=b"hi"),
                     metadata=(("traceparent", f"00-{trace_id}-{client_span}-01"),), timeout=10)
                 await big
+                # InvokeStream: the same spans, over TryExec on the runner.
+                stream_trace = secrets.token_hex(16)
+                streamed = [m async for m in front.InvokeStream(
+                    iter([lb_pb2.InvokeStreamRequest(request=lb_pb2.InvokeRequest(
+                        fn_id="streamed", app_id="app", body=b"yo"))]),
+                    metadata=(("traceparent", f"00-{stream_trace}-{client_span}-01"),),
+                    timeout=10)]
+            assert b"".join(m.data for m in streamed) == b"yo"
             assert traced.body == b"hi"
             assert traced.attempts >= 2, "the first attempt was to be NACKed"
             # Every process flushes its spans as it stops; the receiver answers
             # on this loop meanwhile.
             await asyncio.to_thread(group.close)
         spans = receiver.in_trace(trace_id)
+        stream_spans = receiver.in_trace(stream_trace)
 
     by_name: dict[str, list[Span]] = {}
     for s in spans:
         by_name.setdefault(s.name, []).append(s)
-    print(tree(spans))
     assert set(by_name) == {"fnlb.invoke", "fnlb.queue", "fnlb.attempt", "runner.exec"}, tree(spans)
     [invoke] = by_name["fnlb.invoke"]
     assert invoke.service == "fnlb" and invoke.parent_id == client_span
@@ -184,6 +192,14 @@ async def test_one_trace_from_client_through_lb_to_runner() -> None:
             a.attrs["fnlb.outcome"]]
         assert e.attrs["fnlb.call_id"] == traced.call_id == a.attrs["fnlb.call_id"]
     assert len(execs) == len(attempts)
+    # InvokeStream's call: invoke -> attempt -> runner.exec over TryExec.
+    names = {s.name: s for s in stream_spans}
+    assert set(names) == {"fnlb.invoke", "fnlb.attempt", "runner.exec"}, tree(stream_spans)
+    assert names["fnlb.invoke"].attrs["rpc.method"] == "InvokeStream"
+    assert names["fnlb.invoke"].parent_id == client_span
+    assert names["fnlb.attempt"].parent_id == names["fnlb.invoke"].span_id
+    assert names["runner.exec"].parent_id == names["fnlb.attempt"].span_id
+    assert names["runner.exec"].attrs["rpc.method"] == "TryExec"
     # The other call started a trace of its own.
     assert {s.trace_id for s in receiver.spans if s.attrs.get("fnlb.fn_id") == "big"} - {trace_id}
 
