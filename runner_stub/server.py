@@ -533,7 +533,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             io = _UnaryIO(request.body, context)
         # `try` is a Python keyword, hence getattr.
         if tracing.enabled:
-            await tracing.serve(self._serve, "Call" if context else "Calls",
+            await tracing.serve(self._serve, "Call" if context is not None else "Calls",
                                 getattr(request, "try"), created, io, context)
         else:
             await self._serve(getattr(request, "try"), created, io)
