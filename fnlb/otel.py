@@ -2,7 +2,8 @@
 
 Importing this module imports OpenTelemetry (the optional extra
 ``fnlb[otel]``); nothing imports it until ``--otlp-endpoint`` is given, so an
-LB or runner without the flag neither loads nor pays for it.
+LB or runner without the flag neither loads nor pays for it. ``InvokeSpans``,
+the front door's interceptor, lives here for the same reason.
 
     otel = Otel("collector:4317", "fnlb")       # spans go out over OTLP/gRPC
     with otel.span("fnlb.attempt", parent=otel.extract(metadata)) as span: ...
@@ -18,10 +19,13 @@ the contract between the client, the LB and the runner.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
+import grpc
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -31,7 +35,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-__all__ = ["Otel", "Span"]
+__all__ = ["InvokeSpans", "Otel", "Span"]
 
 _KINDS = {"server": SpanKind.SERVER, "client": SpanKind.CLIENT, "internal": SpanKind.INTERNAL}
 
@@ -102,3 +106,82 @@ class Otel:
     def shutdown(self) -> None:
         """Export what is queued and stop (blocks up to the exporter's timeout)."""
         self._provider.shutdown()
+
+
+class InvokeSpans(grpc.aio.ServerInterceptor):
+    """Wraps the handlers of ``service`` (the LB's front door) in an ``fnlb.invoke``
+    span, continuing the client's trace from its ``traceparent`` metadata. The
+    span is current while the handler runs, so placement's spans (same task)
+    are its children. Other services pass through untouched."""
+
+    def __init__(self, otel: Otel, service: str) -> None:
+        self._otel = otel
+        self._service = service
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails],
+                                     Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        service, _, name = method.lstrip("/").partition("/")
+        if handler is None or service != self._service:
+            return handler
+        otel = self._otel
+        parent = otel.from_metadata(details.invocation_metadata)
+        base = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+        def start(request: Any = None) -> AbstractContextManager[Span]:
+            attrs: dict[str, Any] = dict(base)
+            for field in ("fn_id", "app_id", "call_id"):
+                value = getattr(request, field, "")  # a Malformed request has none
+                if value:
+                    attrs[f"fnlb.{field}"] = value
+            return otel.span("fnlb.invoke", "server", parent, attrs)
+
+        def ended(span: Span, context: Any, error: BaseException | None = None) -> None:
+            code = context.code()
+            if not isinstance(code, grpc.StatusCode):
+                # No status set: OK, or what gRPC makes of the handler's exception.
+                code = (grpc.StatusCode.OK if error is None
+                        else grpc.StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError)
+                        else grpc.StatusCode.UNKNOWN)
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                details = context.details()
+                otel.fail(span, f"{code.name}: {details}" if details else code.name)
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                with start(request) as span:
+                    try:
+                        response = await inner(request, context)
+                    except BaseException as e:
+                        ended(span, context, e)
+                        raise
+                    ended(span, context)
+                    return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.stream_stream is not None:
+            stream_inner = handler.stream_stream
+
+            async def stream(requests: Any, context: Any) -> Any:
+                with start() as span:
+                    try:
+                        async for response in stream_inner(requests, context):
+                            yield response
+                    except BaseException as e:
+                        ended(span, context, e)
+                        raise
+                    ended(span, context)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler

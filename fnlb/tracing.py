@@ -21,16 +21,13 @@ The hooks: ``server_interceptors`` (the front door's gRPC server),
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
-
-import grpc
 
 from fnlb.errors import ConfigError, DoesNotFit, PassedOn, ServerTooBusy
 
 if TYPE_CHECKING:
-    from fnlb.otel import Otel, Span
+    from fnlb.otel import Otel
     from fnlb.runnerpool import Attempt, Runner, RunnerCall
 
 __all__ = [
@@ -149,80 +146,11 @@ def metadata() -> tuple[tuple[str, str], ...]:
 
 # -- the front door ------------------------------------------------------------------
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor] | None:
-    """What the front door's server needs: an ``fnlb.invoke`` span per call (None when off)."""
-    return [_InvokeSpans(_tracer())] if enabled else None
+def server_interceptors() -> list[Any] | None:
+    """The front door server's interceptors: one that makes an ``fnlb.invoke`` span
+    per LoadBalancer RPC when tracing is on; None when off."""
+    if not enabled:
+        return None
+    from fnlb.otel import InvokeSpans
 
-
-class _InvokeSpans(grpc.aio.ServerInterceptor):
-    """Wraps LoadBalancer's handlers in an ``fnlb.invoke`` span, continuing the
-    client's trace from its ``traceparent`` metadata. The span is current while
-    the handler runs, so placement's spans (same task) are its children."""
-
-    def __init__(self, otel: Otel) -> None:
-        self._otel = otel
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails],
-                                     Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method: str = details.method
-        service, _, name = method.lstrip("/").partition("/")
-        if handler is None or service != _FRONT_SERVICE:
-            return handler
-        otel = self._otel
-        parent = otel.from_metadata(details.invocation_metadata)
-        base = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-
-        def start(request: Any = None) -> AbstractContextManager[Span]:
-            attrs: dict[str, Any] = dict(base)
-            for field in ("fn_id", "app_id", "call_id"):
-                value = getattr(request, field, "")  # a Malformed request has none
-                if value:
-                    attrs[f"fnlb.{field}"] = value
-            return otel.span("fnlb.invoke", "server", parent, attrs)
-
-        def ended(span: Span, context: Any, raised: bool) -> None:
-            code = context.code()
-            if not isinstance(code, grpc.StatusCode):
-                # No status set: OK, unless the handler raised (gRPC says UNKNOWN).
-                code = grpc.StatusCode.UNKNOWN if raised else grpc.StatusCode.OK
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code is not grpc.StatusCode.OK:
-                otel.fail(span, f"{code.name}: {context.details() or ''}".rstrip(": "))
-
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: Any) -> Any:
-                with start(request) as span:
-                    try:
-                        response = await inner(request, context)
-                    except BaseException:
-                        ended(span, context, raised=True)
-                        raise
-                    ended(span, context, raised=False)
-                    return response
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.stream_stream is not None:
-            stream_inner = handler.stream_stream
-
-            async def stream(requests: Any, context: Any) -> Any:
-                with start() as span:
-                    try:
-                        async for response in stream_inner(requests, context):
-                            yield response
-                    except BaseException:
-                        ended(span, context, raised=True)
-                        raise
-                    ended(span, context, raised=False)
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler
+    return [InvokeSpans(_tracer(), _FRONT_SERVICE)]

@@ -49,6 +49,7 @@ class Span:
     attrs: dict[str, Any]
     start_ns: int = 0
     end_ns: int = 0
+    error: str | None = None  # the status message when the span failed
 
 
 def _value(v: Any) -> Any:
@@ -72,7 +73,9 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                     self.spans.append(Span(
                         res.get("service.name", ""), s.name, s.trace_id.hex(), s.span_id.hex(),
                         s.parent_span_id.hex(), {a.key: _value(a.value) for a in s.attributes},
-                        s.start_time_unix_nano, s.end_time_unix_nano))
+                        s.start_time_unix_nano, s.end_time_unix_nano,
+                        s.status.message if s.status.code == s.status.STATUS_CODE_ERROR
+                        else None))
         self.arrived.set()
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -158,6 +161,12 @@ async def test_one_trace_from_client_through_lb_to_runner() -> None:
                         fn_id="streamed", app_id="app", body=b"yo"))]),
                     metadata=(("traceparent", f"00-{stream_trace}-{client_span}-01"),),
                     timeout=10)]
+                # A call the front door refuses: its span carries the status.
+                bad_trace = secrets.token_hex(16)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await front.Invoke(lb_pb2.InvokeRequest(fn_id=""), timeout=10, metadata=(
+                        ("traceparent", f"00-{bad_trace}-{client_span}-01"),))
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert b"".join(m.data for m in streamed) == b"yo"
             assert traced.body == b"hi"
             assert traced.attempts >= 2, "the first attempt was to be NACKed"
@@ -166,6 +175,7 @@ async def test_one_trace_from_client_through_lb_to_runner() -> None:
             await asyncio.to_thread(group.close)
         spans = receiver.in_trace(trace_id)
         stream_spans = receiver.in_trace(stream_trace)
+        [refused_span] = receiver.in_trace(bad_trace)
 
     by_name: dict[str, list[Span]] = {}
     for s in spans:
@@ -200,6 +210,10 @@ async def test_one_trace_from_client_through_lb_to_runner() -> None:
     assert names["fnlb.attempt"].parent_id == names["fnlb.invoke"].span_id
     assert names["runner.exec"].parent_id == names["fnlb.attempt"].span_id
     assert names["runner.exec"].attrs["rpc.method"] == "TryExec"
+    assert refused_span.name == "fnlb.invoke"
+    assert refused_span.attrs["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert refused_span.error == "INVALID_ARGUMENT: fn_id: required"
+    assert invoke.error is None
     # The other call started a trace of its own.
     assert {s.trace_id for s in receiver.spans if s.attrs.get("fnlb.fn_id") == "big"} - {trace_id}
 
