@@ -82,6 +82,8 @@ class LBConfig:
     # access_log_rate lines per second (0: no limit; README, Observability).
     access_log: bool = True
     access_log_rate: float = 1000.0
+    # --otlp-endpoint: export OpenTelemetry spans there (fnlb.tracing); "" = off.
+    otlp_endpoint: str = ""
     # --workers N > 1: this process supervises N LB processes sharing --listen.
     workers: int = 1
     # Set in a worker process only (by the supervisor, through hidden flags):
@@ -103,6 +105,8 @@ class LBConfig:
 
     def __post_init__(self) -> None:
         _, port = split_hostport(self.listen, "--listen")
+        if self.otlp_endpoint and "://" not in self.otlp_endpoint:
+            split_hostport(self.otlp_endpoint, "--otlp-endpoint")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.workers > 1 and port == 0:

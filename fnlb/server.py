@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fnlb import tracing
 from fnlb.admin import AdminServicer, admin_policy
 from fnlb.agent import Agent
 from fnlb.config import LBConfig, split_hostport
@@ -286,7 +287,7 @@ class LBServer:
         if cfg.max_connection_age:
             options += [("grpc.max_connection_age_ms", int(cfg.max_connection_age * 1000)),
                         ("grpc.max_connection_age_grace_ms", _CONNECTION_AGE_GRACE_MS)]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options, interceptors=tracing.server_interceptors())
         add_load_balancer(LoadBalancerServicer(agent, cfg, self._drain), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from fnlb.errors import ConfigError
 from fnlb.logs import kv, setup_logging
 from fnlb.timefmt import format_duration, parse_duration
+from runner_stub import tracing
 from runner_stub.config import LOG_LEVELS, StubConfig, flag_name, split_host_port
 from runner_stub.errors import StartupError
 from runner_stub.server import StubServer
@@ -151,6 +152,10 @@ _FLAGS: tuple[_Flag, ...] = (
           "once its slot is taken, and start it only after the LB's go, so the LB can "
           "safely send a call it saw no ack for elsewhere; false = fn's behaviour",
           "true"),
+    _Flag("otlp_endpoint", "HOST:PORT", _text, "export an OpenTelemetry span per call "
+          "(runner.exec, continuing the LB's traceparent) over OTLP/gRPC to this collector "
+          "(plaintext; an https:// URL for TLS). Needs the optional extra: "
+          "pip install 'fnlb[otel]'", "none"),
 )
 
 
@@ -263,9 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(argv, parser=parser)
     setup_logging(cfg.log_level)
     try:
+        if cfg.otlp_endpoint:
+            tracing.setup(cfg.otlp_endpoint)
         return asyncio.run(_serve(cfg))
     except ConfigError as e:  # e.g. TLS material unusable (TLSConfigError), found at start
         parser.error(str(e))
     except StartupError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # the spans still batched go out before the process ends

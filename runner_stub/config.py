@@ -95,12 +95,19 @@ class StubConfig:
     # List "ack" and acknowledge tries that ask for it (runner.proto); False:
     # behave as fn's runners (a try sent is a call committed).
     ack: bool = True
+    # --otlp-endpoint: export runner.exec spans there (runner_stub.tracing); "" = off.
+    otlp_endpoint: str = ""
 
     def __post_init__(self) -> None:
         try:
             split_host_port(self.listen)
         except ValueError as e:
             raise ConfigError(f"--listen: {e}") from None
+        if self.otlp_endpoint and "://" not in self.otlp_endpoint:
+            try:
+                split_host_port(self.otlp_endpoint)
+            except ValueError as e:
+                raise ConfigError(f"--otlp-endpoint: {e}") from None
         for name, low in _INT_MINIMUMS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):

@@ -34,6 +34,7 @@ from fnlb.fn import runner_protocol_pb2_grpc as fn_pb2_grpc
 from fnlb.logs import kv
 from fnlb.timefmt import format_duration, now_rfc3339, rfc3339_ms
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
+from runner_stub import tracing
 from runner_stub.call_logs import CallLogs
 from runner_stub.calls import Call as ParsedCall
 from runner_stub.calls import parse_call
@@ -253,6 +254,8 @@ class _StreamIO:
                 data=bytes(chunk), eof=offset + MAX_DATA_CHUNK >= len(body))))
 
     async def finish(self, finished: runner_pb2.CallFinished) -> None:
+        if tracing.enabled:
+            tracing.finished(finished)
         if self.orphaned:
             return  # a detached call outlived its stream: no one is listening
         await self._context.write(runner_pb2.RunnerMsg(finished=finished))
@@ -310,6 +313,8 @@ class _UnaryIO:
         self.reply.body = body
 
     async def finish(self, finished: runner_pb2.CallFinished) -> None:
+        if tracing.enabled:
+            tracing.finished(finished)
         self.reply.finished.CopyFrom(finished)
 
     async def discard_rest(self) -> None:
@@ -523,7 +528,10 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             await self._bad_request(e, _StreamIO(requests, context))
             return
         io = _StreamIO(requests, context) if acks else _FnStreamIO(requests, context)
-        await self._serve(_try_of(first), created, io)
+        tc = _try_of(first)
+        if tracing.enabled:
+            return await tracing.serve(self._serve, "TryExec", tc, created, io, context)
+        await self._serve(tc, created, io)
 
     async def Call(self, request: runner_pb2.CallRequest, context: Any) -> runner_pb2.CallReply:
         """The unary fast path: TryExec's logic, the whole call in one message each way."""
@@ -549,7 +557,11 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if io is None:
             io = _UnaryIO(request.body, context)
         # `try` is a Python keyword, hence getattr.
-        await self._serve(getattr(request, "try"), created, io)
+        if tracing.enabled:
+            await tracing.serve(self._serve, "Call" if context is not None else "Calls",
+                                getattr(request, "try"), created, io, context)
+        else:
+            await self._serve(getattr(request, "try"), created, io)
         reply = io.reply
         if len(reply.body) > _REPLY_BODY_LIMIT:
             # The function ran (committed), but its answer cannot travel in one

@@ -214,6 +214,12 @@ def add_serve_parser(sub: Any) -> None:
          help="at most N access lines per second (a burst of N); the others are counted in "
               "fnlb_access_log_suppressed_total and summed up every 10 s in one line "
               "'access log: N lines suppressed'; 0: no limit")
+    _add(p, "--otlp-endpoint", "", metavar="HOST:PORT",
+         help="export OpenTelemetry spans of every call (fnlb.invoke, fnlb.queue, "
+              "fnlb.attempt) over OTLP/gRPC to this collector (plaintext; an https:// URL "
+              "for TLS), continuing the client's W3C traceparent and passing it on to the "
+              "runners; empty: off. Needs the optional extra: pip install 'fnlb[otel]' "
+              "(README, Tracing)")
     _add(p, "--event-loop", "auto", choices=("auto", "uvloop", "asyncio"),
          help="event loop: uvloop costs less CPU per call; auto = uvloop when installed")
     _add(p, "--workers", "1", type=positive_int, metavar="N",
@@ -296,6 +302,7 @@ def config_from_args(args: argparse.Namespace) -> LBConfig:
         log_level=args.log_level,
         access_log=args.access_log,
         access_log_rate=args.access_log_rate,
+        otlp_endpoint=args.otlp_endpoint,
         workers=args.workers,
         admin_allow=None if args.admin_allow is None else split_list(args.admin_allow),
         register_allow=split_list(args.register_allow),
@@ -417,6 +424,10 @@ async def _supervise(cfg: LBConfig, worker_args: Sequence[str]) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     cfg = config_from_args(args)
+    if cfg.otlp_endpoint:
+        from fnlb import tracing
+
+        tracing.load()  # without the extra: one clear error now, not one per worker
     if not cfg.runners and not cfg.runners_file and not cfg.discovery:
         raise ConfigError("no runners: give --runners A,B (or FN_RUNNER_ADDRESSES), "
                           "--runners-file PATH, --discovery dns:///NAME:PORT, or "
@@ -425,13 +436,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from fnlb.workers import tag_worker_logs
 
         tag_worker_logs(cfg.worker_index)
-        return _run(_serve(cfg, args.worker_fd), args.event_loop)
+        return _run_traced(cfg, _serve(cfg, args.worker_fd), args.event_loop)
     if cfg.workers > 1:
         # The workers are started with the same arguments (argv after "serve").
         # The supervisor is off the data path: the stock loop is enough.
         argv: list[str] = args.argv
         return _run(_supervise(cfg, argv[argv.index("serve") + 1:]), "asyncio")
-    return _run(_serve(cfg), args.event_loop)
+    return _run_traced(cfg, _serve(cfg), args.event_loop)
+
+
+def _run_traced(cfg: LBConfig, coro: Coroutine[None, None, int], event_loop: str) -> int:
+    """``_run``, exporting spans to --otlp-endpoint meanwhile (each worker its own)."""
+    if not cfg.otlp_endpoint:
+        return _run(coro, event_loop)
+    from fnlb import tracing
+
+    tracing.setup(cfg.otlp_endpoint, "fnlb")
+    try:
+        return _run(coro, event_loop)
+    finally:
+        tracing.shutdown()  # the spans still batched go out before the process ends
 
 
 def _run(coro: Coroutine[None, None, int], event_loop: str) -> int:

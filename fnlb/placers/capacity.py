@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from fnlb import tracing
 from fnlb.placers.load import LoadTracker
 from fnlb.placers.queue import Grant, WaitQueue
 from fnlb.runnerpool import Runner
@@ -100,7 +101,8 @@ class Capacity:
         # A turn may be due already (slots freed while nobody was waiting): kick
         # once the wait below has queued us, i.e. when this task first suspends.
         asyncio.get_running_loop().call_soon(self.kick)
-        return await self.queue.wait(app_id, timeout, requeue=turn)
+        waiting = self.queue.wait(app_id, timeout, requeue=turn)
+        return await (tracing.queued(waiting) if tracing.enabled else waiting)
 
     # -- events ------------------------------------------------------------------
 

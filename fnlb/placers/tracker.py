@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from fnlb import tracing
 from fnlb.errors import (
     ClientCanceled,
     ClientTimeout,
@@ -88,7 +89,8 @@ class PlacerTracker:
             # The client deadline, not the placer timeout, bounds an attempt:
             # a committed call may run longer than the placer would wait.
             async with asyncio.timeout_at(self.client_deadline):
-                result = await runner.try_exec(call)
+                result = await (tracing.attempt(runner, call) if tracing.enabled
+                                else runner.try_exec(call))
         except TimeoutError:
             # fn: the request context ended during TryExec -> placed, with the
             # context's error. The runner saw the stream cancelled.

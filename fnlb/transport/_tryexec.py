@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import grpc
 
+from fnlb import tracing
 from fnlb.errors import RunnerError, RunnerUnreachable, ServerTooBusy
 from fnlb.logs import kv
 from fnlb.runnerpool import DETACHED, Attempt, RunnerCall
@@ -55,6 +56,8 @@ def try_call(call: RunnerCall, max_response_bytes: int, *,
                             slot_hash_id=call.slot_hash_id, extensions=call.extensions,
                             ack=ack)
     tc.extensions[MAX_RESPONSE_BYTES_KEY] = str(max_response_bytes)
+    if tracing.enabled:
+        tracing.inject(tc.extensions)  # traceparent: the runner continues the trace
     return tc
 
 
@@ -120,7 +123,7 @@ async def try_exec_stream(stub: runner_pb2_grpc.RunnerStub, call: RunnerCall, an
     """
     # Reader/writer style, not a request iterator: for one the iterator
     # grpc.aio runs an extra task per stream (measured: ~5% of LB CPU).
-    stream = stub.TryExec()
+    stream = stub.TryExec(metadata=tracing.metadata() if tracing.enabled else None)
     committed = False
     finished: runner_pb2.CallFinished | None = None
     sink = call.response

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import empty_pb2
 
+from fnlb import tracing
 from fnlb.errors import RunnerError, RunnerUnreachable
 from fnlb.logs import kv
 from fnlb.metrics import Metrics
@@ -226,7 +227,8 @@ class GrpcRunner(RunnerChannel):
         """
         timer = self._watch.watch(time.monotonic())
         try:
-            reply: runner_pb2.CallReply = await self._stub.Call(self._call_request(call))
+            reply: runner_pb2.CallReply = await self._stub.Call(
+                self._call_request(call), metadata=tracing.metadata() if tracing.enabled else None)
             self._watch.heard()
         except grpc.aio.AioRpcError as e:
             code, details = e.code(), e.details()
