@@ -175,6 +175,15 @@ def test_every_alert_explains_itself() -> None:
                 assert r["labels"]["severity"] in ("warning", "critical"), r
 
 
+def test_readme_describes_every_panel_and_alert() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Dashboards and alerts"):]
+    section = section[:section.index("\n## ")]
+    panels = {p["title"] for p in dashboard()["panels"] if p["type"] != "row"}
+    missing = sorted(t for t in panels | alert_names() if t not in section)
+    assert not missing, f"README 'Dashboards and alerts' does not describe: {missing}"
+
+
 def test_pending_metrics_are_tolerated_only_while_fnlb_lacks_them() -> None:
     source = METRICS_SOURCE.read_text()
     absent = tolerated_absent(source)
