@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 import time
@@ -175,10 +176,15 @@ def test_p2c_weighs_load_by_reported_capacity() -> None:
 async def test_p2c_spreads_concurrent_calls_evenly() -> None:
     gate = Gate(expected=400)
     runners = [GatedRunner(f"r{i}", gate) for i in range(4)]
-    placer = PowerOfTwoPlacer(FAST, Metrics(), LoadTracker(), rng=random.Random(11))
+    # A placer timeout far beyond the test: on a starved CPU, 400 tasks may take
+    # longer than FAST's 0.2 s to reach their runner, and a call that timed out
+    # would never arrive at the gate.
+    patient = dataclasses.replace(FAST, placer_timeout=60.0)
+    placer = PowerOfTwoPlacer(patient, Metrics(), LoadTracker(), rng=random.Random(11))
     tasks = [asyncio.create_task(placer.place_call(FakePool(runners), make_call(call_id=str(i))))
              for i in range(400)]
-    await gate.arrived.wait()
+    async with asyncio.timeout(60):
+        await gate.arrived.wait()
     held = sorted(r.holding for r in runners)
     # One random choice spreads 400 calls over 4 runners with a max-min gap
     # around 20 (sd ~8.7 each); with two choices the gap stays O(log log n).
