@@ -258,6 +258,8 @@ async def test_a_cancelled_waiter_leaves_no_trace() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert cap.queue.depth() == 0 and cap.queue.pending_grants() == 0
+    # A client that gave up while queued is a client cancel, as one during an attempt is.
+    assert _m.placer_client_cancels._value.get() == 1
     runner.finish_one()
     await held
     assert runner.started == ["a0"] and load.table_sizes()[0] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -164,6 +165,9 @@ class BasePlacer(abc.ABC):
                 if not await tracker.retry_all_backoff(len(runners), pool_err):
                     break
             raise tracker.final_error()
+        except asyncio.CancelledError:
+            tracker.cancelled_outside_attempt()
+            raise
         finally:
             if turn is not None:
                 turn.done()

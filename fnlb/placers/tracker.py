@@ -152,6 +152,12 @@ class PlacerTracker:
             return self.pool_error
         return ServerTooBusy()
 
+    def cancelled_outside_attempt(self) -> None:
+        """The RPC was cancelled while no attempt ran (queued, between rounds):
+        counted as a cancel or, that close to the client's deadline, a timeout."""
+        if not self.placed:
+            self.canceled = not self.client_expired(DEADLINE_SLACK)
+
     # -- fn: HandleDone --------------------------------------------------------
     def handle_done(self) -> None:
         m = self._metrics
