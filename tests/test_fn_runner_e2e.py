@@ -193,9 +193,9 @@ async def test_auto_detection_override_and_fnlb_runners_cli() -> None:
             lb([stub.addr, auto_fn.addr], "--runner-protocol", "auto") as front:
         admin = front.fields["admin_addr"]
         # Admin AddRunner takes the fn:// override too.
-        add = subprocess.run(
-            [sys.executable, "-m", "fnlb", "runners", "--lb", admin, "--add",
-             f"fn://{named_fn.addr}"], capture_output=True, text=True, timeout=30)
+        add = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "fnlb", "runners", "--lb", admin, "--add",
+                             f"fn://{named_fn.addr}"], capture_output=True, text=True, timeout=30)
         assert add.returncode == 0, add.stderr
 
         async def learned() -> bool:
@@ -204,8 +204,9 @@ async def test_auto_detection_override_and_fnlb_runners_cli() -> None:
         protocols = {r.address: r.protocol for r in await list_runners(front)}
         assert protocols == {stub.addr: "fnlb", auto_fn.addr: "fn",
                              f"fn://{named_fn.addr}": "fn"}
-        out = subprocess.run([sys.executable, "-m", "fnlb", "runners", "--lb", admin],
-                             capture_output=True, text=True, timeout=30)
+        out = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "fnlb", "runners", "--lb", admin],
+            capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         col = lines[0].split().index("PROTOCOL")

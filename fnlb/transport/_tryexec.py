@@ -26,6 +26,7 @@ from fnlb.transport._accept import AcceptWatch
 from fnlb.transport._answers import Answers
 from fnlb.transport._response import MAX_RESPONSE_BYTES_KEY, StreamingSink, is_streaming, too_large
 from fnlb.transport.commit import Verdict
+from fnlb.transport.fn_runner import FnRunnerStub
 from fnlb.v1 import runner_pb2, runner_pb2_grpc
 
 __all__ = ["CHUNK_SIZE", "DETACHED_DRAIN", "try_call", "try_exec_stream"]
@@ -125,10 +126,12 @@ async def _start_sending(sending: Awaitable[None], call: RunnerCall) -> asyncio.
     return asyncio.create_task(_quietly(sending))
 
 
-async def try_exec_stream(stub: runner_pb2_grpc.RunnerStub, call: RunnerCall, answers: Answers,
+async def try_exec_stream(stub: runner_pb2_grpc.RunnerStub | FnRunnerStub, call: RunnerCall,
+                          answers: Answers,
                           keep: Callable[[asyncio.Task[None]], None], *,
                           acks: bool = False, watch: AcceptWatch | None = None) -> Attempt:
-    """One TryExec stream (the fn protocol): every call a Call cannot take.
+    """One TryExec stream (the fn protocol): every call a Call cannot take, and
+    every call to an fn runner (``FnRunnerStub``: its TryExec is fn's Engage).
 
     ``acks``: the runner lists "ack": ask for an acknowledgement and send the
     body (the go) only once it is read; until then any failure, or no answer

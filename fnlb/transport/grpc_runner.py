@@ -198,11 +198,7 @@ class GrpcRunner(RunnerChannel):
                     f"runner {self._address}: no runner protocol answered Status: "
                     f"{e.code().name}: {e.details()}"))
         if self._protocol == FN:
-            # fn's RunnerProtocol: Engage only (no fast paths, no ack).
-            attempt = await try_exec_stream(self._fn_stub, call, self._answers, self._keep,
-                                            watch=self._watch)
-            self._unsupported(attempt)
-            return attempt
+            return await self._engage(call)
         acks = self._acks
         # A streaming sink (InvokeStream) gets the response as TryExec frames
         # whatever its size; Call and Calls carry it in one message.
@@ -221,6 +217,13 @@ class GrpcRunner(RunnerChannel):
             # UNIMPLEMENTED: the runner never ran it; same attempt, over TryExec.
         attempt = await try_exec_stream(self._stub, call, self._answers, self._keep,
                                         acks=acks, watch=self._watch)
+        self._unsupported(attempt)
+        return attempt
+
+    async def _engage(self, call: RunnerCall) -> Attempt:
+        """fn's RunnerProtocol: every call on one Engage stream (no fast paths, no ack)."""
+        attempt = await try_exec_stream(self._fn_stub, call, self._answers, self._keep,
+                                        watch=self._watch)
         self._unsupported(attempt)
         return attempt
 

@@ -126,16 +126,19 @@ def build(pb: Any, pb_grpc: Any, args: argparse.Namespace) -> Any:
     return Runner()
 
 
+def _server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())],
+        root_certificates=Path(args.tls_ca).read_bytes(), require_client_auth=True)
+
+
 async def serve(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fn_double_") as out:
         pb, pb_grpc = _compile(out)
         server = grpc.aio.server()
         pb_grpc.add_RunnerProtocolServicer_to_server(build(pb, pb_grpc, args), server)
         if args.tls_cert:
-            creds = grpc.ssl_server_credentials(
-                [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())],
-                root_certificates=Path(args.tls_ca).read_bytes(), require_client_auth=True)
-            port = server.add_secure_port(args.listen, creds)
+            port = server.add_secure_port(args.listen, _server_credentials(args))
         else:
             port = server.add_insecure_port(args.listen)
         await server.start()
