@@ -10,7 +10,7 @@ import contextlib
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -48,6 +48,12 @@ def started(proc: Proc) -> list[dict[str, str]]:
 
 def nacks(proc: Proc) -> int:
     return sum("msg=nack" in line for line in proc.read_lines())
+
+
+async def settled(count: Callable[[], int], n: int) -> None:
+    """Wait until the doubles' logs show ``n`` events: a line may reach us after
+    the response it preceded."""
+    await wait_until(lambda: count() >= n, within=10, what=f"{n} logged events")
 
 
 async def invoke(addr: str, n: int, concurrency: int, *, fn_id: str = "echo",
@@ -89,6 +95,7 @@ async def test_every_placer_places_on_fn_runners(placer: str) -> None:
         assert all(r.status_code == 200 and r.body.startswith(b"hello") for r in ok)
         assert {r.runner for r in ok} <= {f"fn://{a.addr}", f"fn://{b.addr}"}
         # Each call ran exactly once, on the runner the response names.
+        await settled(lambda: len(started(a)) + len(started(b)), 40)
         ran = Counter(c["call_id"] for c in started(a) + started(b))
         assert sorted(ran.values()) == [1] * 40
         assert {r.call_id for r in ok} == set(ran)
@@ -101,6 +108,7 @@ async def test_nacks_go_elsewhere_and_are_never_run() -> None:
         ok, errors = await invoke(front.addr, 30, 4)
         assert not errors, errors[:3]
         assert {r.runner for r in ok} == {free.addr}
+        await settled(lambda: len(started(free)), 30)
         assert len(started(free)) == 30 and not started(busy)
         assert nacks(busy) > 0
         assert max(r.attempts for r in ok) >= 2
@@ -119,7 +127,7 @@ async def test_nack_and_hang_up_under_a_burst_gives_no_client_error() -> None:
             ok, errors = await invoke(front.addr, 200, 64, body=body)
             assert not errors, Counter(f"{e.code().name}: {e.details()}" for e in errors)
             assert len(ok) == 200 and {r.runner for r in ok} == {free.addr}
-            assert nacks(hangup) - before >= 50  # the refusals really happened
+            await settled(lambda: nacks(hangup), before + 50)  # the refusals really happened
 
 
 async def test_crash_after_commit_is_an_error_and_never_rerun() -> None:
@@ -128,6 +136,8 @@ async def test_crash_after_commit_is_an_error_and_never_rerun() -> None:
             lb([f"fn://{crash.addr}", f"fn://{good.addr}"], "--placer", "naive") as front:
         ok, errors = await invoke(front.addr, 8, 1, fn_id="each")
         crash.wait(10)
+        crash.wait_for_line("msg=crashing")
+        await settled(lambda: len(started(good)), len(ok))
         # The call that reached the crashing runner fails; the others ran on `good`.
         crashed = [c["fn_id"] for c in started(crash)]
         assert len(crashed) == 1 and len(errors) == 1, (crashed, errors)
@@ -178,6 +188,7 @@ async def test_mixed_pool_under_load() -> None:
         assert not errors, Counter(f"{e.code().name}: {e.details()}" for e in errors)
         by_runner = Counter(r.runner for r in ok)
         assert set(by_runner) == {s1.addr, s2.addr, fn.addr}, by_runner
+        await settled(lambda: len(started(fn)), by_runner[fn.addr])
         assert by_runner[fn.addr] == len(started(fn))
         attempts = sum(r.attempts for r in ok) / len(ok)
         print(f"\nmixed pool: calls={n} errors={len(errors)} attempts/call={attempts:.3f} "
@@ -214,6 +225,8 @@ async def test_auto_detection_override_and_fnlb_runners_cli() -> None:
         assert rows == {stub.addr: "fnlb", auto_fn.addr: "fn", f"fn://{named_fn.addr}": "fn"}
         ok, errors = await invoke(front.addr, 30, 6)
         assert not errors and len(ok) == 30
+        await settled(lambda: len(started(auto_fn)),
+                      sum(r.runner == auto_fn.addr for r in ok))
 
         # Draining an fn runner is the LB's alone (fn has no Close): no new calls there.
         async with grpc.aio.insecure_channel(admin) as ch:
@@ -257,4 +270,6 @@ async def test_protocol_is_learned_again_when_the_runner_changes(fixed_port: int
                 return [r.protocol for r in await list_runners(front)] == ["fn"]
             await wait_until(fn_learned, within=20)
             ok, errors = await invoke(front.addr, 10, 2)
-            assert not errors and len(started(fn)) == 10
+            assert not errors and {r.runner for r in ok} == {addr}
+            await settled(lambda: len(started(fn)), 10)
+            assert len(started(fn)) == 10
