@@ -65,7 +65,7 @@ def merge_runner_infos(answers: Sequence[Sequence[lb_pb2.RunnerInfo]]) -> list[l
             slots_free=fresh.slots_free, last_status_at=fresh.last_status_at,
             consecutive_failures=failing.consecutive_failures,
             last_error=failing.last_error or max(i.last_error for i in infos),
-            source=",".join(sources)))
+            source=",".join(sources), protocol=fresh.protocol))
     return out
 
 

@@ -101,6 +101,12 @@ async def _caller_address(address: str, context: Context) -> str:
     return f"{peer}:{port}"
 
 
+def _host(address: str) -> str:
+    """The host of a parsed runner address, without ``fn://`` or ``fnlb://``."""
+    return address.partition("://")[2].rpartition(":")[0] if "://" in address \
+        else address.rpartition(":")[0]
+
+
 async def _runner_address(text: str, context: Context) -> str:
     """The request's runner address, bounded, resolved (``_caller_address``) and normalised."""
     size = len(text.encode("utf-8", "surrogatepass"))
@@ -109,12 +115,14 @@ async def _runner_address(text: str, context: Context) -> str:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"address: {size} bytes; a runner address is HOST:PORT with a "
                             f"host name of at most {MAX_HOST_BYTES} bytes")
-    address = await _caller_address(text, context)
+    # fn://HOST:PORT names an fn runner: the scheme stays, the host is resolved.
+    scheme, sep, rest = text.strip().partition("://")
+    address = await _caller_address(rest if sep else text, context)
     try:
-        address = parse_address(address, source="address")
+        address = parse_address(f"{scheme}://{address}" if sep else address, source="address")
     except ConfigError as e:  # the message names the field: "address: ..."
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    host = address.rpartition(":")[0]
+    host = _host(address)
     if not host.startswith("[") and (len(host) > MAX_HOST_BYTES or any(
             len(label) > _MAX_LABEL for label in host.split("."))):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -144,7 +152,7 @@ class _Gate:
             await self._refuse(context, method, caller, decision)
         resolved = "" if address is None else await _runner_address(address, context)
         if decision.needs_address:
-            decision = self.policy.decide(method, caller, resolved.rpartition(":")[0], ttl_s)
+            decision = self.policy.decide(method, caller, _host(resolved), ttl_s)
             if not decision.allowed:
                 await self._refuse(context, method, caller, decision)
         return caller, resolved, decision.reason
@@ -177,7 +185,7 @@ def runner_info(v: RunnerView) -> lb_pb2.RunnerInfo:
         runner_active=s.active if s else 0, slots_total=s.slots_total if s else 0,
         slots_free=s.slots_free if s else 0, last_error=v.last_error,
         source=",".join(v.sources), last_status_at=v.last_status_at, placed=v.placed,
-        consecutive_failures=v.consecutive_failures)
+        consecutive_failures=v.consecutive_failures, protocol=v.protocol)
 
 
 class AdminServicer(lb_pb2_grpc.AdminServicer):

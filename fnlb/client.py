@@ -108,12 +108,13 @@ async def list_runners(args: argparse.Namespace) -> int:
 def format_runners(resp: lb_pb2.ListRunnersResponse) -> str:
     """The pool as an aligned text table, one runner per line."""
     rows = [("ADDRESS", "STATE", "INFLIGHT", "ACTIVE", "SLOTS", "PLACED", "FAILS", "SOURCE",
-             "LAST STATUS", "LAST ERROR")]
+             "PROTOCOL", "LAST STATUS", "LAST ERROR")]
     for r in resp.runners:
+        # SLOTS "-": capacity unknown (e.g. an fn runner, whose Status has no slots).
         slots = f"{r.slots_free}/{r.slots_total}" if r.slots_total else "-"
         rows.append((r.address, r.state, str(r.inflight), str(r.runner_active), slots,
                      str(r.placed), str(r.consecutive_failures), r.source,
-                     r.last_status_at or "-", r.last_error[:60]))
+                     r.protocol or "-", r.last_status_at or "-", r.last_error[:60]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]

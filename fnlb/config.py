@@ -71,6 +71,8 @@ class LBConfig:
     idempotent_retries: int = 2
     # A try a runner has not answered within this long makes it suspect (0: never).
     accept_timeout: float = 1.0
+    # --runner-protocol: "auto", "fnlb" or "fn" (addresses without fn:// / fnlb://).
+    runner_protocol: str = "auto"
     drain_grace: float = 30.0
     connect_timeout: float = 1.0
     default_timeout_s: int = 30
@@ -153,6 +155,9 @@ class LBConfig:
                               f"got {self.stream_header_timeout}")
         if not self.accept_timeout >= 0:
             raise ConfigError(f"--accept-timeout must be >= 0, got {self.accept_timeout}")
+        if self.runner_protocol not in ("auto", "fnlb", "fn"):
+            raise ConfigError(f"--runner-protocol must be auto, fnlb or fn, "
+                              f"got {self.runner_protocol!r}")
         if self.max_response_bytes <= 0:
             raise ConfigError(f"--max-response-bytes must be > 0, got {self.max_response_bytes}")
         if self.drain_grace < 0:

@@ -181,7 +181,7 @@ class LBServer:
         factory = self._factory or make_runner_factory(
             self.metrics, cfg.connect_timeout, cfg.runner_server_name or None,
             accept_timeout=cfg.accept_timeout or None,
-            max_response_bytes=cfg.max_response_bytes)
+            max_response_bytes=cfg.max_response_bytes, protocol=cfg.runner_protocol)
         tls = None
         if cfg.runner_tls is not None:
             from fnlb.tls import ClientTLS, TLSFiles

@@ -221,3 +221,25 @@ def test_which_verdicts_are_placed_and_lost() -> None:
     # Every Verdict is in the table: a new one must be classified here on purpose.
     assert set(PLACED) == set(Verdict)
     assert {v: (v.placed, v.lost) for v in Verdict} == PLACED
+
+
+@pytest.mark.parametrize(("code", "details", "committed", "sent", "verdict"), [
+    # The LB could not even write the try (the stream had ended): no call reached the runner.
+    (S.INTERNAL, "Internal error from Core", False, False, Verdict.NEVER_REACHED),
+    (S.UNAVAILABLE, "Socket closed", False, False, Verdict.NEVER_REACHED),
+    (S.UNKNOWN, "Stream removed", False, False, Verdict.NEVER_REACHED),
+    # The try went out: fn's rule, committed unless NACKed.
+    (S.INTERNAL, "Internal error from Core", False, True, Verdict.FAILED),
+    (S.UNKNOWN, "Timed out - server too busy", False, True, Verdict.NACK),  # fn's Engage error
+    # The runner does not serve the RPC (the other runner protocol): never ran it.
+    (S.UNIMPLEMENTED, "Method not found!", False, True, Verdict.UNSUPPORTED),
+    (S.UNIMPLEMENTED, "unknown service fnlb.v1.Runner", False, True, Verdict.UNSUPPORTED),
+    # ... but once it answered, nothing un-commits the call.
+    (S.UNIMPLEMENTED, "Method not found!", True, True, Verdict.FAILED),
+    (S.INTERNAL, "Internal error from Core", True, False, Verdict.FAILED),
+])
+def test_rpc_failed_fn_runner_refusals(code: commit.Code, details: str | None, committed: bool,
+                                       sent: bool, verdict: Verdict) -> None:
+    assert commit.rpc_failed(code, details, committed=committed, sent=sent) is verdict
+    assert verdict.placed is (verdict not in (Verdict.NEVER_REACHED, Verdict.NACK,
+                                              Verdict.UNSUPPORTED))

@@ -84,7 +84,12 @@ def add_serve_parser(sub: Any) -> None:
     _add(p, "--metrics-listen", "127.0.0.1:9091", metavar="HOST:PORT",
          help="Prometheus /metrics HTTP address; empty to disable")
     _add(p, "--runners", "", metavar="A,B,...",
-         help="static runner pool: comma-separated HOST:PORT runner addresses")
+         help="static runner pool: comma-separated HOST:PORT runner addresses "
+              "(fn://HOST:PORT: an fn runner)")
+    _add(p, "--runner-protocol", "auto", choices=("auto", "fnlb", "fn"),
+         help="what runners speak: 'fnlb' (fnlb.v1.Runner), 'fn' (fn's RunnerProtocol: "
+              "Engage/Status) or 'auto' (ask fnlb.v1.Runner/Status, then fn's; learned per "
+              "runner); an address written fn://HOST:PORT or fnlb://HOST:PORT overrides it")
     _add(p, "--runners-file", None, metavar="PATH",
          help="file pool: runner addresses, one per line (# comments), re-read when it changes")
     _add(p, "--runners-file-interval", "1s", type=duration, metavar="DUR",
@@ -292,6 +297,7 @@ def config_from_args(args: argparse.Namespace) -> LBConfig:
         stream_header_timeout=args.stream_header_timeout,
         max_response_bytes=args.max_response_bytes,
         accept_timeout=args.accept_timeout,
+        runner_protocol=args.runner_protocol,
         idempotent_retries=args.idempotent_retries,
         drain_grace=args.drain_grace,
         connect_timeout=args.connect_timeout,

@@ -74,7 +74,7 @@ def parse_discovery(uri: str) -> DnsTarget:
     if authority:
         server = authority if authority.rpartition(":")[2].isdigit() else f"{authority}:53"
         ns_host, _, ns_port = parse_address(
-            server, source="--discovery DNS server").rpartition(":")
+            server, source="--discovery DNS server", scheme=False).rpartition(":")
         try:
             ipaddress.ip_address(ns_host.strip("[]"))
         except ValueError:
@@ -93,7 +93,8 @@ def parse_discovery(uri: str) -> DnsTarget:
             raise ConfigError(f"--discovery: {uri!r} needs the runners' port: "
                               f"dns:///{target}:9190")
         # parse_address checks the host syntax and the port range.
-        name, _, port_text = parse_address(target, source="--discovery").rpartition(":")
+        name, _, port_text = parse_address(
+            target, source="--discovery", scheme=False).rpartition(":")
         port = int(port_text)
     name = name.rstrip(".") if name.endswith(".") and len(name) > 1 else name
     if not name or len(name) > 253:

@@ -76,6 +76,8 @@ class RunnerView:
     last_status_at: str
     status: RunnerStatus | None
     ttl_remaining_s: float | None
+    # The runner protocol it speaks ("fnlb", "fn"; "" while not yet learned).
+    protocol: str = ""
 
 
 class Member:
@@ -347,7 +349,8 @@ class Members:
                 inflight=self.inflight(m), placed=m.placed,
                 consecutive_failures=m.health.failures, last_error=m.health.last_error,
                 last_status_at=m.status_at, status=m.status,
-                ttl_remaining_s=None if ttl is None else max(ttl, 0.0)))
+                ttl_remaining_s=None if ttl is None else max(ttl, 0.0),
+                protocol=getattr(m.runner, "protocol", "")))
         return out
 
     def counts(self) -> tuple[int, int]:

@@ -20,10 +20,15 @@ from fnlb.transport._response import DEFAULT_MAX_RESPONSE_BYTES, too_large
 from fnlb.transport.commit import Verdict
 from fnlb.v1 import runner_pb2
 
-__all__ = ["Answers"]
+__all__ = ["Answers", "ProtocolMismatch"]
 
 # GrpcRunner's logger, whichever of its modules logs.
 log = logging.getLogger("fnlb.transport.grpc_runner")
+
+
+class ProtocolMismatch(RunnerUnreachable):
+    """The runner answered UNIMPLEMENTED: it speaks the other runner protocol
+    (fnlb.transport.fn_runner) and never ran the call."""
 
 
 def _ns(value: int) -> float:
@@ -87,11 +92,12 @@ class Answers:
             runner=self.address, memory_mb_total=f.memory_mb_total or None))
 
     def rpc_failed(self, e: grpc.aio.AioRpcError, call: RunnerCall, *,
-                   committed: bool, acks: bool = False) -> Attempt:
+                   committed: bool, acks: bool = False, sent: bool = True) -> Attempt:
         """An RPC ended with an error status: NACK, never reached, unacknowledged,
-        canceled or committed."""
+        unsupported, canceled or committed (``sent``: as commit.rpc_failed's)."""
         code, details = e.code(), e.details()
-        return self.failed(commit.rpc_failed(code, details, committed=committed, acks=acks),
+        return self.failed(commit.rpc_failed(code, details, committed=committed, acks=acks,
+                                             sent=sent),
                            code, details, call)
 
     def failed(self, verdict: Verdict, code: grpc.StatusCode, details: str | None,
@@ -106,6 +112,10 @@ class Answers:
             return Attempt(False, RunnerUnreachable(
                 f"runner {self.address}: {code.name}: {details} (before it acknowledged "
                 "the call)"))
+        if verdict is Verdict.UNSUPPORTED:
+            # The runner does not serve the RPC: it never ran the call.
+            return Attempt(False, ProtocolMismatch(
+                f"runner {self.address} does not serve this protocol: {code.name}: {details}"))
         if verdict is Verdict.CANCELED:
             return Attempt(True, ClientCanceled())
         # Committed (or could have been): the call may have run; never re-send.

@@ -22,6 +22,7 @@ from fnlb.logs import kv
 from fnlb.runnerpool import RunnerStatus
 from fnlb.transport._accept import AcceptWatch
 from fnlb.transport.callstream import CallStream
+from fnlb.transport.fn_runner import FnRunnerStub
 from fnlb.v1 import runner_pb2_grpc
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class RunnerChannel:
     """The channel half of ``GrpcRunner``, which sets these attributes in ``__init__``."""
 
     _address: str
+    _target: str
     _max_response_bytes: int
     _server_name: str | None
     _keepalive: bool
@@ -93,6 +95,7 @@ class RunnerChannel:
     _credentials: grpc.ChannelCredentials | None
     _channel: grpc.aio.Channel
     _stub: runner_pb2_grpc.RunnerStub
+    _fn_stub: FnRunnerStub
     _call_stream: CallStream
     _watch: AcceptWatch
     _retiring: list[grpc.aio.Channel]
@@ -119,11 +122,12 @@ class RunnerChannel:
         self._credentials = credentials
         options = self._channel_options()
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(self._address, options=options)
+            self._channel = grpc.aio.insecure_channel(self._target, options=options)
         else:
-            self._channel = grpc.aio.secure_channel(self._address, credentials,
+            self._channel = grpc.aio.secure_channel(self._target, credentials,
                                                     options=options)
         self._stub = runner_pb2_grpc.RunnerStub(self._channel)
+        self._fn_stub = FnRunnerStub(self._channel)
         self._call_stream = CallStream(self._stub, self._watch)
         # Connect now, so the first call finds the runner ready (or known down).
         self._channel.get_state(try_to_connect=True)
@@ -172,9 +176,13 @@ class RunnerChannel:
                                                keepalive="1s" if want else "30s"))
         return True
 
+    def _reconnected(self) -> None:
+        """Called after a re-dial: what was learned of the runner may have changed."""
+
     def _redial(self, credentials: grpc.ChannelCredentials | None) -> None:
         old_channel, old_stream = self._channel, self._call_stream
         self._dial(credentials)
+        self._reconnected()
         self._retiring.append(old_channel)
         self._keep(asyncio.create_task(self._retire(old_channel, old_stream)))
 

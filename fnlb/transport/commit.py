@@ -129,17 +129,23 @@ def finished(*, success: bool, error_code: int, answered: bool) -> Verdict:
 
 
 def rpc_failed(code: Code, details: str | None, *, committed: bool,
-               acks: bool = False) -> Verdict:
+               acks: bool = False, sent: bool = True) -> Verdict:
     """An RPC ended with an error status; ``committed``: the runner had answered something.
 
     ``acks``: the call asked an "ack" runner for an acknowledgement, so
     ``committed`` means the LB read it; before that, any failure but the
     runner rejecting the call itself (INVALID_ARGUMENT) is not placed.
+    ``sent`` False: the stream ended before the LB could write the ``try``
+    (e.g. the runner hung up first): without it the runner has no call.
+    UNIMPLEMENTED before any answer: the runner does not serve the RPC (it
+    speaks the other runner protocol), so it never ran the call.
     """
     if not committed and is_too_busy(code, details):
         return Verdict.NACK
-    if not committed and never_reached(code, details):
+    if not committed and (not sent or never_reached(code, details)):
         return Verdict.NEVER_REACHED
+    if not committed and code == grpc.StatusCode.UNIMPLEMENTED:
+        return Verdict.UNSUPPORTED
     if acks and not committed and code != grpc.StatusCode.INVALID_ARGUMENT:
         return Verdict.UNACKED
     if code == grpc.StatusCode.CANCELLED:

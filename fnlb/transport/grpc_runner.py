@@ -31,7 +31,7 @@ from fnlb.metrics import Metrics
 from fnlb.runnerpool import DETACHED, Attempt, MTLSRunnerFactory, RunnerCall, RunnerStatus
 from fnlb.transport import commit
 from fnlb.transport._accept import AcceptWatch
-from fnlb.transport._answers import Answers
+from fnlb.transport._answers import Answers, ProtocolMismatch
 from fnlb.transport._channel import RunnerChannel
 from fnlb.transport._response import DEFAULT_MAX_RESPONSE_BYTES, is_streaming
 from fnlb.transport._tryexec import DETACHED_DRAIN, try_call, try_exec_stream
@@ -41,6 +41,7 @@ from fnlb.transport.callstream import (
     CallStreamFailed,
 )
 from fnlb.transport.commit import Verdict
+from fnlb.transport.fn_runner import AUTO, FN, FNLB, protocol_of, status_from_fn
 from fnlb.v1 import runner_pb2
 
 if TYPE_CHECKING:
@@ -84,8 +85,13 @@ class GrpcRunner(RunnerChannel):
                  server_name: str | None = None, unary: bool = True,
                  calls: bool = True, tls_source: ClientTLS | None = None,
                  ack: bool = True, accept_timeout: float | None = 1.0,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
-        """``tls_source`` (instead of ``credentials``): when its certificate
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 protocol: str = FNLB) -> None:
+        """``address``: ``HOST:PORT``, or ``fn://HOST:PORT`` / ``fnlb://HOST:PORT``
+        to name the runner's protocol (fnlb.transport.fn_runner); ``protocol``:
+        the protocol of addresses without one ("auto": learn it from Status;
+        the LB's factory defaults to it).
+        ``tls_source`` (instead of ``credentials``): when its certificate
         files change, ``refresh`` re-dials the runner with them.
         ``max_response_bytes``: the most response body a call may bring back
         (``--max-response-bytes``); the runner is told it with every call.
@@ -94,6 +100,13 @@ class GrpcRunner(RunnerChannel):
         ``ack`` False: never ask for acknowledgements, even if the runner lists "ack".
         """
         self._address = address
+        scheme, sep, rest = address.partition("://")
+        self._target = rest if sep else address
+        self._protocol_setting = protocol_of(scheme if sep else None, protocol)
+        # The protocol the runner speaks; None until learned ("auto" only).
+        self._protocol: str | None = (
+            None if self._protocol_setting == AUTO else self._protocol_setting)
+        self._learning: asyncio.Future[None] | None = None
         self._max_response_bytes = max_response_bytes
         self._server_name = server_name
         self._keepalive = False  # KEEPALIVE_OPTIONS: once the runner lists "keepalive"
@@ -134,6 +147,16 @@ class GrpcRunner(RunnerChannel):
         return self._address
 
     @property
+    def protocol(self) -> str:
+        """"fnlb" or "fn" (fn's RunnerProtocol); "" while not yet learned."""
+        return self._protocol or ""
+
+    def _reconnected(self) -> None:
+        # "auto": a re-dialled runner may be another program now; learn again.
+        if self._protocol_setting == AUTO:
+            self._protocol = None
+
+    @property
     def unary(self) -> bool:
         """False once the runner is known not to serve Runner/Call."""
         return self._unary
@@ -168,6 +191,15 @@ class GrpcRunner(RunnerChannel):
             self._explain_unreachable()
             return Attempt(False, RunnerUnreachable(
                 f"runner {self._address} unreachable (channel {state})"))
+        if self._protocol is None:
+            try:
+                await self._learn_protocol()
+            except grpc.aio.AioRpcError as e:
+                return Attempt(False, RunnerUnreachable(
+                    f"runner {self._address}: no runner protocol answered Status: "
+                    f"{e.code().name}: {e.details()}"))
+        if self._protocol == FN:
+            return await self._engage(call)
         acks = self._acks
         # A streaming sink (InvokeStream) gets the response as TryExec frames
         # whatever its size; Call and Calls carry it in one message.
@@ -184,8 +216,69 @@ class GrpcRunner(RunnerChannel):
                 if attempt is not None:
                     return attempt
             # UNIMPLEMENTED: the runner never ran it; same attempt, over TryExec.
-        return await try_exec_stream(self._stub, call, self._answers, self._keep,
-                                     acks=acks, watch=self._watch)
+        attempt = await try_exec_stream(self._stub, call, self._answers, self._keep,
+                                        acks=acks, watch=self._watch)
+        self._unsupported(attempt)
+        return attempt
+
+    async def _engage(self, call: RunnerCall) -> Attempt:
+        """fn's RunnerProtocol: every call on one Engage stream (no fast paths, no ack)."""
+        attempt = await try_exec_stream(self._fn_stub, call, self._answers, self._keep,
+                                        watch=self._watch)
+        self._unsupported(attempt)
+        return attempt
+
+    def _unsupported(self, attempt: Attempt) -> None:
+        # A runner that answers UNIMPLEMENTED to the protocol learned (not
+        # placed, Answers.failed) was replaced by one speaking the other: the
+        # next call learns again.
+        if self._protocol_setting == AUTO and isinstance(attempt.error, ProtocolMismatch):
+            self._protocol = None
+
+    async def _learn_protocol(self) -> None:
+        """Learn the protocol with one Status (shared by the calls that wait for it)."""
+        if self._learning is None:
+            self._learning = asyncio.ensure_future(self._learn_once())
+        learning = self._learning
+        try:
+            await asyncio.shield(learning)
+        finally:
+            if learning.done() and self._learning is learning:
+                self._learning = None
+
+    async def _learn_once(self) -> None:
+        # Only the protocol: the fast paths are the prober's to negotiate.
+        protocol, _ = await self._ask_status(2.0)
+        self._watch.heard()
+        self._set_protocol(protocol)
+
+    def _set_protocol(self, protocol: str) -> None:
+        if protocol != self._protocol:
+            log.info("runner protocol", extra=kv(runner=self._address, protocol=protocol,
+                                                  setting=self._protocol_setting))
+        self._protocol = protocol
+
+    @staticmethod
+    def _convert(protocol: str, s: runner_pb2.RunnerStatus) -> RunnerStatus:
+        return status_from_fn(s) if protocol == FN else status_from_pb(s)
+
+    async def _ask_status(self, timeout: float) -> tuple[str, runner_pb2.RunnerStatus]:
+        """(protocol, Status reply): the protocol known (or fnlb.v1's) first; with
+        "auto", on UNIMPLEMENTED the other one. Changes nothing."""
+        if self._protocol_setting != AUTO:
+            order = [self._protocol_setting]
+        else:
+            order = [FN, FNLB] if self._protocol == FN else [FNLB, FN]
+        for i, protocol in enumerate(order):
+            stub = self._fn_stub if protocol == FN else self._stub
+            try:
+                s: runner_pb2.RunnerStatus = await stub.Status(empty_pb2.Empty(),
+                                                               timeout=timeout)
+                return protocol, s
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNIMPLEMENTED or i == len(order) - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _call_request(self, call: RunnerCall, ack: bool = False) -> runner_pb2.CallRequest:
         # `try` is a Python keyword, hence the dict (the stubs cannot type it).
@@ -245,10 +338,14 @@ class GrpcRunner(RunnerChannel):
         return self._answers.replied(reply, call)
 
     async def status(self, timeout: float = 2.0) -> RunnerStatus:
-        """The runner's Status RPC, and nothing else: no re-dial, no renegotiation."""
-        s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
+        """The runner's Status RPC, and nothing else: no re-dial, no renegotiation.
+
+        fnlb.v1.Runner/Status or fn's /RunnerProtocol/Status, as the runner speaks
+        (with "auto" and no protocol learned yet: fnlb's, then fn's).
+        """
+        protocol, s = await self._ask_status(timeout)
         self._watch.heard()
-        return status_from_pb(s)
+        return self._convert(protocol, s)
 
     def negotiate(self, status: RunnerStatus) -> None:
         """Use the fast paths ``status.features`` lists, and only those.
@@ -270,7 +367,8 @@ class GrpcRunner(RunnerChannel):
         self.follow_tls()
         self.redial_if_failing()
         try:
-            status = await self.status(timeout)
+            protocol, s = await self._ask_status(timeout)
+            self._watch.heard()
         except grpc.aio.AioRpcError as e:
             # The prober only says "unreachable": say why when TLS is the reason
             # (e.g. our certificate expired), at most every 10 s.
@@ -282,14 +380,29 @@ class GrpcRunner(RunnerChannel):
                     runner=self._address, code=e.code().name, cause=e.details(),
                     tls_cause=cause))
             raise
+        status = self._convert(protocol, s)
+        # Every poll checks the protocol too: a runner restarted as the other
+        # kind is followed ("auto").
+        self._set_protocol(protocol)
         self.negotiate(status)
         self.follow_keepalive(status)
         return status
 
     async def drain(self, wait: bool = False, timeout: float = 5.0) -> runner_pb2.CloseResponse:
-        """Ask the runner itself to drain (its Close RPC)."""
-        resp: runner_pb2.CloseResponse = await self._stub.Close(
-            runner_pb2.CloseRequest(wait=wait), timeout=timeout)
+        """Ask the runner itself to drain (its Close RPC).
+
+        fn's runners have no Close: for them (or a runner without Close) the
+        drain is the LB's alone, which stops placing there, and this is a no-op.
+        """
+        if self._protocol == FN:
+            return runner_pb2.CloseResponse()
+        try:
+            resp: runner_pb2.CloseResponse = await self._stub.Close(
+                runner_pb2.CloseRequest(wait=wait), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            return runner_pb2.CloseResponse()
         return resp
 
     async def close(self) -> None:
@@ -315,17 +428,20 @@ def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
                         server_name: str | None = None,
                         accept_timeout: float | None = 1.0,
                         ack: bool = True,
-                        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> MTLSRunnerFactory:
+                        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                        protocol: str = AUTO) -> MTLSRunnerFactory:
     """fn's MTLSRunnerFactory: mTLS when given the LB's ClientTLS, plaintext otherwise.
 
-    ``accept_timeout`` and ``ack``: as ``GrpcRunner``'s.
+    ``accept_timeout`` and ``ack``: as ``GrpcRunner``'s. ``protocol``
+    (``--runner-protocol``): "auto", "fnlb" or "fn", for addresses without
+    ``fn://`` or ``fnlb://``; either kind of runner gets the same channel and TLS.
     """
 
     def factory(address: str, tls: ClientTLS | None) -> GrpcRunner:
         return GrpcRunner(address, metrics=metrics, connect_timeout=connect_timeout,
                           server_name=server_name, tls_source=tls,
                           accept_timeout=accept_timeout, ack=ack,
-                          max_response_bytes=max_response_bytes)
+                          max_response_bytes=max_response_bytes, protocol=protocol)
 
     return factory
 

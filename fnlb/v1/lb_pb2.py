@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x66nlb/v1/lb.proto\x12\x07\x66nlb.v1\"\x98\x03\n\rInvokeRequest\x12\r\n\x05\x66n_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x1f\n\x04type\x18\x04 \x01(\x0e\x32\x11.fnlb.v1.CallType\x12\x11\n\ttimeout_s\x18\x05 \x01(\x05\x12\x11\n\tmemory_mb\x18\x06 \x01(\x04\x12\x32\n\x06\x63onfig\x18\x07 \x03(\x0b\x32\".fnlb.v1.InvokeRequest.ConfigEntry\x12\x34\n\x07headers\x18\x08 \x03(\x0b\x32#.fnlb.v1.InvokeRequest.HeadersEntry\x12\r\n\x05image\x18\t \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\n \x01(\t\x12\x16\n\x0eidle_timeout_s\x18\x0b \x01(\x05\x12\x12\n\nidempotent\x18\x0c \x01(\x08\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcd\x01\n\x0eInvokeResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\x35\n\x07headers\x18\x03 \x03(\x0b\x32$.fnlb.v1.InvokeResponse.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\x0e\n\x06runner\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x13InvokeStreamRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x16.fnlb.v1.InvokeRequestH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"Z\n\x14InvokeStreamResponse\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x17.fnlb.v1.InvokeResponseH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"\xe8\x01\n\nRunnerInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08inflight\x18\x03 \x01(\x05\x12\x15\n\rrunner_active\x18\x04 \x01(\x05\x12\x13\n\x0bslots_total\x18\x05 \x01(\x05\x12\x12\n\nslots_free\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x16\n\x0elast_status_at\x18\t \x01(\t\x12\x0e\n\x06placed\x18\n \x01(\x04\x12\x1c\n\x14\x63onsecutive_failures\x18\x0b \x01(\x05\"\x14\n\x12ListRunnersRequest\"K\n\x13ListRunnersResponse\x12$\n\x07runners\x18\x01 \x03(\x0b\x32\x13.fnlb.v1.RunnerInfo\x12\x0e\n\x06placer\x18\x02 \x01(\t\"2\n\x10\x41\x64\x64RunnerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x05\"\"\n\x11\x41\x64\x64RunnerResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\"&\n\x13RemoveRunnerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\'\n\x14RemoveRunnerResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"%\n\x12\x44rainRunnerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\'\n\x13\x44rainRunnerResponse\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08*\"\n\x08\x43\x61llType\x12\x08\n\x04SYNC\x10\x00\x12\x0c\n\x08\x44\x45TACHED\x10\x01\x32\x9a\x01\n\x0cLoadBalancer\x12\x39\n\x06Invoke\x12\x16.fnlb.v1.InvokeRequest\x1a\x17.fnlb.v1.InvokeResponse\x12O\n\x0cInvokeStream\x12\x1c.fnlb.v1.InvokeStreamRequest\x1a\x1d.fnlb.v1.InvokeStreamResponse(\x01\x30\x01\x32\xac\x02\n\x05\x41\x64min\x12H\n\x0bListRunners\x12\x1b.fnlb.v1.ListRunnersRequest\x1a\x1c.fnlb.v1.ListRunnersResponse\x12\x42\n\tAddRunner\x12\x19.fnlb.v1.AddRunnerRequest\x1a\x1a.fnlb.v1.AddRunnerResponse\x12K\n\x0cRemoveRunner\x12\x1c.fnlb.v1.RemoveRunnerRequest\x1a\x1d.fnlb.v1.RemoveRunnerResponse\x12H\n\x0b\x44rainRunner\x12\x1b.fnlb.v1.DrainRunnerRequest\x1a\x1c.fnlb.v1.DrainRunnerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x66nlb/v1/lb.proto\x12\x07\x66nlb.v1\"\x98\x03\n\rInvokeRequest\x12\r\n\x05\x66n_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61pp_id\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x1f\n\x04type\x18\x04 \x01(\x0e\x32\x11.fnlb.v1.CallType\x12\x11\n\ttimeout_s\x18\x05 \x01(\x05\x12\x11\n\tmemory_mb\x18\x06 \x01(\x04\x12\x32\n\x06\x63onfig\x18\x07 \x03(\x0b\x32\".fnlb.v1.InvokeRequest.ConfigEntry\x12\x34\n\x07headers\x18\x08 \x03(\x0b\x32#.fnlb.v1.InvokeRequest.HeadersEntry\x12\r\n\x05image\x18\t \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\n \x01(\t\x12\x16\n\x0eidle_timeout_s\x18\x0b \x01(\x05\x12\x12\n\nidempotent\x18\x0c \x01(\x08\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcd\x01\n\x0eInvokeResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\x35\n\x07headers\x18\x03 \x03(\x0b\x32$.fnlb.v1.InvokeResponse.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\x0e\n\x06runner\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x13InvokeStreamRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x16.fnlb.v1.InvokeRequestH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"Z\n\x14InvokeStreamResponse\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x17.fnlb.v1.InvokeResponseH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"\xfa\x01\n\nRunnerInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08inflight\x18\x03 \x01(\x05\x12\x15\n\rrunner_active\x18\x04 \x01(\x05\x12\x13\n\x0bslots_total\x18\x05 \x01(\x05\x12\x12\n\nslots_free\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x16\n\x0elast_status_at\x18\t \x01(\t\x12\x0e\n\x06placed\x18\n \x01(\x04\x12\x1c\n\x14\x63onsecutive_failures\x18\x0b \x01(\x05\x12\x10\n\x08protocol\x18\x0c \x01(\t\"\x14\n\x12ListRunnersRequest\"K\n\x13ListRunnersResponse\x12$\n\x07runners\x18\x01 \x03(\x0b\x32\x13.fnlb.v1.RunnerInfo\x12\x0e\n\x06placer\x18\x02 \x01(\t\"2\n\x10\x41\x64\x64RunnerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x05\"\"\n\x11\x41\x64\x64RunnerResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\"&\n\x13RemoveRunnerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\'\n\x14RemoveRunnerResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"%\n\x12\x44rainRunnerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\'\n\x13\x44rainRunnerResponse\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08*\"\n\x08\x43\x61llType\x12\x08\n\x04SYNC\x10\x00\x12\x0c\n\x08\x44\x45TACHED\x10\x01\x32\x9a\x01\n\x0cLoadBalancer\x12\x39\n\x06Invoke\x12\x16.fnlb.v1.InvokeRequest\x1a\x17.fnlb.v1.InvokeResponse\x12O\n\x0cInvokeStream\x12\x1c.fnlb.v1.InvokeStreamRequest\x1a\x1d.fnlb.v1.InvokeStreamResponse(\x01\x30\x01\x32\xac\x02\n\x05\x41\x64min\x12H\n\x0bListRunners\x12\x1b.fnlb.v1.ListRunnersRequest\x1a\x1c.fnlb.v1.ListRunnersResponse\x12\x42\n\tAddRunner\x12\x19.fnlb.v1.AddRunnerRequest\x1a\x1a.fnlb.v1.AddRunnerResponse\x12K\n\x0cRemoveRunner\x12\x1c.fnlb.v1.RemoveRunnerRequest\x1a\x1d.fnlb.v1.RemoveRunnerResponse\x12H\n\x0b\x44rainRunner\x12\x1b.fnlb.v1.DrainRunnerRequest\x1a\x1c.fnlb.v1.DrainRunnerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVOKEREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_INVOKERESPONSE_HEADERSENTRY']._loaded_options = None
   _globals['_INVOKERESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_CALLTYPE']._serialized_start=1412
-  _globals['_CALLTYPE']._serialized_end=1446
+  _globals['_CALLTYPE']._serialized_start=1430
+  _globals['_CALLTYPE']._serialized_end=1464
   _globals['_INVOKEREQUEST']._serialized_start=30
   _globals['_INVOKEREQUEST']._serialized_end=438
   _globals['_INVOKEREQUEST_CONFIGENTRY']._serialized_start=345
@@ -54,25 +54,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVOKESTREAMRESPONSE']._serialized_start=737
   _globals['_INVOKESTREAMRESPONSE']._serialized_end=827
   _globals['_RUNNERINFO']._serialized_start=830
-  _globals['_RUNNERINFO']._serialized_end=1062
-  _globals['_LISTRUNNERSREQUEST']._serialized_start=1064
-  _globals['_LISTRUNNERSREQUEST']._serialized_end=1084
-  _globals['_LISTRUNNERSRESPONSE']._serialized_start=1086
-  _globals['_LISTRUNNERSRESPONSE']._serialized_end=1161
-  _globals['_ADDRUNNERREQUEST']._serialized_start=1163
-  _globals['_ADDRUNNERREQUEST']._serialized_end=1213
-  _globals['_ADDRUNNERRESPONSE']._serialized_start=1215
-  _globals['_ADDRUNNERRESPONSE']._serialized_end=1249
-  _globals['_REMOVERUNNERREQUEST']._serialized_start=1251
-  _globals['_REMOVERUNNERREQUEST']._serialized_end=1289
-  _globals['_REMOVERUNNERRESPONSE']._serialized_start=1291
-  _globals['_REMOVERUNNERRESPONSE']._serialized_end=1330
-  _globals['_DRAINRUNNERREQUEST']._serialized_start=1332
-  _globals['_DRAINRUNNERREQUEST']._serialized_end=1369
-  _globals['_DRAINRUNNERRESPONSE']._serialized_start=1371
-  _globals['_DRAINRUNNERRESPONSE']._serialized_end=1410
-  _globals['_LOADBALANCER']._serialized_start=1449
-  _globals['_LOADBALANCER']._serialized_end=1603
-  _globals['_ADMIN']._serialized_start=1606
-  _globals['_ADMIN']._serialized_end=1906
+  _globals['_RUNNERINFO']._serialized_end=1080
+  _globals['_LISTRUNNERSREQUEST']._serialized_start=1082
+  _globals['_LISTRUNNERSREQUEST']._serialized_end=1102
+  _globals['_LISTRUNNERSRESPONSE']._serialized_start=1104
+  _globals['_LISTRUNNERSRESPONSE']._serialized_end=1179
+  _globals['_ADDRUNNERREQUEST']._serialized_start=1181
+  _globals['_ADDRUNNERREQUEST']._serialized_end=1231
+  _globals['_ADDRUNNERRESPONSE']._serialized_start=1233
+  _globals['_ADDRUNNERRESPONSE']._serialized_end=1267
+  _globals['_REMOVERUNNERREQUEST']._serialized_start=1269
+  _globals['_REMOVERUNNERREQUEST']._serialized_end=1307
+  _globals['_REMOVERUNNERRESPONSE']._serialized_start=1309
+  _globals['_REMOVERUNNERRESPONSE']._serialized_end=1348
+  _globals['_DRAINRUNNERREQUEST']._serialized_start=1350
+  _globals['_DRAINRUNNERREQUEST']._serialized_end=1387
+  _globals['_DRAINRUNNERRESPONSE']._serialized_start=1389
+  _globals['_DRAINRUNNERRESPONSE']._serialized_end=1428
+  _globals['_LOADBALANCER']._serialized_start=1467
+  _globals['_LOADBALANCER']._serialized_end=1621
+  _globals['_ADMIN']._serialized_start=1624
+  _globals['_ADMIN']._serialized_end=1924
 # @@protoc_insertion_point(module_scope)

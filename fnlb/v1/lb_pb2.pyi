@@ -96,7 +96,7 @@ class InvokeStreamResponse(_message.Message):
     def __init__(self, response: _Optional[_Union[InvokeResponse, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RunnerInfo(_message.Message):
-    __slots__ = ("address", "state", "inflight", "runner_active", "slots_total", "slots_free", "last_error", "source", "last_status_at", "placed", "consecutive_failures")
+    __slots__ = ("address", "state", "inflight", "runner_active", "slots_total", "slots_free", "last_error", "source", "last_status_at", "placed", "consecutive_failures", "protocol")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     INFLIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class RunnerInfo(_message.Message):
     LAST_STATUS_AT_FIELD_NUMBER: _ClassVar[int]
     PLACED_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     address: str
     state: str
     inflight: int
@@ -119,7 +120,8 @@ class RunnerInfo(_message.Message):
     last_status_at: str
     placed: int
     consecutive_failures: int
-    def __init__(self, address: _Optional[str] = ..., state: _Optional[str] = ..., inflight: _Optional[int] = ..., runner_active: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., last_error: _Optional[str] = ..., source: _Optional[str] = ..., last_status_at: _Optional[str] = ..., placed: _Optional[int] = ..., consecutive_failures: _Optional[int] = ...) -> None: ...
+    protocol: str
+    def __init__(self, address: _Optional[str] = ..., state: _Optional[str] = ..., inflight: _Optional[int] = ..., runner_active: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., last_error: _Optional[str] = ..., source: _Optional[str] = ..., last_status_at: _Optional[str] = ..., placed: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class ListRunnersRequest(_message.Message):
     __slots__ = ()
