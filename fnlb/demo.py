@@ -1,5 +1,7 @@
 """``make demo``: an LB and three runner stubs as separate processes, real calls, a summary.
 
+One of the runners is addressed as ``fn://``: the LB speaks fn's runner protocol to it.
+
     python -m fnlb.demo          # plaintext
     python -m fnlb.demo --tls    # the same cluster over mutual TLS everywhere
 
@@ -46,15 +48,20 @@ def cluster(tls_dir: Path | None) -> Iterator[tuple[Proc, list[Proc], ProcGroup]
                       "--front-tls-ca", str(tls_dir / "ca.crt"),
                       "--admin-allow", "demo-client"]  # the demo's certificate drives Admin
         # Heterogeneous runners: two with 2 slots, one with 1; cold starts cost 30 ms.
+        # and each image's first call on a runner pulls it for 20 ms.
         runners = [group.spawn("runner_stub", [
             "--listen", "127.0.0.1:0", "--slots", str(slots),
-            "--cold-start-ms", "30", "--warm-cache", "2", "--nack-after-ms", "5",
+            "--cold-start-ms", "30", "--image-pull-ms", "20", "--warm-cache", "2",
+            "--nack-after-ms", "5",
             *runner_tls(tls_dir)], name=f"runner-{i}") for i, slots in enumerate((2, 2, 1))]
         for r in runners:
             r.wait_ready()
+        # The last runner is addressed as fn://: the LB speaks fn's own runner
+        # protocol to it (/RunnerProtocol/Engage), as it would to an fn pure runner.
+        addrs = [r.addr for r in runners[:-1]] + [f"fn://{runners[-1].addr}"]
         lb = group.start("fnlb", ["serve", "--listen", "127.0.0.1:0",
                                   "--metrics-listen", "127.0.0.1:0",
-                                  "--runners", ",".join(r.addr for r in runners),
+                                  "--runners", ",".join(addrs),
                                   "--admin-listen", "127.0.0.1:0", "--placer", "ch",
                                   "--placer-timeout", "5s", *lb_tls], name="lb")
         yield lb, runners, group
@@ -124,7 +131,18 @@ async def traffic(lb: Proc, group: ProcGroup,
         await one("detached", lb_pb2.InvokeRequest(fn_id="bg", type=lb_pb2.DETACHED,
                                                    config={"sleep_ms": "500"}))
 
-        print("6) membership: 120 calls at concurrency 10; a 4th runner joins mid-load "
+        print("6) one call traced: request metadata 'fnlb-trace: 1' -> where its time went, "
+              "in the response trailers")
+        call = stub.Invoke(lb_pb2.InvokeRequest(fn_id="traced", image="demo/traced:1",
+                                                config={"sleep_ms": "40"}),
+                           metadata=(("fnlb-trace", "1"),), timeout=20)
+        resp = await call
+        for key, value in await call.trailing_metadata() or ():
+            if key.startswith("fnlb-"):
+                print(f"   {key}: {value}")
+        results.append(("traced", f"HTTP {resp.status_code}", 0.0, resp.runner))
+
+        print("7) membership: 120 calls at concurrency 10; a 4th runner joins mid-load "
               "(Admin/AddRunner), then is drained and removed")
         newcomer = await asyncio.to_thread(  # stopped with the others
             group.start, "runner_stub", ["--listen", "127.0.0.1:0", "--slots", "2",
@@ -160,14 +178,15 @@ async def traffic(lb: Proc, group: ProcGroup,
         listing = await admin.ListRunners(lb_pb2.ListRunnersRequest(), timeout=5)
         print("\n== the pool now (fnlb runners) ==")
         for r in listing.runners:
-            print(f"  {r.address:<22} {r.state:<9} source={r.source:<7} placed={r.placed}")
+            print(f"  {r.address:<27} {r.state:<9} protocol={r.protocol:<5} "
+                  f"source={r.source:<7} placed={r.placed}")
     return results
 
 
 def summary(results: list[tuple[str, str, float, str]], lb: Proc) -> None:
     print("\n== calls per runner ==")
     for runner, n in sorted(collections.Counter(r[3] for r in results).items()):
-        print(f"  {runner:<22} {n}")
+        print(f"  {runner:<27} {n}")
     print("\n== outcomes ==")
     for (phase, outcome), n in sorted(collections.Counter((r[0], r[1]) for r in results).items()):
         print(f"  {phase:<9} {outcome:<20} {n}")
@@ -184,7 +203,8 @@ def summary(results: list[tuple[str, str, float, str]], lb: Proc) -> None:
     wanted = ("fnlb_calls_total", "fnlb_placer_retries_total", "fnlb_placer_placed_total",
               "fnlb_call_latency_seconds_count", "fnlb_placer_attempts_sum",
               "fnlb_placer_timeouts_total", "fnlb_queue_wait_seconds_count",
-              "fnlb_queue_rejected_total")
+              "fnlb_queue_rejected_total", "fnlb_call_phase_seconds_sum",
+              "fnlb_call_overhead_seconds_count")
     for line in text.splitlines():
         if line.startswith(wanted) and not line.endswith(" 0.0"):
             print("  " + line)

@@ -198,23 +198,39 @@ async def test_a_wait_finds_a_turn_that_is_already_due() -> None:
     assert grant.app_id == "a" and cap.queue.depth() == 0
 
 
-async def test_runners_of_unknown_capacity_keep_the_sweep() -> None:
-    runner = SlotRunner("r1", 1)
+async def test_a_runner_of_unknown_capacity_is_swept_to_until_its_first_nack_teaches_it() -> None:
+    # fn's runners report no slot count: the first NACK says how many calls it
+    # takes (the load we see there then); later calls wait for ours to end
+    # instead of sweeping, and after fresh_for the runner is probed with more.
+    runner = SlotRunner("r1", 2)
     pool = Pool([runner])
-    load = LoadTracker()
-    cap = Capacity(load, WaitQueue(), lambda: pool.list)
-    placer = make_placer("naive", PlacerConfig(retry_all_delay=0.001, placer_timeout=5),
+    now = [0.0]
+    load = LoadTracker(fresh_for=2.0, clock=lambda: now[0])
+    cap = Capacity(load, WaitQueue(on_event=lambda *_: _queue_moved.set()), lambda: pool.list)
+    placer = make_placer("naive", PlacerConfig(retry_all_delay=0.001, placer_timeout=30),
                          load=load, capacity=cap)  # no report: capacity unknown
-    first = asyncio.ensure_future(placer.place_call(pool, call(0)))
-    await until(lambda: len(runner.running) == 1, [runner])
-    second = asyncio.ensure_future(placer.place_call(pool, call(1)))
-    await until(lambda: runner.nacks >= 3, [runner])
-    assert cap.queue.depth() == 0  # it sweeps, as fn does, instead of waiting
-    runner.finish_one()
-    await first
-    await until(lambda: len(runner.running) == 1, [runner])
-    runner.finish_one()
-    await second
+    held = [asyncio.ensure_future(placer.place_call(pool, call(i))) for i in range(2)]
+    await until(lambda: len(runner.running) == 2, [runner])
+    assert load.slots("r1") is None and not cap.must_wait(pool.list)  # unknown: sweep
+    waiting = [asyncio.ensure_future(placer.place_call(pool, call(i))) for i in (2, 3, 4)]
+    await until(lambda: runner.nacks >= 1, [runner])  # the first NACK teaches ...
+    await depth(cap, 3)  # ... and every one of them now waits: no more NACKs
+    assert load.slots("r1") == 2 and runner.nacks <= 3
+    nacks = runner.nacks
+    runner.finish_one()  # our call there ends: exactly one turn
+    await until(lambda: len(runner.running) == 2, [runner])
+    assert cap.queue.depth() == 2 and runner.nacks == nacks
+    now[0] += 2.5  # the lesson gets old: probe with 2 * 2 + 1
+    assert load.slots("r1") == 5
+    cap.kick()
+    await until(lambda: runner.nacks > nacks, [runner])  # the probe finds it full again
+    assert load.slots("r1") == 2
+    for _ in range(4):  # calls 1 to 4 (call 0 ended above)
+        await until(lambda: len(runner.running) >= 1, [runner])
+        runner.finish_one()
+    await asyncio.gather(*held, *waiting)
+    load.retain([])
+    assert load.slots("r1") is None
 
 
 async def test_a_queued_call_leaves_at_the_client_deadline_and_at_the_placer_timeout() -> None:

@@ -121,7 +121,9 @@ async def test_nack_and_hang_up_under_a_burst_gives_no_client_error() -> None:
     with fn_double("--slots", "0", "--nack-hangup") as hangup, \
             fn_double("--slots", "16", "--sleep-ms", "5") as free, \
             lb([hangup.addr, free.addr], "--runner-protocol", "fn",
-               "--placer", "naive") as front:
+               "--placer", "naive", "--queue", "off") as front:
+        # --queue off: fn's sweep, so the hang-up runner is tried again and again
+        # (with the queue the LB learns from its first NACK that it has no room).
         for body in (b"s", b"b" * 300_000):  # inline writes, and a sender task
             before = nacks(hangup)
             ok, errors = await invoke(front.addr, 200, 64, body=body)

@@ -8,7 +8,8 @@ refuse. ``Capacity`` replaces that sweep with a wait driven by events:
   gives its slot count (``slots_total``), and load is our exact in-flight count
   plus what others run there as of the last report. ``room()`` is True (a free
   slot is believed), False (full or draining) or None (unknown: no fresh
-  report, e.g. a runner that reports no slots; such runners keep fn's sweep).
+  report, e.g. a runner that reports no slots; such runners keep fn's sweep
+  until their first NACK, which teaches the tracker their capacity).
 * A **NACK** means our view was wrong (another LB took the slot): the tracker
   then counts the runner as full (``LoadTracker.saturated``) until one of our
   calls there ends, which frees exactly the slot we held, or a new report
@@ -63,11 +64,11 @@ class Capacity:
         load = self.load
         n = 0
         for r in runners:
-            report = load.report(r.address)
-            if report is None or report.slots_total <= 0:
+            slots = load.slots(r.address)
+            if slots is None:
                 return None
-            if not report.draining:
-                n += max(0, report.slots_total - load.load(r.address))
+            if not load.draining(r.address):
+                n += max(0, slots - load.load(r.address))
         return n
 
     def full(self, runners: Sequence[Runner]) -> bool:

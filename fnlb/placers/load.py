@@ -40,6 +40,14 @@ Admin's view and the pool's close-after-retire rule all read it, and listeners
 leaves the pool keeps its count until its calls end, so one that comes back
 while they run is not undercounted.
 
+Runners whose reports carry no slot count (fn's runners, which report only
+``active``) have a capacity the LB **learns**: a busy NACK from one says it
+runs all it can at the load we see there then, so that load is its capacity
+(``learned``). It holds for ``fresh_for``; after that the runner is probed
+with twice as many calls plus one (a capacity that grew, or an estimate taken
+while other LBs held slots), and the next NACK learns again. Until its first
+NACK such a runner's room is unknown, as before.
+
 Every per-runner table is bounded: in-flight entries vanish when their count
 returns to zero, report entries are dropped by ``retain``/``forget`` and, as a
 backstop when nobody calls those, by a periodic prune of stale reports.
@@ -96,6 +104,9 @@ class LoadTracker:
         self._slots_count = 0
         # slot hash id -> runners reporting it warm; entries leave with their reports.
         self._warm_index: dict[str, set[str]] = {}
+        # address -> (capacity, monotonic time) learned from a NACK, for runners
+        # that report no slot count; dropped with the runner (forget/retain).
+        self._learned: dict[str, tuple[int, float]] = {}
         self._next_prune = clock() + fresh_for
         self._listeners: list[Callable[[str, int], None]] = []
         self._report_listeners: list[Callable[[str], None]] = []
@@ -233,13 +244,27 @@ class LoadTracker:
         return r is not None and r.draining
 
     def has_room(self, address: str) -> bool | None:
-        """True/False from a fresh report (a draining runner has none); None if unknown."""
-        r = self.report(address)
-        if r is None or r.slots_total <= 0:
+        """True/False from a fresh report (a draining runner has none) or a learned
+        capacity; None if unknown."""
+        slots = self.slots(address)
+        if slots is None:
             return None
-        if r.draining:
+        if self.draining(address):
             return False
-        return self.load(address) < r.slots_total
+        return self.load(address) < slots
+
+    def slots(self, address: str) -> int | None:
+        """The runner's capacity: reported, else learned from its NACKs; None if unknown."""
+        r = self.report(address)
+        if r is not None and r.slots_total > 0:
+            return r.slots_total
+        learned = self._learned.get(address)
+        if learned is None:
+            return None
+        slots, at = learned
+        if self._clock() - at > self.fresh_for:
+            return 2 * slots + 1  # probe: the runner may take more now
+        return slots
 
     def fits(self, address: str, memory_mb: int) -> bool | None:
         """Can the runner ever run a call of ``memory_mb``? None: it reports no memory."""
@@ -262,11 +287,14 @@ class LoadTracker:
         ends (then exactly the slot we freed is free) or a new report arrives.
         Several LBs sharing runners thus each reuse the slots they free and
         stop colliding on slots another LB holds. False when the runner's
-        capacity is unknown (no fresh report with a slot count): nothing learned.
+        capacity is not reported (no fresh report with a slot count): then the
+        load we see there now is its capacity, as far as we can tell (the
+        module's docstring, "learns").
         """
         r = self.report(address)
         if r is None or r.slots_total <= 0:
-            return False
+            self._learned[address] = (self.load(address), self._clock())
+            return True
         others = max(r.others, r.slots_total - self._inflight.get(address, 0))
         if others != r.others:
             self._reports[address] = replace(r, others=others)
@@ -280,6 +308,7 @@ class LoadTracker:
 
         Its in-flight count stays: those calls still run, and end through ``finished``.
         """
+        self._learned.pop(address, None)
         r = self._reports.pop(address, None)
         if r is not None:
             self._unaccount(address, r)
@@ -287,7 +316,7 @@ class LoadTracker:
     def retain(self, addresses: Iterable[str]) -> None:
         """Keep reports only for ``addresses`` (the pool's members now)."""
         keep = set(addresses)
-        for address in [a for a in self._reports if a not in keep]:
+        for address in [a for a in (*self._reports, *self._learned) if a not in keep]:
             self.forget(address)
 
     def table_sizes(self) -> tuple[int, int, int]:
