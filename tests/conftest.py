@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -70,3 +72,28 @@ async def in_process() -> AsyncIterator[Callable[[StreamOnlyRunner], Awaitable[C
     yield serve
     for s in servers:
         await s.stop(0)
+
+
+class _LogEvent(logging.Handler):
+    """Sets an asyncio.Event when the stub logs ``message`` (same loop, same thread)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.message = message
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == self.message:
+            self.event.set()
+
+
+@pytest.fixture
+def accepted() -> Iterator[asyncio.Event]:
+    """Set when an in-process runner stub logs "call accepted" (a slot taken)."""
+    logger = logging.getLogger("runner_stub")
+    handler, level = _LogEvent("call accepted"), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler.event
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -22,30 +22,6 @@ from runner_stub import StubConfig, StubServer
 
 def _raw(b: bytes) -> bytes:
     return b
-
-
-class _LogEvent(logging.Handler):
-    """Sets an asyncio.Event when the stub logs ``message`` (same loop, same thread)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.message = message
-        self.event = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage() == self.message:
-            self.event.set()
-
-
-@pytest.fixture
-def accepted() -> Iterator[asyncio.Event]:
-    logger = logging.getLogger("runner_stub")
-    handler, level = _LogEvent("call accepted"), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.event
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def _try(call_id: str, config: dict[str, str] | None = None, *, ack: bool = False) -> bytes:

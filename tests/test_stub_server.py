@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -16,30 +14,6 @@ from fnlb.v1 import runner_pb2 as pb
 from fnlb.v1 import runner_pb2_grpc
 from runner_stub import StubConfig, StubServer
 from runner_stub.errors import StartupError
-
-
-class _LogEvent(logging.Handler):
-    """Sets an asyncio.Event when the stub logs ``message`` (same loop, same thread)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.message = message
-        self.event = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage() == self.message:
-            self.event.set()
-
-
-@pytest.fixture
-def accepted() -> Iterator[asyncio.Event]:
-    logger = logging.getLogger("runner_stub")
-    handler, level = _LogEvent("call accepted"), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.event
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def _call_msgs(config: dict[str, str] | None = None) -> list[pb.ClientMsg]:
