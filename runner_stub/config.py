@@ -93,6 +93,11 @@ class StubConfig:
     # List "ack" and acknowledge tries that ask for it (runner.proto); False:
     # behave as fn's runners (a try sent is a call committed).
     ack: bool = True
+    # Serve Runner/Watch and list "watch" (runner.proto, THE WATCH); False:
+    # behave as a runner without it (the LB polls Status).
+    watch: bool = True
+    status_min_interval: float = 0.1  # seconds between two Watch messages, at least
+    watch_heartbeat: float = 5.0  # seconds of silence on a Watch stream, at most
 
     def __post_init__(self) -> None:
         try:
@@ -111,6 +116,17 @@ class StubConfig:
             raise ConfigError(f"--drain-grace must be >= 0, got {self.drain_grace}")
         if not isinstance(self.ack, bool):
             raise ConfigError(f"--ack must be true or false, got {self.ack!r}")
+        if not isinstance(self.watch, bool):
+            raise ConfigError(f"--watch must be true or false, got {self.watch!r}")
+        if not (math.isfinite(self.status_min_interval) and self.status_min_interval >= 0):
+            raise ConfigError("--status-min-interval must be >= 0, "
+                              f"got {self.status_min_interval}")
+        if not (math.isfinite(self.watch_heartbeat) and self.watch_heartbeat >= 0.01):
+            raise ConfigError(
+                f"--watch-heartbeat must be at least 10ms, got {self.watch_heartbeat}")
+        if self.watch_heartbeat < self.status_min_interval:
+            raise ConfigError(f"--watch-heartbeat ({self.watch_heartbeat:g}s) must not be "
+                              f"shorter than --status-min-interval ({self.status_min_interval:g}s)")
         if not (0.0 <= self.fail_rate <= 1.0):
             raise ConfigError(f"--fail-rate must be a fraction in 0..1, got {self.fail_rate}")
         if self.log_level not in LOG_LEVELS:
