@@ -86,6 +86,8 @@ class Prober:
         """Probe the members that are due; the earliest next probe time."""
         now = self._clock()
         cfg = self.config
+        # Watched runners push their status (fnlb.pools.watch): not polled.
+        members = [m for m in members if not m.watched]
         due = [m for m in members if m.next_probe <= now]
         for m in due:
             m.next_probe = now + cfg.interval
