@@ -97,7 +97,9 @@ class StubConfig:
     # behave as a runner without it (the LB polls Status).
     watch: bool = True
     status_min_interval: float = 0.1  # seconds between two Watch messages, at least
-    watch_heartbeat: float = 5.0  # seconds of silence on a Watch stream, at most
+    # Seconds of silence on a Watch stream, at most. Long: the LB's 1 s pings
+    # ("keepalive") find a hung stub; an LB may ask for less (WatchRequest).
+    watch_heartbeat: float = 30.0
 
     def __post_init__(self) -> None:
         try:

@@ -51,7 +51,13 @@ WATCH_FEATURE = "watch"  # RunnerStatus.features (contract)
 # A stream that lived this long before breaking was fine: the back-off restarts.
 _STEADY_S = 30.0
 # Heartbeat assumed before the runner said its own (the stub's default).
-_DEFAULT_HEARTBEAT_S = 5.0
+_DEFAULT_HEARTBEAT_S = 30.0
+# Asked of runners that do not list "keepalive": without the LB's 1 s pings a
+# hung runner with its connection up shows only as a silent stream. Runners
+# with "keepalive" keep their own (a hang drops the connection within ~2 s),
+# because heartbeats are what an idle watch costs: at 1,000 runners ~4.6% of
+# a core every 5 s, ~0.6% every 60 s (README, Large pools).
+HEARTBEAT_WITHOUT_KEEPALIVE_S = 5.0
 
 
 @runtime_checkable
@@ -78,14 +84,16 @@ class Watcher:
 
     ``on_status(member, status, fresh_for)``: a status pushed by the runner;
     ``on_lost(member, why)``: a watched runner's stream ended (it may be gone).
-    ``heartbeat``: ask runners for one at least this often (0: theirs).
+    ``heartbeat``: ask runners that do not list "keepalive" for one at least
+    this often (0: theirs); runners with "keepalive" keep theirs.
     """
 
     def __init__(self, config: HealthConfig, *,
                  on_status: Callable[[Member, RunnerStatus, float], None],
                  on_lost: Callable[[Member, str], None],
                  clock: Callable[[], float] = time.monotonic,
-                 heartbeat: float = 0.0, enabled: bool = True) -> None:
+                 heartbeat: float = HEARTBEAT_WITHOUT_KEEPALIVE_S,
+                 enabled: bool = True) -> None:
         self.config = config
         self._on_status = on_status
         self._on_lost = on_lost
@@ -138,9 +146,12 @@ class Watcher:
         opened = self._clock()
         why = "the runner ended the Watch stream"
         redialled = False
-        stream = runner.watch(self.heartbeat)
-        # The first status should come at once; then silence may last two heartbeats.
-        silence = cfg.timeout
+        keepalive = m.status is not None and "keepalive" in m.status.features
+        stream = runner.watch(0.0 if keepalive else self.heartbeat)
+        # The first status comes at once, but an LB opening a thousand streams
+        # may read it late: polls go on meanwhile, so wait generously rather
+        # than give up and open again.
+        silence = 2 * HEARTBEAT_WITHOUT_KEEPALIVE_S + cfg.timeout
         try:
             while True:
                 try:
