@@ -336,3 +336,18 @@ def test_stub_watch_flags() -> None:
     assert parse_config([], environ={"RUNNER_STUB_WATCH": "0"}).watch is False
     with pytest.raises(ConfigError, match="--watch-heartbeat"):
         StubConfig(status_min_interval=1.0, watch_heartbeat=0.5)
+
+
+async def test_watched_runner_in_doubt_is_polled_until_it_answers() -> None:
+    """A watched runner turned suspect by placement (here: a try unanswered past the
+    accept timeout) is polled at once, not left to its next heartbeat (60 s away)."""
+    made: dict[str, CountingRunner] = {}
+    async with StubServer(StubConfig(listen="127.0.0.1:0", watch_heartbeat=60)) as s, \
+            _pool([s.addr], made) as pool:
+        m = _member(pool, s.addr)
+        await wait_until(lambda: m.watched, 10, "watching")
+        polls = made[s.addr].polls
+        made[s.addr].on_unanswered("no answer to the try")  # what GrpcRunner reports
+        assert m.state() == "suspect"
+        await wait_until(lambda: m.state() == "healthy", 5, "a poll's answer")
+        assert made[s.addr].polls > polls and m.watched
