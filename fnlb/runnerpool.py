@@ -126,6 +126,8 @@ class RunnerStatus:
     custom: Mapping[str, str] = field(default_factory=dict)
     # The optional RPCs it serves ("call": Runner/Call, "calls": Runner/Calls).
     features: frozenset[str] = frozenset()
+    # Set on Runner/Watch messages: the longest the runner stays silent there.
+    watch_heartbeat_ms: int = 0
 
 
 class ResponseSink(Protocol):

@@ -156,6 +156,15 @@ _FLAGS: tuple[_Flag, ...] = (
           "(runner.exec, continuing the LB's traceparent) over OTLP/gRPC to this collector "
           "(plaintext; an https:// URL for TLS). Needs the optional extra: "
           "pip install 'fnlb[otel]'", "none"),
+    _Flag("watch", "BOOL", _switch, "list the 'watch' feature and serve Runner/Watch: push "
+          "the status to the LB when it changes instead of being polled; false = a runner "
+          "without it (the LB polls Status)", "true"),
+    _Flag("status_min_interval", "DUR", _duration, "Runner/Watch: at most one status message "
+          "per this interval (changes in between are coalesced)",
+          format_duration(_DEFAULTS.status_min_interval)),
+    _Flag("watch_heartbeat", "DUR", _duration, "Runner/Watch: send the status at least this "
+          "often, changed or not (the LB takes longer silence as a dead runner)",
+          format_duration(_DEFAULTS.watch_heartbeat)),
 )
 
 

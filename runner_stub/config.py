@@ -97,6 +97,13 @@ class StubConfig:
     ack: bool = True
     # --otlp-endpoint: export runner.exec spans there (runner_stub.tracing); "" = off.
     otlp_endpoint: str = ""
+    # Serve Runner/Watch and list "watch" (runner.proto, THE WATCH); False:
+    # behave as a runner without it (the LB polls Status).
+    watch: bool = True
+    status_min_interval: float = 0.1  # seconds between two Watch messages, at least
+    # Seconds of silence on a Watch stream, at most. Long: the LB's 1 s pings
+    # ("keepalive") find a hung stub; an LB may ask for less (WatchRequest).
+    watch_heartbeat: float = 30.0
 
     def __post_init__(self) -> None:
         try:
@@ -120,6 +127,17 @@ class StubConfig:
             raise ConfigError(f"--drain-grace must be >= 0, got {self.drain_grace}")
         if not isinstance(self.ack, bool):
             raise ConfigError(f"--ack must be true or false, got {self.ack!r}")
+        if not isinstance(self.watch, bool):
+            raise ConfigError(f"--watch must be true or false, got {self.watch!r}")
+        if not (math.isfinite(self.status_min_interval) and self.status_min_interval >= 0):
+            raise ConfigError("--status-min-interval must be >= 0, "
+                              f"got {self.status_min_interval}")
+        if not (math.isfinite(self.watch_heartbeat) and self.watch_heartbeat >= 0.01):
+            raise ConfigError(
+                f"--watch-heartbeat must be at least 10ms, got {self.watch_heartbeat}")
+        if self.watch_heartbeat < self.status_min_interval:
+            raise ConfigError(f"--watch-heartbeat ({self.watch_heartbeat:g}s) must not be "
+                              f"shorter than --status-min-interval ({self.status_min_interval:g}s)")
         if not (0.0 <= self.fail_rate <= 1.0):
             raise ConfigError(f"--fail-rate must be a fraction in 0..1, got {self.fail_rate}")
         if self.log_level not in LOG_LEVELS:

@@ -50,6 +50,7 @@ from runner_stub.errors import (
 from runner_stub.fn_protocol import FN_SERVICE, FnRunnerService
 from runner_stub.functions import MAX_RESPONSE_SIZE, FunctionResult, run_function
 from runner_stub.slots import Lease, SlotPool, WarmCache
+from runner_stub.watch import StatusFeed
 
 __all__ = ["StubServer", "RunnerService", "Counters", "MAX_DATA_CHUNK", "TOO_BUSY"]
 
@@ -58,9 +59,10 @@ log = logging.getLogger("runner_stub")
 MAX_DATA_CHUNK = 10 * 1024  # fn's MaxDataChunk: body frames in both directions
 TOO_BUSY = "Timed out - server too busy"  # fn's ErrCallTimeoutServerBusy text
 # RunnerStatus.features: Runner/Call, Runner/Calls, acknowledgements (unless
-# --ack false) and 1 s keepalive pings (runner.proto).
+# --ack false) and 1 s keepalive pings (runner.proto); Runner/Watch unless --watch false.
 FEATURES = ("call", "calls", "keepalive")
 ACK_FEATURE = "ack"
+WATCH_FEATURE = "watch"
 # A runner whose try was acknowledged waits this long for the LB's go, then
 # drops the call (never started): the LB sends it as soon as it reads the ack.
 _GO_WAIT_S = 10.0
@@ -430,7 +432,12 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         self._close_allow = config.close_patterns()
         self._close_refused = 0
         self._close_refused_logged = -1e9
-        self.features = FEATURES + ((ACK_FEATURE,) if config.ack else ())
+        self.features = (FEATURES + ((ACK_FEATURE,) if config.ack else ())
+                         + ((WATCH_FEATURE,) if config.watch else ()))
+        # Runner/Watch: whatever a watching LB places by pushes a status.
+        self.feed = StatusFeed(self.status_message, min_interval=config.status_min_interval,
+                               heartbeat=config.watch_heartbeat)
+        self.pool.on_change = self.warm.on_change = self.feed.changed
         # One line per ended call, for fn's RunnerProtocol/StreamLogs.
         self.call_logs = CallLogs()
 
@@ -441,6 +448,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if self.draining:
             return
         self.draining = True
+        self.feed.changed()
         log.info("draining", extra=kv(active=self.active))
         for service in ("", RUNNER_SERVICE, FN_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -457,6 +465,17 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     # -- RPCs ----------------------------------------------------------------
 
     async def Status(self, request: Any, context: Any) -> runner_pb2.RunnerStatus:
+        return self.status_message()
+
+    async def Watch(self, request: runner_pb2.WatchRequest, context: Any) -> None:
+        """The status pushed on change and as heartbeats (runner.proto, THE WATCH)."""
+        if not self._cfg.watch:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "Runner/Watch is off (--watch false): poll Status")
+        await self.feed.serve(request, context)
+
+    def status_message(self) -> runner_pb2.RunnerStatus:
+        """What Status answers and Watch pushes."""
         now = now_rfc3339()
         c = self.counters
         return runner_pb2.RunnerStatus(
@@ -689,7 +708,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         if self._cfg.nack_delay_ms:
             await asyncio.sleep(self._cfg.nack_delay_ms / 1000)
         await io.finish(runner_pb2.CallFinished(
-            success=False, errorCode=503, errorStr=TOO_BUSY, details=call.id))
+            success=False, errorCode=503, errorStr=TOO_BUSY, details=call.id,
+            slots_free=self.pool.slots_free, memory_mb_free=self.pool.memory_mb_free))
         await io.discard_rest()
 
     async def _bad_request(self, error: Exception, io: _IO) -> None:
@@ -749,6 +769,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
+                if self.draining:
+                    self.feed.changed()  # drained now
 
     async def _execute(self, call: ParsedCall, created: _Instant, body: bytes, nth: int,
                        io: _IO) -> None:
@@ -872,14 +894,16 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             await asyncio.sleep(_CRASH_LINGER_S)
             self._exit_process(3)
 
-    @staticmethod
-    def _finished(call: ParsedCall, created: _Instant, started: _Instant | None = None,
+    def _finished(self, call: ParsedCall, created: _Instant, started: _Instant | None = None,
                   completed: _Instant | None = None, *,
                   error: CallRejected | None = None,
                   startup: _Startup | None = None) -> runner_pb2.CallFinished:
+        # THE PIGGYBACK: free slots and memory now, this call's still taken
+        # (every finished is written while the call holds its lease).
         fin = runner_pb2.CallFinished(
             success=error is None, details=call.id, image=call.image,
-            createdAt=rfc3339_ms(created.wall))
+            createdAt=rfc3339_ms(created.wall), slots_free=self.pool.slots_free,
+            memory_mb_free=self.pool.memory_mb_free)
         if startup is not None:
             # As fn's runners report them; both are part of schedulerDuration.
             fin.imagePullWaitDuration = startup.image_pull_ns
@@ -1005,6 +1029,7 @@ class StubServer:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         self.service.end_call_streams()
+        self.service.feed.end()  # Watch streams end with OK: "going away"
         await self._server.stop(grace)
         await self.service.cancel_orphans()
         if first:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from types import TracebackType
 
 __all__ = ["SlotPool", "Lease", "MemoryTooLarge", "WarmCache"]
@@ -74,6 +75,8 @@ class SlotPool:
         self.slots_free = slots
         self.memory_mb_free = memory_mb
         self._waiters: deque[_Waiter] = deque()
+        # Called whenever free slots or memory change (Runner/Watch listens).
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def waiting(self) -> int:
@@ -86,6 +89,8 @@ class SlotPool:
     def _take(self, memory_mb: int) -> Lease:
         self.slots_free -= 1
         self.memory_mb_free -= memory_mb
+        if self.on_change is not None:
+            self.on_change()
         return Lease(self, memory_mb)
 
     def try_acquire(self, memory_mb: int) -> Lease | None:
@@ -146,6 +151,8 @@ class SlotPool:
     def _give_back(self, memory_mb: int) -> None:
         self.slots_free += 1
         self.memory_mb_free += memory_mb
+        if self.on_change is not None:
+            self.on_change()
         self._grant()
 
     def _grant(self) -> None:
@@ -171,6 +178,8 @@ class WarmCache:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
         self.capacity = capacity
         self._keys: OrderedDict[str, None] = OrderedDict()  # last = most recent
+        # Called whenever the set of warm keys changes (Runner/Watch listens).
+        self.on_change: Callable[[], None] | None = None
 
     def hit(self, key: str) -> bool:
         """True if ``key`` is warm, and make it the most recently used."""
@@ -183,6 +192,8 @@ class WarmCache:
         """Make ``key`` warm (most recent); return the keys evicted to make room."""
         if self.capacity == 0:
             return [key]
+        if key not in self._keys and self.on_change is not None:
+            self.on_change()
         self._keys[key] = None
         self._keys.move_to_end(key)
         evicted: list[str] = []

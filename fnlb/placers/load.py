@@ -7,6 +7,7 @@ and by whatever polls runner ``Status`` (``update_reported``)::
     load.started("10.0.0.1:9190")            # BasePlacer: an attempt begins
     load.finished("10.0.0.1:9190")           # ... and try_exec returned
     load.update_reported("10.0.0.1:9190", status)   # a Status answer arrived
+    load.update_free("10.0.0.1:9190", 3, 512)       # a reply's piggybacked free slots
     load.load("10.0.0.1:9190")               # what load-aware placers compare
     load.retain(pool_addresses)              # membership changed: drop the rest
     load.subscribe(on_finished)              # on_finished(address, inflight_left)
@@ -81,6 +82,10 @@ class Report:
     warm: frozenset[str]  # slot hash ids the runner holds warm
     draining: bool
     memory_mb_total: int = 0  # 0: not reported
+    # Seconds the report counts as fresh; None: the tracker's fresh_for. A
+    # watched runner's reports last longer (they come on change, not on a timer).
+    fresh_for: float | None = None
+    memory_mb_free: int = 0
 
 
 class LoadTracker:
@@ -149,8 +154,13 @@ class LoadTracker:
     # -- runner reports ----------------------------------------------------------
 
     def update_reported(self, address: str, status: RunnerStatus,
-                        at: float | None = None) -> None:
-        """Merge a runner's Status answer received at ``at`` (monotonic; default now)."""
+                        at: float | None = None, fresh_for: float | None = None) -> None:
+        """Merge a runner's Status answer received at ``at`` (monotonic; default now).
+
+        ``fresh_for``: how long this report holds (default: the tracker's); a
+        runner that pushes its status on every change (Runner/Watch) is
+        believed until its heartbeat is overdue.
+        """
         now = self._clock() if at is None else at
         others = max(0, status.active - self._inflight.get(address, 0))
         old = self._reports.pop(address, None)
@@ -160,7 +170,8 @@ class LoadTracker:
             at=now, others=others, slots_total=max(0, status.slots_total),
             slots_free=status.slots_free, warm=frozenset(status.warm_slots),
             draining=status.draining or status.drained,
-            memory_mb_total=max(0, status.memory_mb_total))
+            memory_mb_total=max(0, status.memory_mb_total), fresh_for=fresh_for,
+            memory_mb_free=max(0, status.memory_mb_free))
         self._reports[address] = report
         self._total_others += others
         if report.slots_total > 0:
@@ -171,6 +182,30 @@ class LoadTracker:
         self._maybe_prune()
         for listener in self._report_listeners:
             listener(address)
+
+    def update_free(self, address: str, slots_free: int, memory_mb_free: int,
+                    at: float | None = None) -> None:
+        """Merge the free slots and memory a runner piggybacked on a reply (runner.proto,
+        THE PIGGYBACK), written while the replying call still held its slot.
+
+        Refreshes the last report (of any age) with a new count of others' calls:
+        ``slots_total - slots_free`` run there, minus ours (the replying call is
+        still counted in flight, as on the runner). Warm set and draining keep
+        the last report's. Nothing learned without a report with a slot count.
+        """
+        r = self._reports.get(address)
+        if r is None or r.slots_total <= 0:
+            return
+        now = self._clock() if at is None else at
+        active = max(0, r.slots_total - max(0, slots_free))
+        others = max(0, active - self._inflight.get(address, 0))
+        self._total_others += others - r.others
+        self._reports[address] = replace(r, at=now, others=others, slots_free=slots_free,
+                                         memory_mb_free=max(0, memory_mb_free))
+        if others < r.others:
+            # Room appeared that our own calls' ends did not show: say so.
+            for listener in self._report_listeners:
+                listener(address)
 
     def _unaccount(self, address: str, r: Report) -> None:
         """Take a report that is leaving out of the running sums and the warm index."""
@@ -188,7 +223,7 @@ class LoadTracker:
     def report(self, address: str) -> Report | None:
         """The runner's last report if it is still fresh, else None."""
         r = self._reports.get(address)
-        if r is None or self._clock() - r.at > self.fresh_for:
+        if r is None or self._clock() - r.at > (r.fresh_for or self.fresh_for):
             return None
         return r
 
@@ -198,7 +233,7 @@ class LoadTracker:
         """Calls running on the runner as far as we know: ours, plus others' if reported."""
         n = self._inflight.get(address, 0)
         r = self._reports.get(address)
-        if r is not None and r.others and self._clock() - r.at <= self.fresh_for:
+        if r is not None and r.others and self._clock() - r.at <= (r.fresh_for or self.fresh_for):
             n += r.others
         return n
 
@@ -330,6 +365,6 @@ class LoadTracker:
         # O(reports) once per fresh_for: amortised O(1) per call.
         self._next_prune = now + self.fresh_for
         for address, r in list(self._reports.items()):
-            if now - r.at > self.fresh_for:
+            if now - r.at > (r.fresh_for or self.fresh_for):
                 del self._reports[address]
                 self._unaccount(address, r)

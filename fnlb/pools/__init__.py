@@ -15,7 +15,9 @@ admin      Admin/AddRunner             ``DynamicRunnerPool.add``
 The pool itself is composed of parts, one role each: ``membership``
 (sources, TTLs, retire-then-close), ``health`` (one runner's failures and
 back-off), ``outlier`` (ejection limits, panic, slow start), ``prober``
-(Status polls) and ``dynamic`` (the thin ``DynamicRunnerPool`` joining them).
+(Status polls), ``watch`` (Runner/Watch streams in place of polls, for
+runners that list "watch") and ``dynamic`` (the thin ``DynamicRunnerPool``
+joining them).
 """
 
 from __future__ import annotations

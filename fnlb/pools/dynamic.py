@@ -45,6 +45,7 @@ from fnlb.pools.membership import (
 )
 from fnlb.pools.outlier import OutlierDetector
 from fnlb.pools.prober import Prober
+from fnlb.pools.watch import Watcher
 from fnlb.runnerpool import DETACHED, Attempt, MTLSRunnerFactory, Runner, RunnerCall, RunnerStatus
 from fnlb.timefmt import now_rfc3339
 
@@ -130,8 +131,11 @@ class DynamicRunnerPool:
             new_health=lambda: RunnerHealth(self.health_config, clock),
             new_member=self._dress, joined=self._joined)
         self._outliers = OutlierDetector(self.health_config, self.metrics, rng)
-        self._prober = Prober(self.health_config, on_status=self._answered,
+        self._prober = Prober(self.health_config, on_status=self._polled,
                               on_silence=self._silent, clock=clock, rng=rng)
+        # Runners that list "watch" push their status instead of being polled.
+        self.watcher = Watcher(self.health_config, on_status=self._answered,
+                               on_lost=self._watch_lost, clock=clock)
         self._snapshot: tuple[Runner, ...] = ()
         self._listeners: list[Callable[[], None]] = []
         self._started = False
@@ -148,10 +152,12 @@ class DynamicRunnerPool:
     async def start(self, *, watch: bool = True) -> None:
         """Load every source once (a ConfigError stops the LB), then watch and probe.
 
-        ``watch=False`` skips the background loop: tests drive ``poll_once``.
+        ``watch=False`` skips the background loop and Runner/Watch streams:
+        tests drive ``poll_once``.
         """
         if self._started:
             return
+        self.watcher.enabled = self.watcher.enabled and watch
         for source in self._sources:
             await source.start(self)
         self._started = True
@@ -173,6 +179,7 @@ class DynamicRunnerPool:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.watcher.stop()
         self._snapshot = ()
         await self._members.close_all()
 
@@ -321,6 +328,10 @@ class DynamicRunnerPool:
         if hasattr(m.runner, "on_unanswered"):
             # A try unanswered past --accept-timeout: suspect at once, and ask.
             m.runner.on_unanswered = lambda reason: self._unanswered(m, reason)
+        if hasattr(m.runner, "on_free"):
+            # Free slots piggybacked on replies keep the load view fresh without polls.
+            m.runner.on_free = lambda slots, memory: self.load.update_free(m.address, slots,
+                                                                           memory)
 
     def _unanswered(self, m: Member, reason: str) -> None:
         if not m.retired:
@@ -359,14 +370,25 @@ class DynamicRunnerPool:
                         extra=kv(runner=m.address, seen_by=seen_by, error=error))
             self._rebuild()
 
-    def _answered(self, m: Member, status: RunnerStatus) -> None:
+    def _polled(self, m: Member, status: RunnerStatus) -> None:
+        self._answered(m, status)
+        self.watcher.offered(m, status)  # lists "watch": stop polling, listen
+
+    def _watch_lost(self, m: Member, error: str) -> None:
+        # The fastest "runner gone" signal: no new calls until a probe reaches it.
+        self._set_down(m, error, "watch")
+        self._prober.soon(m)
+        self._wake.set()
+
+    def _answered(self, m: Member, status: RunnerStatus,
+                  fresh_for: float | None = None) -> None:
         m.status = status
         m.status_at = now_rfc3339()
         # An answer turns "unknown" or "suspect" into "healthy" (and offered).
         changed = m.up is not True
         m.up = True
         # Received just now, on the tracker's own clock (ours may be a test's).
-        self.load.update_reported(m.address, status)
+        self.load.update_reported(m.address, status, fresh_for=fresh_for)
         draining = status.draining or status.drained
         if draining != m.reported_draining:
             m.reported_draining = draining
@@ -408,5 +430,8 @@ class DynamicRunnerPool:
             except Exception:  # a bug must not stop health checking for good
                 log.exception("runner pool tick failed")
                 delay = self.health_config.interval
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+            # cancel that comes as the wake-up does, and shutdown would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()

@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fnlb.errors import FnlbError
 from fnlb.logs import kv
@@ -85,7 +85,7 @@ class Member:
 
     __slots__ = ("address", "runner", "sources", "health", "placed", "status", "status_at",
                  "up", "admin_drained", "reported_draining", "retired", "closing",
-                 "detached_until", "next_probe", "blocked_logged", "handle")
+                 "detached_until", "next_probe", "blocked_logged", "handle", "watch")
 
     def __init__(self, address: str, runner: Runner, health: RunnerHealth) -> None:
         self.address = address
@@ -107,6 +107,12 @@ class Member:
         self.next_probe = 0.0
         self.blocked_logged = False
         self.handle: Runner = runner  # what placers get; the pool wraps it
+        self.watch: Any = None  # fnlb.pools.watch.WatchState once a Watch was opened
+
+    @property
+    def watched(self) -> bool:
+        """The runner pushes its status (Runner/Watch): the prober leaves it alone."""
+        return self.watch is not None and bool(self.watch.streaming)
 
     @property
     def draining(self) -> bool:

@@ -86,6 +86,11 @@ class Prober:
         """Probe the members that are due; the earliest next probe time."""
         now = self._clock()
         cfg = self.config
+        # Watched runners push their status (fnlb.pools.watch): not polled,
+        # unless in doubt (suspect, ejected): readmission is a poll's answer,
+        # not a heartbeat that may be half a minute away.
+        members = [m for m in members
+                   if not m.watched or m.up is not True or m.health.ejected]
         due = [m for m in members if m.next_probe <= now]
         for m in due:
             m.next_probe = now + cfg.interval

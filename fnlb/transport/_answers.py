@@ -6,6 +6,7 @@ timings recorded. Shared by every path of ``GrpcRunner`` (Calls, Call, TryExec).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -43,13 +44,16 @@ class Answers:
     told it in every ``try``; a bigger body fails the call).
     """
 
-    __slots__ = ("address", "_metrics", "max_response_bytes")
+    __slots__ = ("address", "_metrics", "max_response_bytes", "on_free")
 
     def __init__(self, address: str, metrics: Metrics,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.address = address
         self._metrics = metrics
         self.max_response_bytes = max_response_bytes
+        # on_free(slots_free, memory_mb_free): what a finished piggybacked
+        # (runner.proto, THE PIGGYBACK); the pool feeds it to its LoadTracker.
+        self.on_free: Callable[[int, int], None] | None = None
 
     def replied(self, reply: runner_pb2.CallReply, call: RunnerCall) -> Attempt:
         """A CallReply (Call or Calls) as an attempt: NACK, or committed."""
@@ -127,6 +131,9 @@ class Answers:
             runner=self.address, error_code=502, lost=verdict.lost))
 
     def record_finish(self, f: runner_pb2.CallFinished, call: RunnerCall) -> None:
+        on_free = self.on_free
+        if on_free is not None and f.HasField("slots_free"):
+            on_free(f.slots_free, f.memory_mb_free)
         created = parse_rfc3339(f.createdAt)
         started = parse_rfc3339(f.startedAt)
         completed = parse_rfc3339(f.completedAt)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -73,7 +73,7 @@ def status_from_pb(s: runner_pb2.RunnerStatus) -> RunnerStatus:
         drained=s.drained, slots_total=s.slots_total, slots_free=s.slots_free,
         memory_mb_total=s.memory_mb_total, memory_mb_free=s.memory_mb_free,
         warm_slots=tuple(s.warm_slots), runner_id=s.runner_id, custom=dict(s.customStatus),
-        features=frozenset(s.features))
+        features=frozenset(s.features), watch_heartbeat_ms=s.watch_heartbeat_ms)
 
 
 class GrpcRunner(RunnerChannel):
@@ -347,6 +347,36 @@ class GrpcRunner(RunnerChannel):
         self._watch.heard()
         return self._convert(protocol, s)
 
+    @property
+    def on_free(self) -> Callable[[int, int], None] | None:
+        """Called with (slots_free, memory_mb_free) when a finished piggybacks them
+        (runner.proto, THE PIGGYBACK). Set by the pool."""
+        return self._answers.on_free
+
+    @on_free.setter
+    def on_free(self, listener: Callable[[int, int], None] | None) -> None:
+        self._answers.on_free = listener
+
+    async def watch(self, heartbeat: float = 0.0) -> AsyncGenerator[RunnerStatus, None]:
+        """Runner/Watch: the runner's status as it pushes it (runner.proto, THE WATCH).
+
+        Ends when the runner ends the stream; raises AioRpcError when it breaks.
+        ``heartbeat``: ask for a message at least this often (0: the runner's own).
+        Closing the iterator (or cancelling its reader) cancels the stream.
+        """
+        stream = self._stub.Watch(runner_pb2.WatchRequest(heartbeat_ms=round(heartbeat * 1000)))
+        try:
+            while True:
+                msg = await stream.read()
+                if msg is grpc.aio.EOF:
+                    return
+                self._watch.heard()
+                if self._protocol is None:
+                    self._set_protocol(FNLB)  # only fnlb.v1.Runner serves Watch
+                yield status_from_pb(msg)
+        finally:
+            stream.cancel()
+
     def negotiate(self, status: RunnerStatus) -> None:
         """Use the fast paths ``status.features`` lists, and only those.
 
@@ -381,11 +411,12 @@ class GrpcRunner(RunnerChannel):
                     tls_cause=cause))
             raise
         status = self._convert(protocol, s)
-        # Every poll checks the protocol too: a runner restarted as the other
-        # kind is followed ("auto").
-        self._set_protocol(protocol)
         self.negotiate(status)
         self.follow_keepalive(status)
+        # Every poll checks the protocol too: a runner restarted as the other
+        # kind is followed ("auto"). After follow_keepalive: a re-dial of our
+        # own making forgets the protocol, but this answer came from the runner.
+        self._set_protocol(protocol)
         return status
 
     async def drain(self, wait: bool = False, timeout: float = 5.0) -> runner_pb2.CloseResponse:

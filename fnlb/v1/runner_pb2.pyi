@@ -61,7 +61,7 @@ class CallResultStart(_message.Message):
     def __init__(self, http: _Optional[_Union[HttpRespMeta, _Mapping]] = ...) -> None: ...
 
 class CallFinished(_message.Message):
-    __slots__ = ("success", "details", "errorCode", "errorStr", "createdAt", "startedAt", "completedAt", "schedulerDuration", "executionDuration", "errorUser", "image", "imagePullWaitDuration", "ctrPrepDuration", "ctrCreateDuration", "initStartTime", "memory_mb_total")
+    __slots__ = ("success", "details", "errorCode", "errorStr", "createdAt", "startedAt", "completedAt", "schedulerDuration", "executionDuration", "errorUser", "image", "imagePullWaitDuration", "ctrPrepDuration", "ctrCreateDuration", "initStartTime", "memory_mb_total", "slots_free", "memory_mb_free")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     ERRORCODE_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,8 @@ class CallFinished(_message.Message):
     CTRCREATEDURATION_FIELD_NUMBER: _ClassVar[int]
     INITSTARTTIME_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MB_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FREE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FREE_FIELD_NUMBER: _ClassVar[int]
     success: bool
     details: str
     errorCode: int
@@ -94,7 +96,9 @@ class CallFinished(_message.Message):
     ctrCreateDuration: int
     initStartTime: int
     memory_mb_total: int
-    def __init__(self, success: _Optional[bool] = ..., details: _Optional[str] = ..., errorCode: _Optional[int] = ..., errorStr: _Optional[str] = ..., createdAt: _Optional[str] = ..., startedAt: _Optional[str] = ..., completedAt: _Optional[str] = ..., schedulerDuration: _Optional[int] = ..., executionDuration: _Optional[int] = ..., errorUser: _Optional[bool] = ..., image: _Optional[str] = ..., imagePullWaitDuration: _Optional[int] = ..., ctrPrepDuration: _Optional[int] = ..., ctrCreateDuration: _Optional[int] = ..., initStartTime: _Optional[int] = ..., memory_mb_total: _Optional[int] = ...) -> None: ...
+    slots_free: int
+    memory_mb_free: int
+    def __init__(self, success: _Optional[bool] = ..., details: _Optional[str] = ..., errorCode: _Optional[int] = ..., errorStr: _Optional[str] = ..., createdAt: _Optional[str] = ..., startedAt: _Optional[str] = ..., completedAt: _Optional[str] = ..., schedulerDuration: _Optional[int] = ..., executionDuration: _Optional[int] = ..., errorUser: _Optional[bool] = ..., image: _Optional[str] = ..., imagePullWaitDuration: _Optional[int] = ..., ctrPrepDuration: _Optional[int] = ..., ctrCreateDuration: _Optional[int] = ..., initStartTime: _Optional[int] = ..., memory_mb_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., memory_mb_free: _Optional[int] = ...) -> None: ...
 
 class ClientMsg(_message.Message):
     __slots__ = ("data",)
@@ -116,7 +120,7 @@ class RunnerMsg(_message.Message):
     def __init__(self, result_start: _Optional[_Union[CallResultStart, _Mapping]] = ..., data: _Optional[_Union[DataFrame, _Mapping]] = ..., finished: _Optional[_Union[CallFinished, _Mapping]] = ..., ack: _Optional[_Union[CallAck, _Mapping]] = ...) -> None: ...
 
 class RunnerStatus(_message.Message):
-    __slots__ = ("active", "failed", "id", "details", "errorCode", "errorStr", "createdAt", "startedAt", "completedAt", "cached", "requestsReceived", "requestsHandled", "kdumpsOnDisk", "schedulerDuration", "executionDuration", "isNetworkDisabled", "customStatus", "imagePullWaitDuration", "ctrPrepDuration", "ctrCreateDuration", "initStartTime", "draining", "drained", "slots_total", "slots_free", "memory_mb_total", "memory_mb_free", "warm_slots", "runner_id", "requestsNacked", "features")
+    __slots__ = ("active", "failed", "id", "details", "errorCode", "errorStr", "createdAt", "startedAt", "completedAt", "cached", "requestsReceived", "requestsHandled", "kdumpsOnDisk", "schedulerDuration", "executionDuration", "isNetworkDisabled", "customStatus", "imagePullWaitDuration", "ctrPrepDuration", "ctrCreateDuration", "initStartTime", "draining", "drained", "slots_total", "slots_free", "memory_mb_total", "memory_mb_free", "warm_slots", "runner_id", "requestsNacked", "features", "watch_heartbeat_ms", "watch_min_interval_ms")
     class CustomStatusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +159,8 @@ class RunnerStatus(_message.Message):
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTSNACKED_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    WATCH_HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    WATCH_MIN_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     active: int
     failed: bool
     id: str
@@ -186,7 +192,15 @@ class RunnerStatus(_message.Message):
     runner_id: str
     requestsNacked: int
     features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, active: _Optional[int] = ..., failed: _Optional[bool] = ..., id: _Optional[str] = ..., details: _Optional[str] = ..., errorCode: _Optional[int] = ..., errorStr: _Optional[str] = ..., createdAt: _Optional[str] = ..., startedAt: _Optional[str] = ..., completedAt: _Optional[str] = ..., cached: _Optional[bool] = ..., requestsReceived: _Optional[int] = ..., requestsHandled: _Optional[int] = ..., kdumpsOnDisk: _Optional[int] = ..., schedulerDuration: _Optional[int] = ..., executionDuration: _Optional[int] = ..., isNetworkDisabled: _Optional[bool] = ..., customStatus: _Optional[_Mapping[str, str]] = ..., imagePullWaitDuration: _Optional[int] = ..., ctrPrepDuration: _Optional[int] = ..., ctrCreateDuration: _Optional[int] = ..., initStartTime: _Optional[int] = ..., draining: _Optional[bool] = ..., drained: _Optional[bool] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., memory_mb_total: _Optional[int] = ..., memory_mb_free: _Optional[int] = ..., warm_slots: _Optional[_Iterable[str]] = ..., runner_id: _Optional[str] = ..., requestsNacked: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+    watch_heartbeat_ms: int
+    watch_min_interval_ms: int
+    def __init__(self, active: _Optional[int] = ..., failed: _Optional[bool] = ..., id: _Optional[str] = ..., details: _Optional[str] = ..., errorCode: _Optional[int] = ..., errorStr: _Optional[str] = ..., createdAt: _Optional[str] = ..., startedAt: _Optional[str] = ..., completedAt: _Optional[str] = ..., cached: _Optional[bool] = ..., requestsReceived: _Optional[int] = ..., requestsHandled: _Optional[int] = ..., kdumpsOnDisk: _Optional[int] = ..., schedulerDuration: _Optional[int] = ..., executionDuration: _Optional[int] = ..., isNetworkDisabled: _Optional[bool] = ..., customStatus: _Optional[_Mapping[str, str]] = ..., imagePullWaitDuration: _Optional[int] = ..., ctrPrepDuration: _Optional[int] = ..., ctrCreateDuration: _Optional[int] = ..., initStartTime: _Optional[int] = ..., draining: _Optional[bool] = ..., drained: _Optional[bool] = ..., slots_total: _Optional[int] = ..., slots_free: _Optional[int] = ..., memory_mb_total: _Optional[int] = ..., memory_mb_free: _Optional[int] = ..., warm_slots: _Optional[_Iterable[str]] = ..., runner_id: _Optional[str] = ..., requestsNacked: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., watch_heartbeat_ms: _Optional[int] = ..., watch_min_interval_ms: _Optional[int] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("heartbeat_ms",)
+    HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_ms: int
+    def __init__(self, heartbeat_ms: _Optional[int] = ...) -> None: ...
 
 class CallRequest(_message.Message):
     __slots__ = ("body", "seq")

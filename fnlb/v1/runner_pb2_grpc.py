@@ -60,6 +60,11 @@ class RunnerStub:
                 request_serializer=fnlb_dot_v1_dot_runner__pb2.CallBatch.SerializeToString,
                 response_deserializer=fnlb_dot_v1_dot_runner__pb2.ReplyBatch.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/fnlb.v1.Runner/Watch',
+                request_serializer=fnlb_dot_v1_dot_runner__pb2.WatchRequest.SerializeToString,
+                response_deserializer=fnlb_dot_v1_dot_runner__pb2.RunnerStatus.FromString,
+                _registered_method=True)
 
 
 class RunnerServicer:
@@ -73,7 +78,7 @@ class RunnerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Status(self, request, context):
-        """Health and load. Cheap; the LB polls it.
+        """Health and load. Cheap; the LB polls it (unless it watches: THE WATCH).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +102,14 @@ class RunnerServicer:
 
     def Calls(self, request_iterator, context):
         """Optional: many sync calls over one stream (see THE CALL STREAM).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Optional: the runner's status pushed on change, plus heartbeats, in
+        place of Status polls (see THE WATCH).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +142,11 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.Calls,
                     request_deserializer=fnlb_dot_v1_dot_runner__pb2.CallBatch.FromString,
                     response_serializer=fnlb_dot_v1_dot_runner__pb2.ReplyBatch.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=fnlb_dot_v1_dot_runner__pb2.WatchRequest.FromString,
+                    response_serializer=fnlb_dot_v1_dot_runner__pb2.RunnerStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class Runner:
             '/fnlb.v1.Runner/Calls',
             fnlb_dot_v1_dot_runner__pb2.CallBatch.SerializeToString,
             fnlb_dot_v1_dot_runner__pb2.ReplyBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fnlb.v1.Runner/Watch',
+            fnlb_dot_v1_dot_runner__pb2.WatchRequest.SerializeToString,
+            fnlb_dot_v1_dot_runner__pb2.RunnerStatus.FromString,
             options,
             channel_credentials,
             insecure,
