@@ -134,7 +134,7 @@ class Cluster(ProcGroup):
     def fn_runner(self, name: str, slots: int) -> Proc:
         """An fn-protocol runner (the test double, its own process), started."""
         return self._spawn(name, "tests.fn_double", ["--listen", "127.0.0.1:0",
-                                                     "--slots", str(slots)])
+                                                     "--slots", str(slots), "--quiet"])
 
     def stub(self, name: str, args: Sequence[str], src: str = "") -> Proc:
         """A runner stub, started; ``wait_ready()`` it before use."""
