@@ -5,8 +5,11 @@
 
 Starts ``--stubs`` runner stubs and one LB as real processes on 127.0.0.1, then
 for every scenario (body size x concurrency) runs ``direct`` (the load
-generator speaks fnlb.v1.Runner/TryExec to the stubs, round robin) and ``lb``
-(fnlb.v1.LoadBalancer/Invoke) alternately, ``--reps`` times each, and reports
+generator speaks fnlb.v1.Runner/TryExec to the stubs, round robin), ``lb``
+(fnlb.v1.LoadBalancer/Invoke) and ``lb-fn`` (Invoke on a second LB whose
+runners are ``--fn-runners`` fn-protocol doubles, ``tests/fn_double``: fn's
+``/RunnerProtocol/Engage``, no fast paths, no ack) alternately, ``--reps``
+times each, and reports
 medians: calls/s, p50/p99 latency, and CPU ms per call of the LB, the stubs
 and the load generator (from /proc/PID/stat, so every thread counts).
 Then memory: LB RSS with 1,000 idle runners configured, with 1,000 calls in
@@ -128,6 +131,11 @@ class Cluster(ProcGroup):
             env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), os.getcwd()])
         return self.spawn(module, args, env, name=name, cwd=src or None)
 
+    def fn_runner(self, name: str, slots: int) -> Proc:
+        """An fn-protocol runner (the test double, its own process), started."""
+        return self._spawn(name, "tests.fn_double", ["--listen", "127.0.0.1:0",
+                                                     "--slots", str(slots), "--quiet"])
+
     def stub(self, name: str, args: Sequence[str], src: str = "") -> Proc:
         """A runner stub, started; ``wait_ready()`` it before use."""
         return self._spawn(name, "runner_stub", ["--listen", "127.0.0.1:0", *args], src=src)
@@ -165,11 +173,13 @@ def pctl(sorted_values: Sequence[float], q: float) -> float:
 
 class Bench:
     def __init__(self, args: argparse.Namespace, cluster: Cluster, stubs: list[Proc],
-                 lbs: dict[str, Proc]) -> None:
+                 lbs: dict[str, Proc], fn_runners: Sequence[Proc] = ()) -> None:
         self.args = args
         self.cluster = cluster
         self.stubs = stubs
-        self.lbs = lbs  # mode name ("lb", "lb:VARIANT") -> process
+        self.fn_runners = list(fn_runners)
+        # mode name ("lb", "lb:VARIANT", "lb-fn", "lb-fn:VARIANT") -> process
+        self.lbs = lbs
         self.lb = lbs["lb"]
         self.pool = cf.ProcessPoolExecutor(max_workers=args.client_procs,
                                            mp_context=multiprocessing.get_context("spawn"))
@@ -199,7 +209,8 @@ class Bench:
                 mode=mode, targets=targets, concurrency=share, body_size=body_size,
                 start_at=start_at, end_at=end_at, lb_connections=a.lb_connections,
                 calls=(calls // nprocs + (1 if i < calls % nprocs else 0)) if calls else 0))
-        server_pids = {"lb": [lb.pid], "stubs": [s.pid for s in self.stubs]}
+        runners = self.fn_runners if mode.startswith("lb-fn") else self.stubs
+        server_pids = {"lb": [lb.pid], "stubs": [s.pid for s in runners]}
 
         def sample() -> dict[str, float]:
             out = {k: sum(tree_cpu_seconds(p) for p in pids) for k, pids in server_pids.items()}
@@ -272,7 +283,8 @@ def run_scenarios(bench: Bench, names: Sequence[str], reps: int) -> dict[str, An
     results: dict[str, Any] = {}
     for name in names:
         body, conc = SCENARIOS[name]
-        modes = ["direct", *bench.lbs]
+        modes = [m for m in ("direct", *bench.lbs)
+                 if not bench.args.paths or m in bench.args.paths]
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         for rep in range(reps):
             # Rotate the order so a slow drift of the machine hits every path alike.
@@ -298,22 +310,22 @@ def _py_spy() -> str | None:
 
 
 def profile_lb(bench: Bench, seconds: float, native: bool, outdir: Path,
-               scenario: str = "echo15-c32") -> dict[str, Any]:
+               scenario: str = "echo15-c32", path: str = "lb") -> dict[str, Any]:
     """py-spy the LB under one scenario's load; write collapsed stacks and a top list."""
     exe = _py_spy()
     if exe is None:
         print("  profile: py-spy not found (pip install py-spy)", flush=True)
         return {}
     outdir.mkdir(parents=True, exist_ok=True)
-    raw = outdir / "lb-profile.txt"
-    cmd = [exe, "record", "--pid", str(bench.lb.pid), "--format", "raw",
+    raw = outdir / ("lb-profile.txt" if path == "lb" else f"{path.replace(':', '-')}-profile.txt")
+    cmd = [exe, "record", "--pid", str(bench.lbs[path].pid), "--format", "raw",
            "--duration", str(int(seconds)), "--output", str(raw)]
     # --native must stop the process for each sample: sample less often then.
     cmd += ["--native", "--rate", "50"] if native else ["--nonblocking", "--rate", "200"]
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # let py-spy attach before the load starts
     body, conc = SCENARIOS[scenario]
-    load = bench.run("lb", body, conc, duration=seconds)
+    load = bench.run(path, body, conc, duration=seconds)
     _, err = spy.communicate(timeout=seconds + 60)
     if spy.returncode != 0:
         print(f"  profile: py-spy failed: {err.decode(errors='replace')[-500:]}", flush=True)
@@ -457,7 +469,8 @@ def fmt_table(results: dict[str, Any]) -> str:
 
 
 def paired(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """For each variant: median over reps of lb/variant ratios, each rep paired in time.
+    """For each variant: median over reps of lb/variant ratios, each rep paired in time
+    (``lb-fn`` against its own variants ``lb-fn:NAME``, keyed "lb-fn vs lb-fn:NAME").
 
     Pairs ran back to back, so they saw the same machine: on a noisy box these
     ratios are steadier than comparing medians of each path.
@@ -465,10 +478,12 @@ def paired(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, modes in results.items():
         for mode in modes:
-            if not mode.startswith("lb:"):
+            base, sep, _ = mode.partition(":")
+            if not sep or base not in modes:
                 continue
-            pairs = list(zip(modes["lb"]["runs"], modes[mode]["runs"], strict=False))
-            out.setdefault(mode, {})[name] = {
+            pairs = list(zip(modes[base]["runs"], modes[mode]["runs"], strict=False))
+            key = mode if base == "lb" else f"{base} vs {mode}"
+            out.setdefault(key, {})[name] = {
                 k: statistics.median(a[k] / b[k] for a, b in pairs if b[k])
                 for k in ("lb_cpu_ms_per_call", "calls_per_s", "p50_ms")}
     return out
@@ -477,10 +492,46 @@ def paired(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
 def fmt_paired(p: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = []
     for mode, scen in p.items():
-        lines.append(f"lb vs {mode} (median of paired ratios; < 1 = lb uses less / is faster):")
+        base, _, _ = mode.partition(" vs ")
+        if base == mode:
+            base, mode = "lb", f"lb vs {mode}"
+        lines.append(f"{mode} (median of paired ratios; < 1 = {base} uses less / is faster):")
         for name, r in scen.items():
             lines.append(f"  {name:<11} LB CPU/call x{r['lb_cpu_ms_per_call']:.3f}   "
                          f"calls/s x{r['calls_per_s']:.3f}   p50 x{r['p50_ms']:.3f}")
+    return "\n".join(lines)
+
+
+def fn_vs_fnlb(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Through the LB, fn protocol (``lb-fn``) against fnlb's (``lb``): medians and
+    the median of paired fn/fnlb ratios, per scenario that ran both."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    keys = ("lb_cpu_ms_per_call", "calls_per_s", "p50_ms", "p99_ms")
+    for name, modes in results.items():
+        if "lb" not in modes or "lb-fn" not in modes:
+            continue
+        pairs = list(zip(modes["lb"]["runs"], modes["lb-fn"]["runs"], strict=False))
+        out[name] = {
+            "fnlb": {k: modes["lb"]["median"][k] for k in keys},
+            "fn": {k: modes["lb-fn"]["median"][k] for k in keys},
+            "ratio": {k: statistics.median(b[k] / a[k] for a, b in pairs if a[k]) for k in keys},
+        }
+    return out
+
+
+def fmt_fn_vs_fnlb(r: dict[str, dict[str, dict[str, float]]]) -> str:
+    lines = ["via LB, fn protocol (lb-fn) vs fnlb protocol (lb); ratio = fn/fnlb, "
+             "median of paired runs",
+             f"{'scenario':<11} {'':<6} {'LB CPU-ms':>10} {'calls/s':>8} {'p50 ms':>8} "
+             f"{'p99 ms':>8}"]
+    for name, v in r.items():
+        for row, fmt in (("fnlb", "{:10.3f}"), ("fn", "{:10.3f}"), ("ratio", "{:9.2f}x")):
+            m = v[row]
+            cps = f"{m['calls_per_s']:7.2f}x" if row == "ratio" else f"{m['calls_per_s']:8.0f}"
+            lat = "{:7.2f}x" if row == "ratio" else "{:8.3f}"
+            lines.append(f"{name if row == 'fnlb' else '':<11} {row:<6} "
+                         f"{fmt.format(m['lb_cpu_ms_per_call'])} {cps} "
+                         f"{lat.format(m['p50_ms'])} {lat.format(m['p99_ms'])}")
     return "\n".join(lines)
 
 
@@ -568,6 +619,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lb-connections", type=int, default=4,
                    help="connections from each load process to the LB, used round robin; "
                         "an LB with --workers N needs several (default 4)")
+    p.add_argument("--fn-runners", type=int, default=2,
+                   help="fn-protocol runners (tests/fn_double processes) behind a second LB, "
+                        "path lb-fn (and lb-fn:NAME for every --variant); 0 skips (default 2)")
+    p.add_argument("--paths", type=lambda v: [x for x in v.split(",") if x], default=[],
+                   help="run only these paths, comma-separated (e.g. lb-fn,lb-fn:base); "
+                        "default all")
     p.add_argument("--stub-src", default="",
                    help="run the runner stubs from the runner_stub package in this source tree")
     p.add_argument("--label", default="", help="free text stored in the JSON")
@@ -579,6 +636,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "under the echo c=32 load (needs py-spy on PATH or in the venv)")
     p.add_argument("--profile-scenario", default="echo15-c32", choices=list(SCENARIOS),
                    help="the load to profile under (default echo15-c32)")
+    p.add_argument("--profile-path", default="lb",
+                   help="the LB to profile: a path name, e.g. lb-fn (default lb)")
     p.add_argument("--profile-native", action="store_true",
                    help="py-spy --native: include C/Cython frames (gRPC core)")
     p.add_argument("--json", default="bench-results/datapath.json", help="output file")
@@ -604,6 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stubs = [cluster.stub(f"stub{i}", stub_args, args.stub_src) for i in range(args.stubs)]
         for stub in stubs:
             stub.wait_ready()
+        fns = [cluster.fn_runner(f"fn{i}", args.slots) for i in range(args.fn_runners)]
+        for fn in fns:
+            fn.wait_ready()
+        fn_addrs = [f"fn://{f.addr}" for f in fns]
         lb = cluster.lb("lb", [s.addr for s in stubs], args.lb_arg)
         lbs = {"lb": lb}
         for v in args.variant:
@@ -613,18 +676,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                      if a.partition("=")[0] == vname]
             lbs[f"lb:{vname}"] = cluster.lb(f"lb-{vname}", [s.addr for s in stubs],
                                             [*args.lb_arg, *extra], src=src, module=module)
+        if fns:
+            lbs["lb-fn"] = cluster.lb("lb-fn", fn_addrs, args.lb_arg)
+            for v in args.variant:
+                vname, _, where = v.partition("=")
+                src, _, module = where.partition("@")
+                extra = [a.partition("=")[2] for a in args.variant_arg
+                         if a.partition("=")[0] == vname]
+                lbs[f"lb-fn:{vname}"] = cluster.lb(f"lb-fn-{vname}", fn_addrs,
+                                                   [*args.lb_arg, *extra], src=src,
+                                                   module=module)
         for p in lbs.values():
             p.wait_ready()
         report["lb_rss_start_kib"] = rss_kib(lb.pid)
         print(f"bench: {args.stubs} stubs + LB (pid {lb.pid}); {args.reps} x {args.duration:g}s "
               f"per path and scenario", flush=True)
-        bench = Bench(args, cluster, stubs, lbs)
+        bench = Bench(args, cluster, stubs, lbs, fns)
         try:
             results = run_scenarios(bench, names, args.reps)
             report["scenarios"] = results
             if args.profile:
                 report["profile"] = profile_lb(bench, args.profile, args.profile_native,
-                                               Path(args.json).parent, args.profile_scenario)
+                                               Path(args.json).parent, args.profile_scenario,
+                                               args.profile_path)
             if args.hold:
                 print(f"holding {args.hold:g}s: LB pid {lb.pid} addr {lb.addr} "
                       f"stubs {[s.addr for s in stubs]}", flush=True)
@@ -646,13 +720,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  memory: {args.idle_runners} idle runners: LB RSS "
                   f"{memory['idle_runners']['rss_kib'] / 1024:.1f} MiB", flush=True)
         report["memory"] = memory
-    r = ratios(results)
+    # The targets compare lb with direct: only when both ran.
+    r = (ratios(results) if all("lb" in ms and "direct" in ms for ms in results.values())
+         else {})
     report["ratios"] = r
     report["elapsed_s"] = time.monotonic() - t_start
     print()
     print(fmt_table(results))
     print()
     print(fmt_targets(r, memory.get("leak")))
+    report["fn_vs_fnlb"] = fn_vs_fnlb(results)
+    if report["fn_vs_fnlb"]:
+        print()
+        print(fmt_fn_vs_fnlb(report["fn_vs_fnlb"]))
     if args.variant:
         report["paired"] = paired(results)
         print()

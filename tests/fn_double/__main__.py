@@ -15,6 +15,7 @@ first (the NACK). With a slot it reads the body, echoes it back
     --nack-hangup        after a NACK, end the stream at once without reading
                          the body (fn's runner returns from Engage)
     --crash-after-commit exit the process after ``result_start`` of a call
+    --quiet              no line per call (``make bench``: the runner stub logs none)
     --tls-cert/--tls-key/--tls-ca  serve mutual TLS only
 
 Logs ``msg=listening addr=HOST:PORT`` once serving, ``msg=call_started
@@ -58,7 +59,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+QUIET = False  # --quiet: no call_started / nack lines
+
+
 def log(msg: str, **kv: object) -> None:
+    if QUIET and msg in ("call_started", "nack"):
+        return
     fields = " ".join(f"{k}={v}" for k, v in kv.items())
     print(f"msg={msg} {fields}".rstrip(), flush=True)
 
@@ -160,11 +166,15 @@ def main() -> None:
     p.add_argument("--sleep-ms", type=int, default=0)
     p.add_argument("--nack-hangup", action="store_true")
     p.add_argument("--crash-after-commit", action="store_true")
+    p.add_argument("--quiet", action="store_true")
     p.add_argument("--tls-cert", default="")
     p.add_argument("--tls-key", default="")
     p.add_argument("--tls-ca", default="")
+    args = p.parse_args()
+    global QUIET
+    QUIET = args.quiet
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(p.parse_args()))
+        asyncio.run(serve(args))
 
 
 if __name__ == "__main__":
