@@ -823,8 +823,10 @@ class StubServer:
     """
 
     def __init__(self, config: StubConfig, *, rng: random.Random | None = None,
-                 exit_process: Callable[[int], object] = os._exit) -> None:
+                 exit_process: Callable[[int], object] = os._exit,
+                 announce: bool = True) -> None:
         self.config = config
+        self._announce = announce  # False: no listening/stopped lines (a RunnerHost's runner)
         self._rng = rng
         self._exit_process = exit_process
         self._server: grpc.aio.Server | None = None
@@ -888,9 +890,10 @@ class StubServer:
         self._server, self._service = server, service
         for name in ("", RUNNER_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("listening", extra=kv(
-            addr=self._addr, runner_id=service.runner_id, slots=cfg.slots,
-            memory_mb=cfg.memory_mb, warm_cache=cfg.warm_cache, tls=str(cfg.tls).lower()))
+        if self._announce:
+            log.info("listening", extra=kv(
+                addr=self._addr, runner_id=service.runner_id, slots=cfg.slots,
+                memory_mb=cfg.memory_mb, warm_cache=cfg.warm_cache, tls=str(cfg.tls).lower()))
 
     async def drain(self) -> None:
         """NACK every new call from now on; in-flight calls go on."""
@@ -922,7 +925,7 @@ class StubServer:
         self.service.end_call_streams()
         await self._server.stop(grace)
         await self.service.cancel_orphans()
-        if first:
+        if first and self._announce:
             log.info("stopped", extra=kv(addr=self._addr))
 
     async def wait_closed(self) -> None:
