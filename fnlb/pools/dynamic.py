@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import grpc
 
@@ -62,6 +64,39 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def _release_freed_memory() -> None:
+    """Give memory freed by closed channels back to the OS (glibc's malloc_trim).
+
+    gRPC's per-connection buffers are many small allocations; once freed they
+    stay in malloc's arenas (RSS) until trimmed. Elsewhere a no-op.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _malloc_trim = ctypes.CDLL(name).malloc_trim if name else False
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
+@runtime_checkable
+class Parkable(Protocol):
+    """A runner whose channel can be closed while idle (``GrpcRunner``)."""
+
+    @property
+    def parked(self) -> bool: ...
+
+    def idle_for(self, now: float) -> float: ...
+
+    async def park_if_idle(self, now: float, idle: float) -> bool: ...
+
 
 # How long a detached call's result stream may still be read after acceptance,
 # beyond its timeout (GrpcRunner drains it in the background for that long).
@@ -138,6 +173,8 @@ class DynamicRunnerPool:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._next_park = 0.0  # when to look for idle channels next
+        self.parked = 0  # idle channels closed so far
 
     @property
     def panic(self) -> bool:
@@ -198,6 +235,11 @@ class DynamicRunnerPool:
     def snapshot(self) -> tuple[Runner, ...]:
         return self._snapshot
 
+    def skip_polls_when(self, predicate: Callable[[Member], bool]) -> None:
+        """Do not poll a runner's Status while ``predicate(member)`` holds (e.g. its
+        Runner/Watch stream is live); see ``Prober.skip_when``."""
+        self._prober.skip_when(predicate)
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` whenever the offered runners change."""
         self._listeners.append(listener)
@@ -238,6 +280,7 @@ class DynamicRunnerPool:
             # usual interval, so an ejected runner (panic) is readmitted soon.
             self._prober.back_to_interval(m)
             m.health.success()
+            m.call_ok_at = self._clock()
         else:
             self._failure(m, str(result.error), "placement")
 
@@ -391,6 +434,7 @@ class DynamicRunnerPool:
         if self._members.expire(self._clock()):
             self._rebuild()
         self._members.close_idle()
+        await self._park_idle()
         next_probe = await self._prober.poll(list(self._members))
         now = self._clock()
         wake = min(next_probe, now + self.health_config.interval)
@@ -398,6 +442,31 @@ class DynamicRunnerPool:
         if expiry is not None:
             wake = min(wake, expiry)
         return max(wake - now, 0.0)
+
+    async def _park_idle(self) -> None:
+        """Close the channels of runners that ran no call for ``idle_close`` (every idle/4)."""
+        idle = self.health_config.idle_close
+        now = self._clock()
+        if not idle or now < self._next_park:
+            return
+        self._next_park = now + max(idle / 4, 0.25)
+        mono = time.monotonic()  # the runners' own clock, not a test's
+        closed = 0
+        for m in list(self._members):
+            runner = m.runner
+            if (not isinstance(runner, Parkable) or runner.parked
+                    or runner.idle_for(mono) < idle or self.load.inflight(m.address)):
+                continue
+            try:
+                closed += await runner.park_if_idle(mono, idle)
+            except Exception as e:  # closing is best effort; polls must go on
+                log.warning("closing idle channel failed", extra=kv(runner=m.address,
+                                                                    error=repr(e)))
+        if closed:
+            self.parked += closed
+            log.info("closed idle runner channels", extra=kv(
+                channels=closed, idle_s=f"{idle:g}"))
+            await asyncio.to_thread(_release_freed_memory)
 
     async def _run(self) -> None:
         while True:

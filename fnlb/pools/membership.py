@@ -83,7 +83,7 @@ class Member:
 
     __slots__ = ("address", "runner", "sources", "health", "placed", "status", "status_at",
                  "up", "admin_drained", "reported_draining", "retired", "closing",
-                 "detached_until", "next_probe", "blocked_logged", "handle")
+                 "detached_until", "next_probe", "blocked_logged", "handle", "call_ok_at")
 
     def __init__(self, address: str, runner: Runner, health: RunnerHealth) -> None:
         self.address = address
@@ -103,6 +103,9 @@ class Member:
         self.closing = False
         self.detached_until = 0.0  # a detached call's result may be read until then
         self.next_probe = 0.0
+        # When a call last ran here (its outcome showed a working runner): over
+        # the poll budget such a runner is not polled (fnlb.pools.prober).
+        self.call_ok_at = -1e18
         self.blocked_logged = False
         self.handle: Runner = runner  # what placers get; the pool wraps it
 

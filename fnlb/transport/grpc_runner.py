@@ -93,6 +93,8 @@ class GrpcRunner(RunnerChannel):
         ``ack`` False: never ask for acknowledgements, even if the runner lists "ack".
         """
         self._address = address
+        self._busy = 0
+        self._used_at = time.monotonic()
         self._max_response_bytes = max_response_bytes
         self._server_name = server_name
         self._keepalive = False  # KEEPALIVE_OPTIONS: once the runner lists "keepalive"
@@ -160,6 +162,16 @@ class GrpcRunner(RunnerChannel):
             listener(reason)
 
     async def try_exec(self, call: RunnerCall) -> Attempt:
+        self._unpark()
+        self._busy += 1
+        self._used_at = time.monotonic()
+        try:
+            return await self._try_exec(call)
+        finally:
+            self._busy -= 1
+            self._used_at = time.monotonic()
+
+    async def _try_exec(self, call: RunnerCall) -> Attempt:
         if self._closed:
             return Attempt(False, RunnerUnreachable(f"runner {self._address} is closed"))
         if not await self._connected():
@@ -243,8 +255,14 @@ class GrpcRunner(RunnerChannel):
         return self._answers.replied(reply, call)
 
     async def status(self, timeout: float = 2.0) -> RunnerStatus:
-        """The runner's Status RPC, and nothing else: no re-dial, no renegotiation."""
-        s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
+        """The runner's Status RPC, and nothing else: no re-dial, no renegotiation.
+
+        A runner whose channel was closed for being idle is asked over a
+        channel made for this one call: a poll does not reopen it."""
+        if self._parked:
+            s = await self._status_parked(timeout)
+        else:
+            s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
         self._watch.heard()
         return status_from_pb(s)
 
@@ -286,6 +304,7 @@ class GrpcRunner(RunnerChannel):
 
     async def drain(self, wait: bool = False, timeout: float = 5.0) -> runner_pb2.CloseResponse:
         """Ask the runner itself to drain (its Close RPC)."""
+        self._unpark()
         resp: runner_pb2.CloseResponse = await self._stub.Close(
             runner_pb2.CloseRequest(wait=wait), timeout=timeout)
         return resp
@@ -306,7 +325,7 @@ class GrpcRunner(RunnerChannel):
                 task.cancel()
             await self._call_stream.close()
             for channel in [self._channel, *self._retiring]:
-                await channel.close(grace=None)
+                await channel.close(grace=None)  # a second close (parked) does nothing
 
 
 def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
