@@ -122,7 +122,7 @@ def add_serve_parser(sub: Any) -> None:
          help="a runner that answered before is still polled every --health-interval for "
               "this long after it went silent (a restart or short partition is found "
               "again within an interval); then its polls back off")
-    _add(p, "--health-poll-rate", "100", type=number, metavar="N",
+    _add(p, "--health-poll-rate", "20", type=number, metavar="N",
          help="Status polls per second for the whole pool: up to --health-interval x N "
               "runners are polled every --health-interval; a larger pool every "
               "runners/N seconds per runner, spread evenly, skipping runners whose calls "

@@ -20,12 +20,13 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import grpc
 
@@ -174,7 +175,11 @@ class DynamicRunnerPool:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._next_park = 0.0  # when to look for idle channels next
+        self._parkable: dict[type, bool] = {}  # isinstance(Parkable) per runner class
         self.parked = 0  # idle channels closed so far
+        for table in self.table_sizes():
+            self.metrics.pool_table_entries.labels(table).set_function(
+                functools.partial(self._table_size, table))
 
     @property
     def panic(self) -> bool:
@@ -349,6 +354,20 @@ class DynamicRunnerPool:
     def views(self) -> list[RunnerView]:
         return self._members.views()
 
+    def table_sizes(self) -> dict[str, int]:
+        """Entries of every per-runner table the pool and its load tracker keep.
+
+        Members and load reports follow the pool's size; in-flight entries
+        the calls running; retiring the runners left with calls still on them.
+        """
+        members, retiring = self._members.counts()
+        inflight, reports, warm = self.load.table_sizes()
+        return {"members": members, "retiring": retiring, "inflight": inflight,
+                "reports": reports, "warm_index": warm}
+
+    def _table_size(self, table: str) -> float:
+        return float(self.table_sizes()[table])
+
     def member_count(self) -> tuple[int, int]:
         """(members, retiring): for tests and debugging."""
         return self._members.counts()
@@ -453,9 +472,15 @@ class DynamicRunnerPool:
         mono = time.monotonic()  # the runners' own clock, not a test's
         closed = 0
         for m in list(self._members):
-            runner = m.runner
-            if (not isinstance(runner, Parkable) or runner.parked
-                    or runner.idle_for(mono) < idle or self.load.inflight(m.address)):
+            kind = type(m.runner)
+            parkable = self._parkable.get(kind)
+            if parkable is None:  # a protocol isinstance is slow: once per class
+                parkable = self._parkable[kind] = isinstance(m.runner, Parkable)
+            if not parkable:
+                continue
+            runner = cast(Parkable, m.runner)
+            if (runner.parked or runner.idle_for(mono) < idle
+                    or self.load.inflight(m.address)):
                 continue
             try:
                 closed += await runner.park_if_idle(mono, idle)

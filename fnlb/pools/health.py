@@ -81,7 +81,7 @@ class HealthConfig:
     # of up to interval * poll_rate runners is polled every interval as
     # before; a larger one every pool / poll_rate seconds per runner, spread
     # evenly, skipping runners whose calls ran lately. inf = no budget.
-    poll_rate: float = 100.0
+    poll_rate: float = 20.0
     # Close the channel to a runner that ran no call for this long (seconds;
     # --runner-idle-close); the next call re-dials, polls use a one-off
     # channel. 0 = never.
