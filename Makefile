@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/fnlb/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload bench-faults clean
+.PHONY: help install proto check-proto test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload bench-faults bench-scale clean
 
 help:
 	@echo "make demo             start an LB and 3 runner stubs, send calls, show results and metrics"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-sim        placement simulation at 1,000 runners (no processes)"
 	@echo "make bench-sim-overload  simulated overload: fn's NACK sweep vs a wait queue, 1 and 10 LBs"
 	@echo "make bench-faults     real faults (SIGSTOP, partition, SIGTERM, dead runners) vs the issue-13 targets"
+	@echo "make bench-scale      one LB over 100/1,000/5,000 runners: idle CPU, KiB/runner, churn"
 	@echo "make lint             ruff and mypy"
 	@echo "make proto            regenerate fnlb/v1 from protos/"
 	@echo "make clean            remove .venv and caches"
@@ -80,6 +81,9 @@ bench-sim-overload: $(STAMP)
 
 bench-faults: $(STAMP)
 	$(BIN)/python -m bench.faults
+
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale $(if $(QUICK),--quick,)
 
 bench-mtls: $(STAMP)
 	$(BIN)/python -m bench.mtls

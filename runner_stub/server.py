@@ -110,6 +110,7 @@ class Counters:
     completed: int = 0  # functions that ran to their end without error
     bad_requests: int = 0
     started: int = 0  # functions started (an accepted call that was dropped never starts)
+    status_calls: int = 0  # Status RPCs answered (this one included): what polling costs
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     async def Status(self, request: Any, context: Any) -> runner_pb2.RunnerStatus:
         now = now_rfc3339()
         c = self.counters
+        c.status_calls += 1
         return runner_pb2.RunnerStatus(
             active=self.active,
             id=self.runner_id,
@@ -461,6 +463,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 "bad_requests": str(c.bad_requests),
                 "started": str(c.started),
                 "waiting": str(self.pool.waiting),
+                "status_calls": str(c.status_calls),
             },
         )
 

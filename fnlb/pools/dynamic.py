@@ -460,6 +460,8 @@ class DynamicRunnerPool:
         expiry = self._members.next_expiry(now)
         if expiry is not None:
             wake = min(wake, expiry)
+        if self.health_config.idle_close:
+            wake = min(wake, self._next_park)  # look for idle channels in time
         return max(wake - now, 0.0)
 
     async def _park_idle(self) -> None:

@@ -17,8 +17,9 @@ even when phases bunch up. Then, too, a runner that ran a call within its
 period is not polled: the call's outcome says it is up (``Member.call_ok_at``),
 and each ``skip_when`` predicate can pass a runner over (e.g. one whose live
 Runner/Watch stream already tells its status). A runner never heard from is
-asked at once whatever the budget (at most ``FIRST_PROBES`` at a time), so a
-large pool is healthy soon after start.
+asked whatever the budget (at most ``FIRST_PROBES`` at a time, and on the
+usual back-off while it does not answer), so a large pool is healthy soon
+after start even when some first polls time out.
 
 The prober only asks and schedules; what an answer or a silence means (load
 reports, draining, ejection) is the pool's business, through ``on_status`` and
@@ -154,7 +155,7 @@ class Prober:
         for m in members:
             if m.next_probe > now:
                 continue
-            if m.up is None and m.status is None:
+            if m.status is None:  # never answered: joined, or not up yet
                 if len(first) < FIRST_PROBES:
                     first.append(m)
                 else:
