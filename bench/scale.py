@@ -371,7 +371,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the LB's --runner-idle-close (s); idle CPU and RSS are measured "
                         "once it passed, with the channels of idle runners closed "
                         "(0: channels stay open)")
-    p.add_argument("--healthy-within", type=float, default=60.0)
+    p.add_argument("--healthy-within", type=float, default=150.0)
     p.add_argument("--kill-within", type=float, default=120.0)
     p.add_argument("--churn-s", type=float, default=60.0)
     p.add_argument("--churn-rate", type=float, default=20.0)

@@ -85,6 +85,7 @@ def _release_freed_memory() -> None:
 
 
 _malloc_trim: Any = None
+_TRIM_EVERY_S = 5.0
 
 
 @runtime_checkable
@@ -177,6 +178,8 @@ class DynamicRunnerPool:
         self._next_park = 0.0  # when to look for idle channels next
         self._parkable: dict[type, bool] = {}  # isinstance(Parkable) per runner class
         self.parked = 0  # idle channels closed so far
+        self._trimmed_at = 0  # closed channels counted at the last malloc trim
+        self._next_trim = 0.0
         for table in self.table_sizes():
             self.metrics.pool_table_entries.labels(table).set_function(
                 functools.partial(self._table_size, table))
@@ -454,6 +457,7 @@ class DynamicRunnerPool:
             self._rebuild()
         self._members.close_idle()
         await self._park_idle()
+        await self._trim_if_closed()
         next_probe = await self._prober.poll(list(self._members))
         now = self._clock()
         wake = min(next_probe, now + self.health_config.interval)
@@ -493,6 +497,14 @@ class DynamicRunnerPool:
             self.parked += closed
             log.info("closed idle runner channels", extra=kv(
                 channels=closed, idle_s=f"{idle:g}"))
+
+    async def _trim_if_closed(self) -> None:
+        """Give freed channel memory back once channels were closed (parked or retired)."""
+        closed = self.parked + self._members.closed_channels
+        now = self._clock()
+        if closed > self._trimmed_at and now >= self._next_trim:
+            self._trimmed_at = closed
+            self._next_trim = now + _TRIM_EVERY_S  # a trim walks the heap: not every tick
             await asyncio.to_thread(_release_freed_memory)
 
     async def _run(self) -> None:

@@ -156,6 +156,7 @@ class Members:
         self.source_errors: dict[str, str] = {}
         self.closed = False
         self._closing: set[asyncio.Task[None]] = set()
+        self.closed_channels = 0  # runners closed so far (their memory can be trimmed)
         load.subscribe(self._call_ended)
 
     def __len__(self) -> int:
@@ -301,6 +302,7 @@ class Members:
 
     async def _close(self, m: Member) -> None:
         m.closing = True
+        self.closed_channels += 1
         try:
             await m.runner.close()
         except Exception as e:  # closing is best effort; never kill the pool for it
