@@ -478,6 +478,8 @@ class DynamicRunnerPool:
         mono = time.monotonic()  # the runners' own clock, not a test's
         closed = 0
         for m in list(self._members):
+            if m.status is None:
+                continue  # never heard from yet: its first polls need the channel
             kind = type(m.runner)
             parkable = self._parkable.get(kind)
             if parkable is None:  # a protocol isinstance is slow: once per class

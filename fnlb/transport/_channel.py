@@ -108,6 +108,7 @@ class RunnerChannel:
     _last_explained: float
     _parked: bool  # the channel was closed for being idle; the next call re-dials
     _busy: int  # try_exec calls running now
+    _asking: int  # Status calls running now (they do not make a runner busy)
     _used_at: float  # monotonic: when the last call started or ended
     tls: bool
 
@@ -209,7 +210,7 @@ class RunnerChannel:
         Not while a call, a detached call's result or an older channel's calls
         are still on the way. Calls from now on dial a new channel.
         """
-        if (self._closed or self._parked or self._busy or self._background
+        if (self._closed or self._parked or self._busy or self._asking or self._background
                 or self._retiring or self._call_stream.inflight
                 or now - self._used_at < idle):
             return False

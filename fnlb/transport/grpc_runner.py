@@ -94,6 +94,7 @@ class GrpcRunner(RunnerChannel):
         """
         self._address = address
         self._busy = 0
+        self._asking = 0
         self._used_at = time.monotonic()
         self._max_response_bytes = max_response_bytes
         self._server_name = server_name
@@ -259,10 +260,14 @@ class GrpcRunner(RunnerChannel):
 
         A runner whose channel was closed for being idle is asked over a
         channel made for this one call: a poll does not reopen it."""
-        if self._parked:
-            s = await self._status_parked(timeout)
-        else:
-            s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
+        self._asking += 1
+        try:
+            if self._parked:
+                s = await self._status_parked(timeout)
+            else:
+                s = await self._stub.Status(empty_pb2.Empty(), timeout=timeout)
+        finally:
+            self._asking -= 1
         self._watch.heard()
         return status_from_pb(s)
 
