@@ -213,8 +213,10 @@ def run_size(n: int, mode: str, workdir: Path, lb_args: Sequence[str], base_kib:
         got = wait_metric(lb, lambda h: h >= n, args.healthy_within)
         m.healthy_s = None if got is None else time.monotonic() - t0
         if got is None:
-            m.note = f"only {healthy(lb):.0f} of {n} healthy after {args.healthy_within:g}s"
-            return m
+            seen = healthy(lb)
+            m.note = f"only {seen:.0f} of {n} healthy after {args.healthy_within:g}s"
+            if seen < 0.9 * n:
+                return m  # too few to measure the rest on
         time.sleep(args.settle + (args.idle_close * 1.25 + 1 if args.idle_close else 0))
         m.idle_cpu_pct = idle_cpu(lb.pid, args.idle_s)
         rss = float(rss_kib(lb.pid))
