@@ -187,12 +187,18 @@ class Prober:
             self.polls += len(due)
             await asyncio.gather(*(self.probe(m) for m in due))
         started, now = now, self._clock()
+        period = cfg.poll_period(len(members))
+        # Over budget, a runner that answered before and is silent now is asked
+        # again after a quarter period at the soonest: a few dozen silent runners
+        # on a 2 s interval would take the whole budget from the healthy ones.
+        floor = period / 4 if period > cfg.interval else 0.0
         for m in due:
             missed = m.health.polls_missed_for_backoff()
             if missed:
                 # Not answering: poll it less and less often, up to the cap. Any
                 # success resets the count, and with it the interval.
-                at = started + cfg.poll_delay(missed, self._rng.random())
+                at = started + max(cfg.poll_delay(missed, self._rng.random()),
+                                   floor if m.status is not None else 0.0)
                 if at > started + cfg.interval:
                     # Batched onto multiples of the interval (never later than the
                     # back-off says).
