@@ -234,8 +234,9 @@ def run_size(n: int, mode: str, workdir: Path, lb_args: Sequence[str], base_kib:
                 break
             time.sleep(0.2)
         else:
-            m.note = (f"kill: {victims - left} of {victims} noticed within the bench's "
-                      f"{limit:.0f}s; 2 polls = {2 * m.poll_period_s:.0f}s")
+            m.note = "; ".join(filter(None, (m.note, (
+                f"kill: {victims - left} of {victims} noticed within the bench's "
+                f"{limit:.0f}s; 2 polls = {2 * m.poll_period_s:.0f}s"))))
         if n == args.churn_size:
             m.churn = churn(lb, runners_file, [a for h in hosts for a in h.addrs], args)
     return m
