@@ -14,7 +14,7 @@ BUF := $(NPM_TOOLS)/node_modules/.bin/buf
 # What `buf breaking` compares protos/ with; empty = automatic (see proto-lint).
 BUF_AGAINST ?=
 
-.PHONY: help install proto check-proto proto-lint test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload bench-faults clean
+.PHONY: help install proto check-proto proto-lint test test-fast lint demo bench bench-placement bench-overload bench-mtls bench-sim bench-sim-overload bench-faults bench-scale clean
 
 help:
 	@echo "make demo             start an LB and 3 runner stubs, send calls, show results and metrics"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench-sim        placement simulation at 1,000 runners (no processes)"
 	@echo "make bench-sim-overload  simulated overload: fn's NACK sweep vs a wait queue, 1 and 10 LBs"
 	@echo "make bench-faults     real faults (SIGSTOP, partition, SIGTERM, dead runners) vs the issue-13 targets"
+	@echo "make bench-scale      one LB over 100/1,000/5,000 runners: idle CPU, KiB/runner, churn"
 	@echo "make lint             ruff, mypy, and buf (proto lint + wire-breaking check)"
 	@echo "make proto            regenerate fnlb/v1 and fnlb/fn from protos/"
 	@echo "make clean            remove .venv and caches"
@@ -118,6 +119,9 @@ bench-sim-overload: $(STAMP)
 
 bench-faults: $(STAMP)
 	$(BIN)/python -m bench.faults
+
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale $(if $(QUICK),--quick,)
 
 bench-mtls: $(STAMP)
 	$(BIN)/python -m bench.mtls

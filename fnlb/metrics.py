@@ -119,6 +119,11 @@ class Metrics:
         self.pool_slow_start_skips = Counter(
             "fnlb_pool_slow_start_skips",
             "Attempts a ramping (slow start) runner passed on to the next runner.", registry=r)
+        # Entries of the pool's per-runner tables, read at scrape time: they follow
+        # the pool's size, whatever the churn (make bench-scale checks it).
+        self.pool_table_entries = Gauge(
+            "fnlb_pool_table_entries", "Entries in the LB's per-runner tables, by table.",
+            ["table"], registry=r)
         self.discovery_errors = Counter(
             "fnlb_discovery_errors", "Failed lookups of a runner source (last set kept).",
             ["source"], registry=r)

@@ -21,7 +21,7 @@ from fnlb.errors import ConfigError
 from fnlb.logs import kv, setup_logging
 from fnlb.timefmt import format_duration, parse_duration
 from runner_stub import tracing
-from runner_stub.config import LOG_LEVELS, StubConfig, flag_name, split_host_port
+from runner_stub.config import LOG_LEVELS, StubConfig, flag_name, split_listen
 from runner_stub.errors import StartupError
 from runner_stub.server import StubServer
 
@@ -56,7 +56,7 @@ def _duration(text: str) -> float:
 
 def _addr(text: str) -> str:
     try:
-        split_host_port(text)
+        split_listen(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
@@ -102,7 +102,10 @@ class _Flag:
 
 _FLAGS: tuple[_Flag, ...] = (
     _Flag("listen", "HOST:PORT", _addr, "address to serve on; port 0 picks a free port "
-          "(the bound one is logged as msg=listening addr=...)"),
+          "(the bound one is logged as msg=listening addr=...). HOST:FIRST-LAST (a port "
+          "range) serves one independent fake runner per port from this process, for "
+          "pools of thousands (each its own slots, warm cache and counters; its id is "
+          "its address)"),
     _Flag("slots", "N", _int, "calls run at the same time"),
     _Flag("memory_mb", "N", _int, "memory (MiB) shared by running calls; a call takes its "
           "JSON 'memory' (128 if absent); a call asking more than this is refused as 'does "
@@ -223,7 +226,13 @@ def _force_exit(sig: signal.Signals) -> NoReturn:
 
 
 async def _serve(cfg: StubConfig) -> int:
-    server = StubServer(cfg)
+    server: StubServer | RunnerHost
+    if cfg.port_range:
+        from runner_stub.host import RunnerHost
+
+        server = RunnerHost(cfg)
+    else:
+        server = StubServer(cfg)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

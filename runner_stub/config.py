@@ -13,7 +13,8 @@ from typing import Any
 
 from fnlb.errors import ConfigError
 
-__all__ = ["StubConfig", "TlsFiles", "split_host_port", "flag_name", "LOG_LEVELS"]
+__all__ = ["StubConfig", "TlsFiles", "split_host_port", "split_listen", "flag_name",
+           "LOG_LEVELS", "MAX_RANGE"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -47,6 +48,32 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host, port
 
 
+# Most runners one --listen range may serve (one process, one listening socket each).
+MAX_RANGE = 10_000
+
+
+def split_listen(addr: str) -> tuple[str, int, int]:
+    """``HOST:PORT`` or ``HOST:FIRST-LAST`` (a port range: one fake runner per port).
+
+    >>> split_listen("127.0.0.1:20000-20999")
+    ('127.0.0.1', 20000, 20999)
+    >>> split_listen("[::1]:9190")
+    ('::1', 9190, 9190)
+    """
+    head, sep, ports = addr.rpartition(":")
+    first_text, dash, last_text = ports.partition("-")
+    if not sep or not dash:
+        host, port = split_host_port(addr)
+        return host, port, port
+    host, first = split_host_port(f"{head}:{first_text}")
+    _, last = split_host_port(f"{head}:{last_text}")
+    if first == 0 or last < first:
+        raise ValueError(f"a port range is FIRST-LAST with 0 < FIRST <= LAST, got {ports!r}")
+    if last - first + 1 > MAX_RANGE:
+        raise ValueError(f"a port range holds at most {MAX_RANGE} ports, got {last - first + 1}")
+    return host, first, last
+
+
 _INT_MINIMUMS = {
     "slots": 1, "memory_mb": 1, "nack_after_ms": 0, "cold_start_ms": 0, "image_pull_ms": 0,
     "warm_cache": 0,
@@ -67,7 +94,7 @@ class TlsFiles:
 class StubConfig:
     """Everything a runner stub needs; defaults are the CLI defaults."""
 
-    listen: str = "127.0.0.1:9190"
+    listen: str = "127.0.0.1:9190"  # or HOST:FIRST-LAST: one runner per port (runner_stub.host)
     slots: int = 4
     memory_mb: int = 1024
     nack_after_ms: int = 10
@@ -107,7 +134,7 @@ class StubConfig:
 
     def __post_init__(self) -> None:
         try:
-            split_host_port(self.listen)
+            split_listen(self.listen)
         except ValueError as e:
             raise ConfigError(f"--listen: {e}") from None
         if self.otlp_endpoint and "://" not in self.otlp_endpoint:
@@ -115,6 +142,12 @@ class StubConfig:
                 split_host_port(self.otlp_endpoint)
             except ValueError as e:
                 raise ConfigError(f"--otlp-endpoint: {e}") from None
+        if self.runner_id and self.port_range:
+            raise ConfigError("--runner-id names one runner; with a --listen port range "
+                              "each runner's id is its own address")
+        if self.register_with and self.port_range:
+            raise ConfigError("--register-with registers one runner; list a port range's "
+                              "runners in the LB's --runners-file instead")
         for name, low in _INT_MINIMUMS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -161,6 +194,11 @@ class StubConfig:
         from fnlb.authz import parse_patterns, split_list
 
         return parse_patterns(split_list(self.close_allow), "--close-allow")
+
+    @property
+    def port_range(self) -> bool:
+        """True when ``listen`` is a range (HOST:FIRST-LAST): serve with ``RunnerHost``."""
+        return "-" in self.listen.rpartition(":")[2]
 
     @property
     def tls(self) -> bool:

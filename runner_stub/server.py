@@ -116,6 +116,7 @@ class Counters:
     completed: int = 0  # functions that ran to their end without error
     bad_requests: int = 0
     started: int = 0  # functions started (an accepted call that was dropped never starts)
+    status_calls: int = 0  # Status RPCs answered (this one included): what polling costs
 
 
 @dataclass(frozen=True)
@@ -478,6 +479,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         """What Status answers and Watch pushes."""
         now = now_rfc3339()
         c = self.counters
+        c.status_calls += 1
         return runner_pb2.RunnerStatus(
             active=self.active,
             id=self.runner_id,
@@ -505,6 +507,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 "bad_requests": str(c.bad_requests),
                 "started": str(c.started),
                 "waiting": str(self.pool.waiting),
+                "status_calls": str(c.status_calls),
             },
         )
 
@@ -930,8 +933,10 @@ class StubServer:
     """
 
     def __init__(self, config: StubConfig, *, rng: random.Random | None = None,
-                 exit_process: Callable[[int], object] = os._exit) -> None:
+                 exit_process: Callable[[int], object] = os._exit,
+                 announce: bool = True) -> None:
         self.config = config
+        self._announce = announce  # False: no listening/stopped lines (a RunnerHost's runner)
         self._rng = rng
         self._exit_process = exit_process
         self._server: grpc.aio.Server | None = None
@@ -997,9 +1002,10 @@ class StubServer:
         self._server, self._service = server, service
         for name in ("", RUNNER_SERVICE, FN_SERVICE):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("listening", extra=kv(
-            addr=self._addr, runner_id=service.runner_id, slots=cfg.slots,
-            memory_mb=cfg.memory_mb, warm_cache=cfg.warm_cache, tls=str(cfg.tls).lower()))
+        if self._announce:
+            log.info("listening", extra=kv(
+                addr=self._addr, runner_id=service.runner_id, slots=cfg.slots,
+                memory_mb=cfg.memory_mb, warm_cache=cfg.warm_cache, tls=str(cfg.tls).lower()))
 
     async def drain(self) -> None:
         """NACK every new call from now on; in-flight calls go on."""
@@ -1032,7 +1038,7 @@ class StubServer:
         self.service.feed.end()  # Watch streams end with OK: "going away"
         await self._server.stop(grace)
         await self.service.cancel_orphans()
-        if first:
+        if first and self._announce:
             log.info("stopped", extra=kv(addr=self._addr))
 
     async def wait_closed(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -351,3 +352,27 @@ async def test_watched_runner_in_doubt_is_polled_until_it_answers() -> None:
         assert m.state() == "suspect"
         await wait_until(lambda: m.state() == "healthy", 5, "a poll's answer")
         assert made[s.addr].polls > polls and m.watched
+
+
+async def test_an_idle_watched_runner_is_released_quietly_then_watched_after_a_call(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """--runner-idle-close: the watch ends without doubting the runner (polls take
+    over), and once a call has reopened the channel the next poll watches again."""
+    caplog.set_level(logging.INFO, logger="fnlb")
+    made: dict[str, CountingRunner] = {}
+    async with StubServer(StubConfig(listen="127.0.0.1:0", watch_heartbeat=60)) as s, \
+            _pool([s.addr], made, idle_close=0.3) as pool:
+        runner = made[s.addr]
+        await wait_until(lambda: _member(pool, s.addr).watched, 10, "watching")
+        await wait_until(lambda: runner.parked, 10, "idle channel closed")
+        m = _member(pool, s.addr)
+        assert not m.watched and m.up is True and _offered(pool) == {s.addr}
+        polls = runner.polls
+        await wait_until(lambda: runner.polls >= polls + 2, 10, "polled while idle")
+        assert not m.watched and runner.parked  # the polls did not reopen it
+        # Never doubted: no "stream ended, runner may be gone", no suspect.
+        doubts = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not doubts, doubts
+        placer = make_placer("naive", load=pool.load)
+        await placer.place_call(pool, LBCall(CallModel(id="wake", fn_id="f"), b"hi"))
+        await wait_until(lambda: m.watched, 10, "watched again after the call")

@@ -127,6 +127,17 @@ def add_serve_parser(sub: Any) -> None:
          help="a runner that answered before is still polled every --health-interval for "
               "this long after it went silent (a restart or short partition is found "
               "again within an interval); then its polls back off")
+    _add(p, "--health-poll-rate", "20", type=number, metavar="N",
+         help="Status polls per second for the whole pool: up to --health-interval x N "
+              "runners are polled every --health-interval; a larger pool every "
+              "runners/N seconds per runner, spread evenly, skipping runners whose calls "
+              "ran within that time (their outcomes are the health signal). Runners are "
+              "asked at once when they join, whatever the budget")
+    _add(p, "--runner-idle-close", "5m", type=duration, metavar="DUR",
+         help="close the channel to a runner that ran no call for this long (an open "
+              "channel costs ~37 KiB, and a ping a second to runners that list "
+              "keepalive); the next call re-dials, Status polls use a one-off "
+              "channel. 0 keeps every channel open")
     _add(p, "--eject-after", "3", type=positive_int, metavar="N",
          help="eject a runner after N failures in a row (Status polls, connection failures, "
               "non-busy runner errors; a busy NACK is never a failure)")
@@ -279,7 +290,9 @@ def config_from_args(args: argparse.Namespace) -> LBConfig:
                             max_ejection_percent=args.max_ejection_percent,
                             slow_start=args.slow_start,
                             poll_backoff_max=args.health_backoff_max,
-                            poll_backoff_after=args.health_backoff_after),
+                            poll_backoff_after=args.health_backoff_after,
+                            poll_rate=args.health_poll_rate,
+                            idle_close=args.runner_idle_close),
         placer=args.placer,
         placer_config=PlacerConfig(args.retry_all_delay, args.placer_timeout,
                                    args.detached_placer_timeout),

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import grpc
 
@@ -63,6 +66,40 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def _release_freed_memory() -> None:
+    """Give memory freed by closed channels back to the OS (glibc's malloc_trim).
+
+    gRPC's per-connection buffers are many small allocations; once freed they
+    stay in malloc's arenas (RSS) until trimmed. Elsewhere a no-op.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _malloc_trim = ctypes.CDLL(name).malloc_trim if name else False
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+_TRIM_EVERY_S = 5.0
+
+
+@runtime_checkable
+class Parkable(Protocol):
+    """A runner whose channel can be closed while idle (``GrpcRunner``)."""
+
+    @property
+    def parked(self) -> bool: ...
+
+    def idle_for(self, now: float) -> float: ...
+
+    async def park_if_idle(self, now: float, idle: float) -> bool: ...
+
 
 # How long a detached call's result stream may still be read after acceptance,
 # beyond its timeout (GrpcRunner drains it in the background for that long).
@@ -142,6 +179,14 @@ class DynamicRunnerPool:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._next_park = 0.0  # when to look for idle channels next
+        self._parkable: dict[type, bool] = {}  # isinstance(Parkable) per runner class
+        self.parked = 0  # idle channels closed so far
+        self._trimmed_at = 0  # closed channels counted at the last malloc trim
+        self._next_trim = 0.0
+        for table in self.table_sizes():
+            self.metrics.pool_table_entries.labels(table).set_function(
+                functools.partial(self._table_size, table))
 
     @property
     def panic(self) -> bool:
@@ -205,6 +250,11 @@ class DynamicRunnerPool:
     def snapshot(self) -> tuple[Runner, ...]:
         return self._snapshot
 
+    def skip_polls_when(self, predicate: Callable[[Member], bool]) -> None:
+        """Do not poll a runner's Status while ``predicate(member)`` holds (e.g. its
+        Runner/Watch stream is live); see ``Prober.skip_when``."""
+        self._prober.skip_when(predicate)
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` whenever the offered runners change."""
         self._listeners.append(listener)
@@ -245,6 +295,7 @@ class DynamicRunnerPool:
             # usual interval, so an ejected runner (panic) is readmitted soon.
             self._prober.back_to_interval(m)
             m.health.success()
+            m.call_ok_at = self._clock()
         else:
             self._failure(m, str(result.error), "placement")
 
@@ -312,6 +363,20 @@ class DynamicRunnerPool:
 
     def views(self) -> list[RunnerView]:
         return self._members.views()
+
+    def table_sizes(self) -> dict[str, int]:
+        """Entries of every per-runner table the pool and its load tracker keep.
+
+        Members and load reports follow the pool's size; in-flight entries
+        the calls running; retiring the runners left with calls still on them.
+        """
+        members, retiring = self._members.counts()
+        inflight, reports, warm = self.load.table_sizes()
+        return {"members": members, "retiring": retiring, "inflight": inflight,
+                "reports": reports, "warm_index": warm}
+
+    def _table_size(self, table: str) -> float:
+        return float(self.table_sizes()[table])
 
     def member_count(self) -> tuple[int, int]:
         """(members, retiring): for tests and debugging."""
@@ -413,13 +478,60 @@ class DynamicRunnerPool:
         if self._members.expire(self._clock()):
             self._rebuild()
         self._members.close_idle()
+        await self._park_idle()
+        await self._trim_if_closed()
         next_probe = await self._prober.poll(list(self._members))
         now = self._clock()
         wake = min(next_probe, now + self.health_config.interval)
         expiry = self._members.next_expiry(now)
         if expiry is not None:
             wake = min(wake, expiry)
+        if self.health_config.idle_close:
+            wake = min(wake, self._next_park)  # look for idle channels in time
         return max(wake - now, 0.0)
+
+    async def _park_idle(self) -> None:
+        """Close the channels of runners that ran no call for ``idle_close`` (every idle/4)."""
+        idle = self.health_config.idle_close
+        now = self._clock()
+        if not idle or now < self._next_park:
+            return
+        self._next_park = now + max(idle / 4, 0.25)
+        mono = time.monotonic()  # the runners' own clock, not a test's
+        closed = 0
+        for m in list(self._members):
+            if m.status is None:
+                continue  # never heard from yet: its first polls need the channel
+            kind = type(m.runner)
+            parkable = self._parkable.get(kind)
+            if parkable is None:  # a protocol isinstance is slow: once per class
+                parkable = self._parkable[kind] = isinstance(m.runner, Parkable)
+            if not parkable:
+                continue
+            runner = cast(Parkable, m.runner)
+            if (runner.parked or runner.idle_for(mono) < idle
+                    or self.load.inflight(m.address)):
+                continue
+            try:
+                if m.watch is not None and m.watch.task is not None:
+                    await self.watcher.release(m)  # its stream needs the channel
+                closed += await runner.park_if_idle(mono, idle)
+            except Exception as e:  # closing is best effort; polls must go on
+                log.warning("closing idle channel failed", extra=kv(runner=m.address,
+                                                                    error=repr(e)))
+        if closed:
+            self.parked += closed
+            log.info("closed idle runner channels", extra=kv(
+                channels=closed, idle_s=f"{idle:g}"))
+
+    async def _trim_if_closed(self) -> None:
+        """Give freed channel memory back once channels were closed (parked or retired)."""
+        closed = self.parked + self._members.closed_channels
+        now = self._clock()
+        if closed > self._trimmed_at and now >= self._next_trim:
+            self._trimmed_at = closed
+            self._next_trim = now + _TRIM_EVERY_S  # a trim walks the heap: not every tick
+            await asyncio.to_thread(_release_freed_memory)
 
     async def _run(self) -> None:
         while True:

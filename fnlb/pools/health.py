@@ -77,6 +77,15 @@ class HealthConfig:
     # long after it went silent (a restart or a short partition is found
     # within an interval), then backs off like one that never answered.
     poll_backoff_after: float = 30.0
+    # Status polls per second for the whole pool (--health-poll-rate): a pool
+    # of up to interval * poll_rate runners is polled every interval as
+    # before; a larger one every pool / poll_rate seconds per runner, spread
+    # evenly, skipping runners whose calls ran lately. inf = no budget.
+    poll_rate: float = 20.0
+    # Close the channel to a runner that ran no call for this long (seconds;
+    # --runner-idle-close); the next call re-dials, polls use a one-off
+    # channel. 0 = never.
+    idle_close: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
@@ -99,6 +108,22 @@ class HealthConfig:
         if not self.poll_backoff_max > 0:
             raise ConfigError(
                 f"--health-backoff-max must be > 0, got {self.poll_backoff_max}")
+        if not self.poll_rate > 0:
+            raise ConfigError(f"--health-poll-rate must be > 0, got {self.poll_rate}")
+        if not self.idle_close >= 0:
+            raise ConfigError(f"--runner-idle-close must be >= 0, got {self.idle_close}")
+
+    def poll_period(self, runners: int) -> float:
+        """Seconds between two polls of one runner in a pool of ``runners``.
+
+        ``interval`` while the pool fits the budget, then stretched so the
+        pool costs ``poll_rate`` polls per second whatever its size::
+
+            >>> cfg = HealthConfig(interval=2, poll_rate=100)
+            >>> [cfg.poll_period(n) for n in (10, 200, 1000, 5000)]
+            [2.0, 2.0, 10.0, 50.0]
+        """
+        return float(max(self.interval, runners / self.poll_rate))
 
     def max_ejected(self, members: int) -> int:
         """How many of ``members`` runners may be ejected at once (50% of 3 -> 1)."""

@@ -85,7 +85,8 @@ class Member:
 
     __slots__ = ("address", "runner", "sources", "health", "placed", "status", "status_at",
                  "up", "admin_drained", "reported_draining", "retired", "closing",
-                 "detached_until", "next_probe", "blocked_logged", "handle", "watch")
+                 "detached_until", "next_probe", "blocked_logged", "handle", "watch",
+                 "call_ok_at")
 
     def __init__(self, address: str, runner: Runner, health: RunnerHealth) -> None:
         self.address = address
@@ -105,6 +106,9 @@ class Member:
         self.closing = False
         self.detached_until = 0.0  # a detached call's result may be read until then
         self.next_probe = 0.0
+        # When a call last ran here (its outcome showed a working runner): over
+        # the poll budget such a runner is not polled (fnlb.pools.prober).
+        self.call_ok_at = -1e18
         self.blocked_logged = False
         self.handle: Runner = runner  # what placers get; the pool wraps it
         self.watch: Any = None  # fnlb.pools.watch.WatchState once a Watch was opened
@@ -161,6 +165,7 @@ class Members:
         self.source_errors: dict[str, str] = {}
         self.closed = False
         self._closing: set[asyncio.Task[None]] = set()
+        self.closed_channels = 0  # runners closed so far (their memory can be trimmed)
         load.subscribe(self._call_ended)
 
     def __len__(self) -> int:
@@ -306,6 +311,7 @@ class Members:
 
     async def _close(self, m: Member) -> None:
         m.closing = True
+        self.closed_channels += 1
         try:
             await m.runner.close()
         except Exception as e:  # closing is best effort; never kill the pool for it

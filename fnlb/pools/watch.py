@@ -113,14 +113,26 @@ class Watcher:
         """A poll answered: watch the runner if it lists "watch" and nothing stops it."""
         if (not self.enabled or self._stopped or m.retired
                 or WATCH_FEATURE not in status.features
-                or not isinstance(m.runner, Watchable)):
-            return
+                or not isinstance(m.runner, Watchable)
+                or getattr(m.runner, "parked", False)):
+            return  # (an idle-closed channel: polled within the budget until a call)
         state = m.watch
         if state is None:
             state = m.watch = WatchState()
         elif state.task is not None or self._clock() < state.retry_at:
             return
         self._start(m, state)
+
+    async def release(self, m: Member) -> None:
+        """Stop watching ``m`` without doubting it (its channel is about to close
+        for being idle): polls take over, and once a call has reopened the
+        channel, the next poll that lists "watch" opens a stream again."""
+        state = m.watch
+        task = None if state is None else state.task
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def stop(self) -> None:
         """Cancel every stream (pool shutdown). Safe to call twice."""

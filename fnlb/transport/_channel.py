@@ -6,6 +6,12 @@ A runner's channel is re-dialled when the LB's client certificate changes
 "keepalive" (``follow_keepalive``); calls running on the old channel finish
 there before it is closed. When a call finds the runner unreachable, one
 cheap Status RPC says why (``_explain_unreachable``).
+
+A runner that carried no call for a while has its channel closed
+(``park_if_idle``, the pool's ``--runner-idle-close``): an open channel costs
+the LB ~37 KiB and, with "keepalive", a ping a second. The next call dials
+again (``_unpark``); Status polls meanwhile go over a channel made for the one
+poll (``GrpcRunner._ask_status``), so polling does not keep idle channels open.
 """
 
 from __future__ import annotations
@@ -103,6 +109,10 @@ class RunnerChannel:
     _connect_timeout: float
     _closed: bool
     _last_explained: float
+    _parked: bool  # the channel was closed for being idle; the next call re-dials
+    _busy: int  # try_exec calls running now
+    _asking: int  # Status calls running now (they do not make a runner busy)
+    _used_at: float  # monotonic: when the last call started or ended
     tls: bool
 
     def _channel_options(self) -> list[tuple[str, Any]]:
@@ -117,15 +127,17 @@ class RunnerChannel:
             options["grpc.ssl_target_name_override"] = self._server_name
         return list(options.items())
 
+    def _new_channel(self, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+        options = self._channel_options()
+        if credentials is None:
+            return grpc.aio.insecure_channel(self._target, options=options)
+        return grpc.aio.secure_channel(self._target, credentials, options=options)
+
     def _dial(self, credentials: grpc.ChannelCredentials | None) -> None:
         """A new channel (with its stub and call stream); calls from now on use it."""
         self._credentials = credentials
-        options = self._channel_options()
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(self._target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(self._target, credentials,
-                                                    options=options)
+        self._parked = False
+        self._channel = self._new_channel(credentials)
         self._stub = runner_pb2_grpc.RunnerStub(self._channel)
         self._fn_stub = FnRunnerStub(self._channel)
         self._call_stream = CallStream(self._stub, self._watch)
@@ -157,7 +169,7 @@ class RunnerChannel:
         afresh, so a runner that is back is found by the poll instead of at the
         end of the back-off. The prober's own back-off bounds how often.
         """
-        if self._closed:
+        if self._closed or self._parked:
             return False
         if self._channel.get_state() != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
             return False
@@ -180,11 +192,48 @@ class RunnerChannel:
         """Called after a re-dial: what was learned of the runner may have changed."""
 
     def _redial(self, credentials: grpc.ChannelCredentials | None) -> None:
+        if self._parked:
+            self._credentials = credentials  # the next dial uses them
+            return
         old_channel, old_stream = self._channel, self._call_stream
         self._dial(credentials)
         self._reconnected()
         self._retiring.append(old_channel)
         self._keep(asyncio.create_task(self._retire(old_channel, old_stream)))
+
+    # -- idle channels -----------------------------------------------------------
+
+    @property
+    def parked(self) -> bool:
+        """True while the channel is closed for being idle (the next call re-dials)."""
+        return self._parked
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the last call on this runner started or ended (0 while one runs)."""
+        return 0.0 if self._busy else now - self._used_at
+
+    async def park_if_idle(self, now: float, idle: float) -> bool:
+        """Close the channel if no call ran for ``idle`` seconds; True if it did.
+
+        Not while a call, a detached call's result or an older channel's calls
+        are still on the way. Calls from now on dial a new channel.
+        """
+        if (self._closed or self._parked or self._busy or self._asking or self._background
+                or self._retiring or self._call_stream.inflight
+                or now - self._used_at < idle):
+            return False
+        self._parked = True  # before any await: a call arriving now dials afresh
+        stream, channel = self._call_stream, self._channel
+        await stream.close()
+        await channel.close(grace=None)
+        log.debug("closed idle runner channel", extra=kv(runner=self._address,
+                                                         idle_s=f"{now - self._used_at:.0f}"))
+        return True
+
+    def _unpark(self) -> None:
+        """A call for a runner whose channel was closed for being idle: dial again."""
+        if self._parked and not self._closed:
+            self._dial(self._credentials)
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         """Hold a background task until it is done (``close`` cancels what is left)."""

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import empty_pb2
@@ -41,8 +41,8 @@ from fnlb.transport.callstream import (
     CallStreamFailed,
 )
 from fnlb.transport.commit import Verdict
-from fnlb.transport.fn_runner import AUTO, FN, FNLB, protocol_of, status_from_fn
-from fnlb.v1 import runner_pb2
+from fnlb.transport.fn_runner import AUTO, FN, FNLB, FnRunnerStub, protocol_of, status_from_fn
+from fnlb.v1 import runner_pb2, runner_pb2_grpc
 
 if TYPE_CHECKING:
     from fnlb.tls import ClientTLS
@@ -107,6 +107,9 @@ class GrpcRunner(RunnerChannel):
         self._protocol: str | None = (
             None if self._protocol_setting == AUTO else self._protocol_setting)
         self._learning: asyncio.Future[None] | None = None
+        self._busy = 0
+        self._asking = 0
+        self._used_at = time.monotonic()
         self._max_response_bytes = max_response_bytes
         self._server_name = server_name
         self._keepalive = False  # KEEPALIVE_OPTIONS: once the runner lists "keepalive"
@@ -184,6 +187,16 @@ class GrpcRunner(RunnerChannel):
             listener(reason)
 
     async def try_exec(self, call: RunnerCall) -> Attempt:
+        self._unpark()
+        self._busy += 1
+        self._used_at = time.monotonic()
+        try:
+            return await self._try_exec(call)
+        finally:
+            self._busy -= 1
+            self._used_at = time.monotonic()
+
+    async def _try_exec(self, call: RunnerCall) -> Attempt:
         if self._closed:
             return Attempt(False, RunnerUnreachable(f"runner {self._address} is closed"))
         if not await self._connected():
@@ -269,16 +282,28 @@ class GrpcRunner(RunnerChannel):
             order = [self._protocol_setting]
         else:
             order = [FN, FNLB] if self._protocol == FN else [FNLB, FN]
-        for i, protocol in enumerate(order):
-            stub = self._fn_stub if protocol == FN else self._stub
-            try:
-                s: runner_pb2.RunnerStatus = await stub.Status(empty_pb2.Empty(),
-                                                               timeout=timeout)
-                return protocol, s
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNIMPLEMENTED or i == len(order) - 1:
-                    raise
-        raise AssertionError("unreachable")
+        # An idle-closed channel stays closed: a one-off channel for this poll.
+        once = self._new_channel(self._credentials) if self._parked else None
+        self._asking += 1  # a Status in flight: the channel is not idle-closed under it
+        try:
+            for i, protocol in enumerate(order):
+                if once is not None:
+                    stub: Any = (FnRunnerStub(once) if protocol == FN
+                                 else runner_pb2_grpc.RunnerStub(once))
+                else:
+                    stub = self._fn_stub if protocol == FN else self._stub
+                try:
+                    s: runner_pb2.RunnerStatus = await stub.Status(empty_pb2.Empty(),
+                                                                   timeout=timeout)
+                    return protocol, s
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNIMPLEMENTED or i == len(order) - 1:
+                        raise
+            raise AssertionError("unreachable")
+        finally:
+            self._asking -= 1
+            if once is not None:
+                await once.close(grace=None)
 
     def _call_request(self, call: RunnerCall, ack: bool = False) -> runner_pb2.CallRequest:
         # `try` is a Python keyword, hence the dict (the stubs cannot type it).
@@ -341,7 +366,9 @@ class GrpcRunner(RunnerChannel):
         """The runner's Status RPC, and nothing else: no re-dial, no renegotiation.
 
         fnlb.v1.Runner/Status or fn's /RunnerProtocol/Status, as the runner speaks
-        (with "auto" and no protocol learned yet: fnlb's, then fn's).
+        (with "auto" and no protocol learned yet: fnlb's, then fn's). A runner
+        whose channel was closed for being idle is asked over a channel made
+        for this one call: a poll does not reopen it.
         """
         protocol, s = await self._ask_status(timeout)
         self._watch.heard()
@@ -427,6 +454,7 @@ class GrpcRunner(RunnerChannel):
         """
         if self._protocol == FN:
             return runner_pb2.CloseResponse()
+        self._unpark()
         try:
             resp: runner_pb2.CloseResponse = await self._stub.Close(
                 runner_pb2.CloseRequest(wait=wait), timeout=timeout)
@@ -452,7 +480,7 @@ class GrpcRunner(RunnerChannel):
                 task.cancel()
             await self._call_stream.close()
             for channel in [self._channel, *self._retiring]:
-                await channel.close(grace=None)
+                await channel.close(grace=None)  # a second close (parked) does nothing
 
 
 def make_runner_factory(metrics: Metrics, connect_timeout: float = 1.0,
