@@ -178,9 +178,11 @@ class CallTimings:
             self.committed_at = started
 
     def responded(self) -> None:
-        """The committed runner's result (result_start, or the whole reply) arrived now."""
-        if self.result_at is None:
-            self.result_at = self._clock()
+        """The committed runner's result (result_start, or the whole reply) arrived now.
+
+        Once per committed attempt; the last one counts (an idempotent call
+        run again after its runner was lost is measured by its second run)."""
+        self.result_at = self._clock()
 
     def finished(self, phases: RunnerPhases) -> None:
         """The committed runner's finished message arrived now, reporting ``phases``."""

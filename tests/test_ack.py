@@ -389,9 +389,43 @@ class SlowStart(StreamOnlyRunner):
         await context.write(pb.RunnerMsg(finished=pb.CallFinished(success=True)))
 
 
+class SlowStartStuckStatus(SlowStart):
+    """As SlowStart, but its Status hangs too (a stuck runner, not a slow function)."""
+
+    async def Status(self, request: Any, context: Any) -> pb.RunnerStatus:  # type: ignore[override]
+        if self.tries_seen:
+            await asyncio.Event().wait()
+        return await super().Status(request, context)
+
+    async def TryExec(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
+        self.tries_seen = True
+        await super().TryExec(request_iterator, context)
+
+    tries_seen = False
+
+
+async def test_a_slow_function_on_a_runner_without_ack_is_not_reported(
+        in_process: Any, make_runner: MakeRunner) -> None:
+    # fn's runners send nothing before the response starts: a long function is
+    # silence, but the runner still answers a Status, so it is not stuck.
+    servicer = SlowStart()
+    await in_process(servicer)
+    gr = make_runner(servicer.addr, accept_timeout=0.1)
+    await gr.refresh()
+    reasons: list[str] = []
+    gr.on_unanswered = reasons.append
+    attempt = asyncio.create_task(gr.try_exec(lb_call(b"x")))
+    heard = gr._watch.last_heard
+    await wait_until(lambda: gr._watch.last_heard > heard and not gr._checking, 10,
+                     "the status that checked the silence")
+    servicer.go.set()
+    result = await attempt
+    assert result.placed and result.error is None and reasons == []
+
+
 async def test_unanswered_try_of_a_runner_without_ack_goes_on_and_is_reported(
         in_process: Any, make_runner: MakeRunner) -> None:
-    servicer = SlowStart()
+    servicer = SlowStartStuckStatus()
     await in_process(servicer)
     gr = make_runner(servicer.addr, accept_timeout=0.1)
     await gr.refresh()

@@ -234,6 +234,8 @@ def test_which_verdicts_are_placed_and_lost() -> None:
     # The runner does not serve the RPC (the other runner protocol): never ran it.
     (S.UNIMPLEMENTED, "Method not found!", False, True, Verdict.UNSUPPORTED),
     (S.UNIMPLEMENTED, "unknown service fnlb.v1.Runner", False, True, Verdict.UNSUPPORTED),
+    # A handler's own UNIMPLEMENTED (the function may have started): committed.
+    (S.UNIMPLEMENTED, "feature x is not implemented", False, True, Verdict.FAILED),
     # ... but once it answered, nothing un-commits the call.
     (S.UNIMPLEMENTED, "Method not found!", True, True, Verdict.FAILED),
     (S.INTERNAL, "Internal error from Core", True, False, Verdict.FAILED),

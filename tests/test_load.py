@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -197,3 +198,31 @@ class GatedRunner(FakeRunner):
         self.entered.set()
         await self.gate.wait()
         return await super().try_exec(call)
+
+
+def test_a_learned_capacity_outlives_reports_for_a_while_then_goes() -> None:
+    now = [0.0]
+    t = LoadTracker(fresh_for=2.0, clock=lambda: now[0])
+    t.started("gone")
+    assert t.saturated("gone") and t.slots("gone") == 1  # a NACK with one call of ours there
+    t.finished("gone")
+    t.forget("gone")  # the runner left; a late NACK learns again
+    assert t.saturated("gone") and t.learned_count() == 1
+    now[0] += 19.0
+    t.total_load()  # prunes
+    assert t.learned_count() == 1  # polls over a budget come rarely: kept a while
+    now[0] += 2.0
+    t.total_load()
+    assert t.learned_count() == 0 and t.slots("gone") is None
+
+
+def test_a_nack_holds_a_reported_runner_full_for_fresh_for_at_most() -> None:
+    # A watched runner's report stays fresh for a heartbeat; a NACK (perhaps for
+    # memory) must not make it look full for that long.
+    now = [0.0]
+    t = LoadTracker(fresh_for=2.0, clock=lambda: now[0])
+    t.update_reported("w", RunnerStatus(active=0, slots_total=4, slots_free=4), at=0.0)
+    t._reports["w"] = replace(t._reports["w"], fresh_for=60.0)  # as a watch makes it
+    assert t.saturated("w") and t.has_room("w") is False and t.load("w") == 4
+    now[0] += 2.5
+    assert t.has_room("w") is True and t.load("w") == 0 and t.report("w") is not None

@@ -37,6 +37,9 @@ from fnlb.runnerpool import Runner
 
 __all__ = ["Capacity"]
 
+# After a NACK's lesson expires, a little later so that it has.
+_EXPIRY_SLACK_S = 0.01
+
 
 class Capacity:
     """Believed free slots per runner, and the queue's wake-ups.
@@ -93,8 +96,12 @@ class Capacity:
         return bool(queue.depth() or queue.pending_grants()) or not free
 
     def nacked(self, address: str) -> None:
-        """The runner refused us: full until our next call there ends or it reports."""
+        """The runner refused us: full until our next call there ends, it reports,
+        or the lesson expires (``LoadTracker.fresh_for``): then waiters get a turn
+        even if nothing else happens (a watched runner may stay silent for a
+        heartbeat; a learned capacity is probed)."""
         self.load.saturated(address)
+        asyncio.get_running_loop().call_later(self.load.fresh_for + _EXPIRY_SLACK_S, self.kick)
 
     async def wait(self, app_id: str, timeout: float | None,
                    turn: Grant | None) -> Grant:

@@ -69,6 +69,9 @@ _EMPTY: frozenset[str] = frozenset()
 
 # Status polling every second or so keeps a report fresh with room for one miss.
 DEFAULT_FRESH_FOR = 2.0
+# A learned capacity outlives its runner's reports this many fresh_for periods
+# (polls over a budget come rarely), then goes: the table stays bounded.
+_LEARNED_KEEP = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,10 @@ class Report:
     # watched runner's reports last longer (they come on change, not on a timer).
     fresh_for: float | None = None
     memory_mb_free: int = 0
+    # A busy NACK's lesson (``saturated``): this many more calls of others than
+    # reported, until ``held_until`` (monotonic) or the next report.
+    held: int = 0
+    held_until: float = 0.0
 
 
 class LoadTracker:
@@ -201,7 +208,7 @@ class LoadTracker:
         others = max(0, active - self._inflight.get(address, 0))
         self._total_others += others - r.others
         self._reports[address] = replace(r, at=now, others=others, slots_free=slots_free,
-                                         memory_mb_free=max(0, memory_mb_free))
+                                         memory_mb_free=max(0, memory_mb_free), held=0)
         if others < r.others:
             # Room appeared that our own calls' ends did not show: say so.
             for listener in self._report_listeners:
@@ -233,8 +240,12 @@ class LoadTracker:
         """Calls running on the runner as far as we know: ours, plus others' if reported."""
         n = self._inflight.get(address, 0)
         r = self._reports.get(address)
-        if r is not None and r.others and self._clock() - r.at <= (r.fresh_for or self.fresh_for):
-            n += r.others
+        if r is not None and (r.others or r.held):
+            now = self._clock()
+            if now - r.at <= (r.fresh_for or self.fresh_for):
+                n += r.others
+            if r.held and now <= r.held_until:
+                n += r.held
         return n
 
     def total_load(self) -> int:
@@ -318,22 +329,26 @@ class LoadTracker:
 
         A NACK proves the runner runs at least ``slots_total`` calls, so the
         calls of others there are at least ``slots_total`` minus ours. Raising
-        that estimate makes ``has_room`` False until one of our calls there
-        ends (then exactly the slot we freed is free) or a new report arrives.
-        Several LBs sharing runners thus each reuse the slots they free and
-        stop colliding on slots another LB holds. False when the runner's
-        capacity is not reported (no fresh report with a slot count): then the
-        load we see there now is its capacity, as far as we can tell (the
-        module's docstring, "learns").
+        that estimate (``Report.held``, not in ``total_load``) makes
+        ``has_room`` False until one of our calls there ends (then exactly the
+        slot we freed is free), a new report or piggyback arrives, or
+        ``fresh_for`` passes (the NACK may have been about memory; the caller
+        wakes its waiters then). Several LBs sharing runners thus each reuse
+        the slots they free and stop colliding on slots another LB holds. When
+        the runner's capacity is not reported (no fresh report with a slot
+        count), the load we see there now is its capacity, as far as we can
+        tell (the module's docstring, "learns"). Always True.
         """
         r = self.report(address)
         if r is None or r.slots_total <= 0:
             self._learned[address] = (self.load(address), self._clock())
             return True
-        others = max(r.others, r.slots_total - self._inflight.get(address, 0))
-        if others != r.others:
-            self._reports[address] = replace(r, others=others)
-            self._total_others += others - r.others
+        # The lesson lasts fresh_for at most: a watched runner's report may stay
+        # fresh for a heartbeat (30 s), and a NACK for memory says nothing of slots.
+        held = r.slots_total - self._inflight.get(address, 0) - r.others
+        if held > 0:
+            self._reports[address] = replace(r, held=held,
+                                             held_until=self._clock() + self.fresh_for)
         return True
 
     # -- membership --------------------------------------------------------------
@@ -354,6 +369,10 @@ class LoadTracker:
         for address in [a for a in (*self._reports, *self._learned) if a not in keep]:
             self.forget(address)
 
+    def learned_count(self) -> int:
+        """Entries of learned capacities (runners that report no slots)."""
+        return len(self._learned)
+
     def table_sizes(self) -> tuple[int, int, int]:
         """(in-flight entries, report entries, warm-index keys): for tests and debugging."""
         return len(self._inflight), len(self._reports), len(self._warm_index)
@@ -368,3 +387,9 @@ class LoadTracker:
             if now - r.at > (r.fresh_for or self.fresh_for):
                 del self._reports[address]
                 self._unaccount(address, r)
+        # Lessons of runners we no longer hear from (they left, or a NACK came
+        # after forget) go after _LEARNED_KEEP fresh_for periods.
+        old = now - _LEARNED_KEEP * self.fresh_for
+        for address in [a for a, (_, at) in self._learned.items()
+                        if at < old and a not in self._reports]:
+            del self._learned[address]

@@ -98,6 +98,8 @@ class Parkable(Protocol):
 
     def idle_for(self, now: float) -> float: ...
 
+    def may_park(self, now: float, idle: float) -> bool: ...
+
     async def park_if_idle(self, now: float, idle: float) -> bool: ...
 
 
@@ -373,7 +375,7 @@ class DynamicRunnerPool:
         members, retiring = self._members.counts()
         inflight, reports, warm = self.load.table_sizes()
         return {"members": members, "retiring": retiring, "inflight": inflight,
-                "reports": reports, "warm_index": warm}
+                "reports": reports, "warm_index": warm, "learned": self.load.learned_count()}
 
     def _table_size(self, table: str) -> float:
         return float(self.table_sizes()[table])
@@ -513,7 +515,8 @@ class DynamicRunnerPool:
                     or self.load.inflight(m.address)):
                 continue
             try:
-                if m.watch is not None and m.watch.task is not None:
+                if (m.watch is not None and m.watch.task is not None
+                        and runner.may_park(mono, idle)):
                     await self.watcher.release(m)  # its stream needs the channel
                 closed += await runner.park_if_idle(mono, idle)
             except Exception as e:  # closing is best effort; polls must go on

@@ -130,9 +130,13 @@ class Answers:
             f"runner {self.address} failed the call: {code.name}: {details}",
             runner=self.address, error_code=502, lost=verdict.lost))
 
-    def record_finish(self, f: runner_pb2.CallFinished, call: RunnerCall) -> None:
+    def record_finish(self, f: runner_pb2.CallFinished, call: RunnerCall, *,
+                      in_flight: bool = True) -> None:
+        """``in_flight`` False: the attempt has ended here (a detached call's
+        result read later), so its piggybacked free slots would count the call,
+        still on the runner, as another LB's: they are not used."""
         on_free = self.on_free
-        if on_free is not None and f.HasField("slots_free"):
+        if on_free is not None and in_flight and f.HasField("slots_free"):
             on_free(f.slots_free, f.memory_mb_free)
         created = parse_rfc3339(f.createdAt)
         started = parse_rfc3339(f.startedAt)

@@ -212,15 +212,19 @@ class RunnerChannel:
         """Seconds since the last call on this runner started or ended (0 while one runs)."""
         return 0.0 if self._busy else now - self._used_at
 
+    def may_park(self, now: float, idle: float) -> bool:
+        """Would ``park_if_idle`` close the channel now? (No side effects.)"""
+        return not (self._closed or self._parked or self._busy or self._asking
+                    or self._background or self._retiring or self._call_stream.inflight
+                    or now - self._used_at < idle)
+
     async def park_if_idle(self, now: float, idle: float) -> bool:
         """Close the channel if no call ran for ``idle`` seconds; True if it did.
 
         Not while a call, a detached call's result or an older channel's calls
         are still on the way. Calls from now on dial a new channel.
         """
-        if (self._closed or self._parked or self._busy or self._asking or self._background
-                or self._retiring or self._call_stream.inflight
-                or now - self._used_at < idle):
+        if not self.may_park(now, idle):
             return False
         self._parked = True  # before any await: a call arriving now dials afresh
         stream, channel = self._call_stream, self._channel

@@ -288,7 +288,7 @@ async def _drain_detached(stream: Any, call: RunnerCall, answers: Answers) -> No
                 if msg is grpc.aio.EOF:
                     return
                 if msg.WhichOneof("body") == "finished":
-                    answers.record_finish(msg.finished, call)
+                    answers.record_finish(msg.finished, call, in_flight=False)
                     if not msg.finished.success:
                         log.warning("detached call failed on runner",
                                     extra=kv(call_id=call.model.id, runner=answers.address,

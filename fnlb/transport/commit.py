@@ -101,6 +101,19 @@ def is_too_busy(code: Code, details: str | None) -> bool:
     return _number(code) == _BUSY or (code == grpc.StatusCode.UNKNOWN and "too busy" in text)
 
 
+# What gRPC servers say for a method they do not serve (grpc-python/C core,
+# grpc-go, grpc-java): a handler's own UNIMPLEMENTED says nothing of the kind.
+METHOD_MISSING = ("method not found", "unknown service", "unknown method")
+
+
+def method_missing(code: Code, details: str | None) -> bool:
+    """UNIMPLEMENTED from gRPC itself: the server has no such RPC (it never ran a call)."""
+    if code != grpc.StatusCode.UNIMPLEMENTED:
+        return False
+    text = (details or "").lower()
+    return any(s in text for s in METHOD_MISSING)
+
+
 def never_reached(code: Code, details: str | None) -> bool:
     """UNAVAILABLE because the LB could not connect (refused, DNS, TLS handshake)."""
     if code != grpc.StatusCode.UNAVAILABLE:
@@ -137,14 +150,15 @@ def rpc_failed(code: Code, details: str | None, *, committed: bool,
     runner rejecting the call itself (INVALID_ARGUMENT) is not placed.
     ``sent`` False: the stream ended before the LB could write the ``try``
     (e.g. the runner hung up first): without it the runner has no call.
-    UNIMPLEMENTED before any answer: the runner does not serve the RPC (it
-    speaks the other runner protocol), so it never ran the call.
+    UNIMPLEMENTED from gRPC itself (``method_missing``) before any answer: the
+    runner does not serve the RPC (it speaks the other runner protocol), so it
+    never ran the call; a handler's own UNIMPLEMENTED is a failure like others.
     """
     if not committed and is_too_busy(code, details):
         return Verdict.NACK
     if not committed and (not sent or never_reached(code, details)):
         return Verdict.NEVER_REACHED
-    if not committed and code == grpc.StatusCode.UNIMPLEMENTED:
+    if not committed and method_missing(code, details):
         return Verdict.UNSUPPORTED
     if acks and not committed and code != grpc.StatusCode.INVALID_ARGUMENT:
         return Verdict.UNACKED

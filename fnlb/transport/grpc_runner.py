@@ -109,6 +109,7 @@ class GrpcRunner(RunnerChannel):
         self._learning: asyncio.Future[None] | None = None
         self._busy = 0
         self._asking = 0
+        self._checking = False  # a Status asks whether a silent runner is stuck
         self._used_at = time.monotonic()
         self._max_response_bytes = max_response_bytes
         self._server_name = server_name
@@ -180,11 +181,31 @@ class GrpcRunner(RunnerChannel):
         return self._keepalive
 
     def _unanswered(self, reason: str) -> None:
-        log.debug("runner did not answer a try in time", extra=kv(
-            runner=self._address, accept_timeout=self._watch.timeout))
-        listener = self.on_unanswered
-        if listener is not None:
-            listener(reason)
+        """A try of a runner without "ack" went unanswered past the accept deadline.
+
+        fn's runners send nothing until the function's response starts, so
+        silence alone is no proof: one Status on the same channel, as long as
+        the deadline, tells a stuck runner (no answer: the pool hears of it)
+        from a slow function (an answer: nothing to report).
+        """
+        if self._checking or self._closed:
+            return
+        self._checking = True
+        self._keep(asyncio.create_task(self._check_unanswered(reason)))
+
+    async def _check_unanswered(self, reason: str) -> None:
+        try:
+            await self._ask_status(self._watch.timeout or 1.0)
+        except (grpc.aio.AioRpcError, TimeoutError) as e:
+            log.debug("runner did not answer a try in time, nor a status", extra=kv(
+                runner=self._address, accept_timeout=self._watch.timeout, error=repr(e)))
+            listener = self.on_unanswered
+            if listener is not None:
+                listener(reason)
+        else:
+            self._watch.heard()  # alive: the function is only slow to answer
+        finally:
+            self._checking = False
 
     async def try_exec(self, call: RunnerCall) -> Attempt:
         self._unpark()
