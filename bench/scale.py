@@ -22,8 +22,11 @@ HOST:FIRST-LAST``: one process, one runner per port), listed in the LB's
   size after, and RSS must not grow beyond noise.
 
 ``--mode watch`` runs the same with runners that advertise "watch" (their
-status pushed instead of polled) once runner hosts can; until then its row
-says "n/a". Every loop is bounded in count and time; every process is stopped.
+status pushed instead of polled) and the LB's ``--runner-idle-close 0``
+(``--watch-idle-close``): an idle-closed channel ends its runner's watch and
+the runner is polled, so with idle channels closed the watch row would
+measure polls. The row says how many runners the LB logged as watched.
+Every loop is bounded in count and time; every process is stopped.
 """
 
 from __future__ import annotations
@@ -135,6 +138,18 @@ def healthy_among(lb: Proc, addrs: Sequence[str]) -> int:
     return sum(1 for r in resp.runners if r.address in wanted and r.state == "healthy")
 
 
+def watched(lb: Proc) -> int:
+    """Runners the LB watches now: logged "watching runner" and no stream end since."""
+    import re
+
+    rx = re.compile(r'msg="(watching runner|watch stream ended)[^"]*".* runner=(\S+)')
+    now: set[str] = set()
+    for line in lb.read_lines():
+        if (hit := rx.search(line)) is not None:
+            (now.add if hit.group(1) == "watching runner" else now.discard)(hit.group(2))
+    return len(now)
+
+
 def wait_metric(lb: Proc, pred: Any, within: float, step: float = 0.05) -> float | None:
     """Seconds until ``pred(healthy runners)`` held, or None after ``within``."""
     t0 = time.monotonic()
@@ -169,6 +184,7 @@ class Measured:
     kill_runners: int = 0
     kill_s: float | None = None
     poll_period_s: float | None = None
+    watched: int | None = None  # runners the LB logged "watching runner" for (watch mode)
     place_us: dict[str, float] = field(default_factory=dict)
     churn: dict[str, Any] = field(default_factory=dict)
     note: str = ""
@@ -219,6 +235,10 @@ def run_size(n: int, mode: str, workdir: Path, lb_args: Sequence[str], base_kib:
                 return m  # too few to measure the rest on
         time.sleep(args.settle + (args.idle_close * 1.25 + 1 if args.idle_close else 0))
         m.idle_cpu_pct = idle_cpu(lb.pid, args.idle_s)
+        if mode == "watch":
+            m.watched = watched(lb)
+            if m.watched < n:
+                m.note = "; ".join(filter(None, (m.note, f"only {m.watched} of {n} watched")))
         rss = float(rss_kib(lb.pid))
         m.rss_mib = rss / 1024
         m.kib_per_runner = (rss - base_kib) / n
@@ -339,7 +359,8 @@ def report(rows: Sequence[Measured]) -> str:
             f"{_fmt(m.idle_cpu_pct):>10} {verdict(cpu_ok) if cpu_target else '-':>6} | "
             f"{_fmt(m.kib_per_runner):>10} {verdict(kib_ok):>6} | {_fmt(m.kill_s):>7} "
             f"{_fmt(polls):>5} {verdict(kill_ok):>5} | {_fmt(place[0]):>7} {_fmt(place[1]):>7} "
-            f"{verdict(place_ok):>6}" + (f"  ({m.note})" if m.note else ""))
+            f"{verdict(place_ok):>6}" + (f"  ({m.note})" if m.note else "")
+            + (f"  [{m.watched} watched]" if m.watched is not None else ""))
     for m in rows:
         if m.churn:
             c = m.churn
@@ -374,6 +395,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the LB's --runner-idle-close (s); idle CPU and RSS are measured "
                         "once it passed, with the channels of idle runners closed "
                         "(0: channels stay open)")
+    p.add_argument("--watch-idle-close", type=float, default=0.0,
+                   help="the LB's --runner-idle-close (s) in watch mode (0: channels, and "
+                        "with them the watches, stay open)")
     p.add_argument("--healthy-within", type=float, default=150.0)
     p.add_argument("--kill-within", type=float, default=120.0)
     p.add_argument("--churn-s", type=float, default=60.0)
@@ -395,15 +419,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _raise_nofile()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     modes = MODES if args.mode == "both" else (args.mode,)
-    lb_args = [*args.lb_arg, "--runner-idle-close", f"{args.idle_close:g}s"]
+    lb_args = list(args.lb_arg)
     if args.poll_rate is not None:
         lb_args += ["--health-poll-rate", f"{args.poll_rate:g}"]
     elif "--health-poll-rate" not in " ".join(lb_args):
         args.poll_rate = _default_poll_rate()
+    idle_close = {"polls": args.idle_close, "watch": args.watch_idle_close}
     rows: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         workdir = Path(tmp)
-        base = baseline_rss(workdir, lb_args, args.settle)
+        base = baseline_rss(workdir, lb_args, args.settle)  # (an empty pool closes nothing)
         print(f"empty-pool LB RSS: {base / 1024:.1f} MiB", flush=True)
         for mode in modes:
             for n in sizes:
@@ -412,10 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        "'watch' yet"))
                     continue
                 print(f"-- {mode}, {n} runners", flush=True)
-                m = run_size(n, mode, workdir, lb_args, base, args)
+                close = idle_close[mode]
+                mode_args = [*lb_args, "--runner-idle-close", f"{close:g}s"]
+                m = run_size(n, mode, workdir, mode_args, base,
+                             argparse.Namespace(**{**vars(args), "idle_close": close}))
                 m.place_us = {p: placement_us(n, p) for p in ("chbl", "p2c")}
                 rows.append(m)
-                print(report([m]).splitlines()[-1], flush=True)
+                print("\n".join(report([m]).splitlines()[2:]), flush=True)
     print()
     print(report(rows))
     if args.json is not None:

@@ -148,3 +148,17 @@ async def test_per_runner_tables_shrink_back_when_runners_leave() -> None:
     # Closed runners: everyone made but the 100 members was closed.
     open_runners = [r for rs in log.made.values() for r in rs if not r.closed]
     assert len(open_runners) == 100
+
+
+async def test_a_tick_of_first_polls_rebuilds_the_offered_runners_once() -> None:
+    # A rebuild walks the whole pool: one per answered poll made starting
+    # thousands of runners quadratic. Once per tick, and every answer offered.
+    pool, _, _ = make(BUDGET)
+    await pool.start(watch=False)
+    rebuilds: list[int] = []
+    pool.subscribe(lambda: rebuilds.append(len(pool.snapshot())))
+    pool.set_source("static", addrs(60))
+    rebuilds.clear()
+    await pool.poll_once()
+    assert rebuilds == [60]
+    await pool.shutdown()

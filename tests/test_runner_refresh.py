@@ -67,6 +67,24 @@ async def test_refresh_adopts_the_fast_paths_status_lists(
     assert counting.methods == Counter({"Status": 1})
 
 
+@pytest.mark.parametrize(("features", "redials"), [
+    (("keepalive",), 0),  # dialled pinging already: the first channel stays
+    ((), 1),  # does not allow the pings: one re-dial without them
+])
+async def test_keepalive_runners_are_dialled_once(
+        make_runner: MakeRunner, in_process: Serve, caplog: pytest.LogCaptureFixture,
+        features: tuple[str, ...], redials: int) -> None:
+    servicer = Featured(features)
+    await in_process(servicer)
+    gr = make_runner(servicer.addr)
+    with caplog.at_level("INFO", logger="fnlb.transport.grpc_runner"):
+        await gr.refresh()
+        await gr.refresh()  # nothing changed: no re-dial either way
+    dials = [r for r in caplog.records if r.getMessage() == "re-dialled runner"]
+    assert len(dials) == redials
+    assert gr.keepalive == ("keepalive" in features)
+
+
 async def test_negotiate_follows_a_runner_that_changed(make_runner: MakeRunner,
                                                        in_process: Serve) -> None:
     servicer = Featured(("call", "calls"))

@@ -116,7 +116,8 @@ def stopped(proc: Proc) -> Iterator[None]:
 
 def keepalive_dialled(front: Proc) -> set[str]:
     return {parse_logfmt(line)["runner"] for line in front.read_lines()
-            if 'msg="re-dialled runner"' in line and "keepalive=1s" in line}
+            if ('msg="re-dialled runner"' in line or 'msg="runner allows keepalive pings"' in line)
+            and "keepalive=1s" in line}
 
 
 def taken_back(front: Proc, runner: str) -> bool:
@@ -157,8 +158,8 @@ async def test_calls_on_a_stopped_ack_runner_go_elsewhere_and_never_run_twice() 
         async with grpc.aio.insecure_channel(front.addr) as ch:
             clients = [asyncio.create_task(client(ch, n)) for n in range(CLIENTS)]
             try:
-                # The LB has polled every runner's features (re-dialled it with
-                # 1 s keepalive; it asks for acks from then on), and all answer calls.
+                # The LB has polled every runner's features (its channel pings every
+                # second; it asks for acks from then on), and all answer calls.
                 await wait_until(lambda: keepalive_dialled(front) >= {s.addr for s in stubs},
                                  within=30, what="keepalive channels to every runner")
                 await wait_until(lambda: {o[1] for o in outcomes.values() if o[0]}

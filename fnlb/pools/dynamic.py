@@ -176,6 +176,11 @@ class DynamicRunnerPool:
         self.watcher = Watcher(self.health_config, on_status=self._answered,
                                on_lost=self._watch_lost, clock=clock)
         self._snapshot: tuple[Runner, ...] = ()
+        # While a poll's outcome is applied, a rebuild waits for the end of the
+        # tick (poll_once): one per batch of polls, not one per runner, since a
+        # rebuild walks the whole pool (starting 5,000 runners was O(n²)).
+        self._applying_poll = False
+        self._rebuild_pending = False
         self._listeners: list[Callable[[], None]] = []
         self._started = False
         self._closed = False
@@ -414,6 +419,10 @@ class DynamicRunnerPool:
         self._wake.set()
 
     def _rebuild(self) -> None:
+        if self._applying_poll:
+            self._rebuild_pending = True
+            return
+        self._rebuild_pending = False
         self._snapshot = tuple(m.handle for m in self._outliers.offered(self._members))
         self._members.set_gauges()
         for listener in self._listeners:
@@ -426,8 +435,12 @@ class DynamicRunnerPool:
             self._wake.set()
 
     def _silent(self, m: Member, error: str) -> None:
-        self._set_down(m, error, "probe")
-        self._failure(m, error, "probe")
+        self._applying_poll = True
+        try:
+            self._set_down(m, error, "probe")
+            self._failure(m, error, "probe")
+        finally:
+            self._applying_poll = False
 
     def _set_down(self, m: Member, error: str, seen_by: str) -> None:
         """Unreachable: no new calls until a probe reaches it (while others are up)."""
@@ -438,7 +451,11 @@ class DynamicRunnerPool:
             self._rebuild()
 
     def _polled(self, m: Member, status: RunnerStatus) -> None:
-        self._answered(m, status)
+        self._applying_poll = True
+        try:
+            self._answered(m, status)
+        finally:
+            self._applying_poll = False
         self.watcher.offered(m, status)  # lists "watch": stop polling, listen
 
     def _watch_lost(self, m: Member, error: str) -> None:
@@ -483,6 +500,8 @@ class DynamicRunnerPool:
         await self._park_idle()
         await self._trim_if_closed()
         next_probe = await self._prober.poll(list(self._members))
+        if self._rebuild_pending:  # what this tick's polls changed, offered at once
+            self._rebuild()
         now = self._clock()
         wake = min(next_probe, now + self.health_config.interval)
         expiry = self._members.next_expiry(now)

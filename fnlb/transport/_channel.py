@@ -96,6 +96,7 @@ class RunnerChannel:
     _max_response_bytes: int
     _server_name: str | None
     _keepalive: bool
+    _pinging: bool  # the channel was dialled with KEEPALIVE_OPTIONS
     _tls_source: ClientTLS | None
     _tls_generation: int
     _credentials: grpc.ChannelCredentials | None
@@ -121,7 +122,7 @@ class RunnerChannel:
         least = self._max_response_bytes + _REPLY_HEADROOM
         key = "grpc.max_receive_message_length"
         options[key] = max(options[key], least)
-        if self._keepalive:
+        if self._pinging:
             options.update(KEEPALIVE_OPTIONS)
         if self._server_name:
             options["grpc.ssl_target_name_override"] = self._server_name
@@ -177,12 +178,25 @@ class RunnerChannel:
         return True
 
     def follow_keepalive(self, status: RunnerStatus) -> bool:
-        """Re-dial with KEEPALIVE_OPTIONS once ``status`` lists "keepalive" (without
-        them once it does not); True if it did. Calls running finish on the old channel."""
+        """Ping every second once ``status`` lists "keepalive", not at all once it does
+        not; True if that took a re-dial. Calls running finish on the old channel.
+
+        The first channel is dialled with KEEPALIVE_OPTIONS already (unless the
+        runner is known to be fn's): runners that list "keepalive" (the stub)
+        keep it, and only those that do not pay a second dial. Starting a pool
+        of thousands is CPU-bound on dials (README, Large pools).
+        """
         want = "keepalive" in status.features
-        if self._closed or want == self._keepalive:
+        if self._closed:
             return False
-        self._keepalive = want
+        if want != self._keepalive:
+            self._keepalive = want
+            if want and self._pinging:  # dialled so: no re-dial, say it all the same
+                log.info("runner allows keepalive pings", extra=kv(runner=self._address,
+                                                                   keepalive="1s"))
+        if want == self._pinging:
+            return False
+        self._pinging = want
         self._redial(self._credentials)
         log.info("re-dialled runner", extra=kv(runner=self._address,
                                                keepalive="1s" if want else "30s"))

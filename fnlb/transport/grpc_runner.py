@@ -113,7 +113,10 @@ class GrpcRunner(RunnerChannel):
         self._used_at = time.monotonic()
         self._max_response_bytes = max_response_bytes
         self._server_name = server_name
-        self._keepalive = False  # KEEPALIVE_OPTIONS: once the runner lists "keepalive"
+        self._keepalive = False  # the runner listed "keepalive" (its server allows the pings)
+        # Dialled with KEEPALIVE_OPTIONS until a Status shows the runner does not
+        # allow them (follow_keepalive): one dial, not two, for runners that do.
+        self._pinging = self._protocol_setting != FN
         self._tls_source = tls_source
         if tls_source is not None:
             self._tls_generation = tls_source.generation
