@@ -24,7 +24,8 @@ import asyncio
 from collections.abc import Awaitable, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fnlb.errors import ConfigError, DoesNotFit, PassedOn, ServerTooBusy
+from fnlb.errors import ConfigError
+from fnlb.phases import attempt_outcome
 
 if TYPE_CHECKING:
     from fnlb.otel import Otel
@@ -91,20 +92,18 @@ def _tracer() -> Otel:
 
 # -- what each attempt tells ------------------------------------------------------
 
+# The span's words where they differ from the trailer's (fnlb.phases.attempt_outcome):
+# a try the client's deadline ended was still committed; any other failure that
+# did not place the call is "unreachable".
+_SPAN_OUTCOME = {"passed": "passed_on", "timeout": "committed", "error": "unreachable"}
+
+
 def outcome(result: Attempt) -> str:
     """``fnlb.outcome`` of an attempt: committed, nack (the runner was busy),
     passed_on (slow start passed it on without asking the runner), unreachable,
     or does_not_fit (the runner has too little memory for it, ever)."""
-    if result.placed:
-        return "committed"
-    err = result.error
-    if isinstance(err, DoesNotFit):
-        return "does_not_fit"
-    if isinstance(err, PassedOn):
-        return "passed_on"
-    if isinstance(err, ServerTooBusy):
-        return "nack"
-    return "unreachable"
+    word = attempt_outcome(result.placed, result.error)
+    return _SPAN_OUTCOME.get(word, word)
 
 
 async def attempt(runner: Runner, call: RunnerCall) -> Attempt:

@@ -198,15 +198,13 @@ class GrpcRunner(RunnerChannel):
 
     async def _check_unanswered(self, reason: str) -> None:
         try:
-            await self._ask_status(self._watch.timeout or 1.0)
+            await self._ask_status(self._watch.timeout or 1.0)  # an answer: heard
         except (grpc.aio.AioRpcError, TimeoutError) as e:
             log.debug("runner did not answer a try in time, nor a status", extra=kv(
                 runner=self._address, accept_timeout=self._watch.timeout, error=repr(e)))
             listener = self.on_unanswered
             if listener is not None:
                 listener(reason)
-        else:
-            self._watch.heard()  # alive: the function is only slow to answer
         finally:
             self._checking = False
 
@@ -301,7 +299,8 @@ class GrpcRunner(RunnerChannel):
 
     async def _ask_status(self, timeout: float) -> tuple[str, runner_pb2.RunnerStatus]:
         """(protocol, Status reply): the protocol known (or fnlb.v1's) first; with
-        "auto", on UNIMPLEMENTED the other one. Changes nothing."""
+        "auto", on UNIMPLEMENTED the other one. Changes nothing but when the runner
+        was last heard from (any answer shows it alive)."""
         if self._protocol_setting != AUTO:
             order = [self._protocol_setting]
         else:
@@ -319,6 +318,7 @@ class GrpcRunner(RunnerChannel):
                 try:
                     s: runner_pb2.RunnerStatus = await stub.Status(empty_pb2.Empty(),
                                                                    timeout=timeout)
+                    self._watch.heard()  # any answer shows the runner alive
                     return protocol, s
                 except grpc.aio.AioRpcError as e:
                     if e.code() != grpc.StatusCode.UNIMPLEMENTED or i == len(order) - 1:
@@ -395,7 +395,6 @@ class GrpcRunner(RunnerChannel):
         for this one call: a poll does not reopen it.
         """
         protocol, s = await self._ask_status(timeout)
-        self._watch.heard()
         return self._convert(protocol, s)
 
     @property
@@ -449,7 +448,6 @@ class GrpcRunner(RunnerChannel):
         self.redial_if_failing()
         try:
             protocol, s = await self._ask_status(timeout)
-            self._watch.heard()
         except grpc.aio.AioRpcError as e:
             # The prober only says "unreachable": say why when TLS is the reason
             # (e.g. our certificate expired), at most every 10 s.
