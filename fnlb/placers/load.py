@@ -291,17 +291,21 @@ class LoadTracker:
 
     def has_room(self, address: str) -> bool | None:
         """True/False from a fresh report (a draining runner has none) or a learned
-        capacity; None if unknown."""
-        slots = self.slots(address)
+        capacity; None if unknown. Runs for every runner on every call: one lookup
+        of the report."""
+        r = self.report(address)
+        slots = self._slots_of(address, r)
         if slots is None:
             return None
-        if self.draining(address):
+        if r is not None and r.draining:
             return False
         return self.load(address) < slots
 
     def slots(self, address: str) -> int | None:
         """The runner's capacity: reported, else learned from its NACKs; None if unknown."""
-        r = self.report(address)
+        return self._slots_of(address, self.report(address))
+
+    def _slots_of(self, address: str, r: Report | None) -> int | None:
         if r is not None and r.slots_total > 0:
             return r.slots_total
         learned = self._learned.get(address)
